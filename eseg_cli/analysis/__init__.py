@@ -1,0 +1,1 @@
+"""Analysis: profiling, ablations, reports and plots."""

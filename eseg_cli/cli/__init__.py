@@ -1,0 +1,46 @@
+"""The ``eseg`` command line. Each command only parses options and calls the library."""
+
+from __future__ import annotations
+
+import typer
+
+from eseg_cli import __version__
+from eseg_cli.cli._common import EsegTyper, console
+
+app = EsegTyper(
+    name="eseg",
+    help="ESeg semantic segmentation: train, evaluate, ablate, profile and regenerate the paper's tables.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        console.print(f"eseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+):
+    """[bold]eseg[/]: the ESeg family (Meng et al., 2022) — models, data, training and the paper workbench.
+
+    Examples:
+
+      [cyan]eseg profile --scale S[/]          params, FLOPs and latency of ESeg-S
+
+      [cyan]eseg profile --all --json[/]       every scale, as JSON
+    """
+
+
+# Each command module registers itself on ``app`` when imported.
+from eseg_cli.cli import models as _models  # noqa: E402,F401
+from eseg_cli.cli import profile as _profile  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""DeepLabV3+ (Table 8's baseline decoder). Filled in by the workbench issue."""

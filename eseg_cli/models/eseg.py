@@ -1,0 +1,76 @@
+"""The ESeg family: EfficientNet (or Lite) encoder + BiFPN over P2..P9 + fusion head (Figure 3)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from eseg_cli.errors import EsegError
+from eseg_cli.models.bifpn import BiFPNDecoder
+from eseg_cli.models.encoders import efficientnet_encoder, load_encoder_weights, timm_encoder
+from eseg_cli.models.heads import FusionHead
+from eseg_cli.models.registry import register_model
+from eseg_cli.models.scales import SCALES, resolve_scale
+from eseg_cli.models.segmentor import Segmentor
+
+
+def build_eseg(
+    scale: str,
+    num_classes: int = 19,
+    *,
+    pretrained: str | None = None,
+    min_level: int = 2,
+    max_level: int = 9,
+    fusion: str = "fastattn",
+    head_fusion: str = "softmax",
+    act: str | None = None,
+    encoder: str | None = None,
+    width: float | None = None,
+    depth: float | None = None,
+    channels: int | None = None,
+    repeats: int | None = None,
+    drop_path_rate: float = 0.0,
+) -> Segmentor:
+    """Build an ESeg model of a Table 3 ``scale``.
+
+    Args:
+        scale: ``eseg-s`` ... or ``lite-s`` ... (see :mod:`eseg_cli.models.scales`).
+        pretrained: local path of backbone weights (timm checkpoint of the matching EfficientNet).
+        min_level, max_level: the BiFPN's level range (P2..P9 by default; P3..P7 is EfficientDet's).
+        fusion: BiFPN node fusion, ``fastattn`` (default), ``softmax`` or ``sum``.
+        head_fusion: how the head combines levels, ``softmax`` (default) or ``sum``.
+        act: decoder activation; default ``relu`` for Lite, ``silu`` otherwise.
+        encoder: a timm backbone name to replace the EfficientNet (e.g. ``resnet50`` for Table 8).
+        width, depth, channels, repeats: override Table 3 (tiny models for tests and experiments).
+    """
+    s = resolve_scale(scale)
+    act = act or ("relu" if s.lite else "silu")
+    if encoder:
+        enc = timm_encoder(encoder, drop_path_rate=drop_path_rate)
+    else:
+        enc = efficientnet_encoder(width or s.width, depth or s.depth, lite=s.lite, drop_path_rate=drop_path_rate)
+    if pretrained:
+        load_encoder_weights(enc, pretrained)
+    ch = channels or s.channels
+    reps = repeats if repeats is not None else s.repeats
+    if ch < 1 or reps < 0:
+        raise EsegError(f"channels must be >= 1 and repeats >= 0, got {ch} and {reps}")
+    decoder = BiFPNDecoder(enc.feature_info.channels(), enc.feature_info.reduction(), ch, reps,
+                           min_level=min_level, max_level=max_level, fusion=fusion, act=act)
+    head = FusionHead(ch, max_level - min_level + 1, num_classes, act=act, fusion=head_fusion)
+    config = dict(name=s.name, num_classes=num_classes, min_level=min_level, max_level=max_level, fusion=fusion,
+                  head_fusion=head_fusion, act=act, encoder=encoder, width=width, depth=depth, channels=channels,
+                  repeats=repeats)
+    return Segmentor(enc, decoder, head, num_classes=num_classes, max_level=max_level, config=config)
+
+
+def _make_builder(name: str):
+    def builder(num_classes: int = 19, **kwargs) -> Segmentor:
+        return build_eseg(name, num_classes, **kwargs)
+
+    builder.__name__ = name.replace("-", "_")
+    builder.__doc__ = f"{SCALES[name].display_name} (Table 3: {SCALES[name]})."
+    return builder
+
+
+for _name in SCALES:
+    register_model(_make_builder(_name))

@@ -1,0 +1,43 @@
+"""Segmentation heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eseg_cli.errors import EsegError
+from eseg_cli.models.layers import SeparableConv
+
+HEAD_FUSION_MODES = ("softmax", "sum")
+
+
+class FusionHead(nn.Module):
+    """ESeg's head: every decoder level bilinearly upsampled to the finest one and combined as
+    ``sum_i softmax(w)_i * up(P_i)`` (or a plain sum), then a 3x3 separable conv + BN + activation and
+    a 3x3 separable classifier with bias (the configuration that lands on the paper's counts).
+
+    In eval mode the softmax weights are constants; :meth:`fold_weights` turns them into a buffer.
+    """
+
+    def __init__(self, channels: int, num_levels: int, num_classes: int, act: str = "silu",
+                 fusion: str = "softmax"):
+        super().__init__()
+        if fusion not in HEAD_FUSION_MODES:
+            raise EsegError(f"unknown head fusion {fusion!r}; choose one of {', '.join(HEAD_FUSION_MODES)}")
+        self.fusion = fusion
+        self.level_weight = nn.Parameter(torch.zeros(num_levels)) if fusion == "softmax" else None
+        self.conv = SeparableConv(channels, channels, 3, norm=True, act=act)
+        self.classifier = SeparableConv(channels, num_classes, 3, norm=False)
+
+    def level_weights(self) -> torch.Tensor | None:
+        return None if self.level_weight is None else torch.softmax(self.level_weight, dim=0)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        size = feats[0].shape[-2:]
+        w = self.level_weights()
+        out = feats[0] if w is None else feats[0] * w[0]
+        for i in range(1, len(feats)):
+            up = F.interpolate(feats[i], size=size, mode="bilinear", align_corners=False)
+            out = out + (up if w is None else up * w[i])
+        return self.classifier(self.conv(out))

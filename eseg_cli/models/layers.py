@@ -1,0 +1,62 @@
+"""Building blocks shared by the decoders and heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import get_act_layer
+from torch import nn
+
+
+def make_act(name: str) -> nn.Module:
+    """An activation module from its timm name (``silu``/``swish``, ``relu``, ``gelu`` ...)."""
+    return get_act_layer(name)(inplace=True) if name in ("relu", "silu", "swish") else get_act_layer(name)()
+
+
+class ConvBN(nn.Sequential):
+    """1x1 (or kxk) conv without bias, then batch norm, then an optional activation."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, act: str | None = None):
+        layers = [nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out_ch)]
+        if act:
+            layers.append(make_act(act))
+        super().__init__(*layers)
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise kxk conv then pointwise 1x1 conv, optionally followed by batch norm and an activation.
+
+    Without batch norm the pointwise conv carries a bias (classifier use).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, dilation: int = 1,
+                 norm: bool = True, act: str | None = None):
+        pad = dilation * (kernel_size // 2)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, in_ch, kernel_size, padding=pad, dilation=dilation, groups=in_ch, bias=False),
+            nn.Conv2d(in_ch, out_ch, 1, bias=not norm),
+        ]
+        if norm:
+            layers.append(nn.BatchNorm2d(out_ch))
+        if act:
+            layers.append(make_act(act))
+        super().__init__(*layers)
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int], *, up_mode: str = "nearest") -> torch.Tensor:
+    """Resample ``x`` to the spatial ``size`` of the level it is fused into.
+
+    Upsampling interpolates to the exact target size; downsampling uses 3x3/2 max pooling (the
+    EfficientDet choice), whose ceil(H/2) output matches how strided convs shrink odd sizes, with an
+    adaptive pool as the fallback for anything else. Sizes always follow the runtime shape.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h >= size[0] and w >= size[1]:
+        if (h + 1) // 2 == size[0] and (w + 1) // 2 == size[1]:
+            return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return F.adaptive_max_pool2d(x, size)
+    if up_mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=up_mode, align_corners=False)

@@ -1,0 +1,50 @@
+"""The encoder -> decoder -> head assembly shared by every model in the registry."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eseg_cli.errors import EsegError
+
+
+class Segmentor(nn.Module):
+    """``logits = upsample(head(decoder(encoder(x))))`` at the input's size.
+
+    ``config`` records how the model was built (registry name and keyword arguments) so that a
+    checkpoint can rebuild it.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, *, num_classes: int,
+                 max_level: int, in_chans: int = 3, config: dict | None = None):
+        super().__init__()
+        self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.num_classes = num_classes
+        self.max_level = max_level
+        self.in_chans = in_chans
+        self.config = dict(config or {})
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Clear errors for inputs that cannot work (instead of a shape error deep inside)."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise EsegError(f"expected an input of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}")
+        if self.training and x.shape[0] == 1:
+            top = [math.ceil(s / 2 ** self.max_level) for s in x.shape[-2:]]
+            if top == [1, 1]:
+                raise EsegError(
+                    f"a batch of 1 at {x.shape[-2]}x{x.shape[-1]} leaves 1x1 maps at P{self.max_level}, where "
+                    "BatchNorm cannot train (it needs more than one value per channel); use a batch of at least 2, "
+                    "a larger crop, or fewer levels (max_level)"
+                )
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the head's resolution (stride 4 for ESeg), before the final upsampling."""
+        return self.head(self.decoder(self.encoder(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        logits = self.forward_logits(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
