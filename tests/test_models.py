@@ -1,0 +1,205 @@
+"""The ESeg family: structure, shapes, switches and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eseg_cli import EsegError, build_model, list_models
+from eseg_cli.cli import app
+from eseg_cli.models import SCALES
+from eseg_cli.models.bifpn import BiFPNDecoder, WeightedFusion, bifpn_nodes
+from eseg_cli.models.encoders import load_encoder_weights
+
+TINY = dict(width=0.25, depth=0.25, channels=16, repeats=1)
+runner = CliRunner()
+
+
+def tiny(name="eseg-lite-s", **kw):
+    return build_model(name, num_classes=5, **{**TINY, **kw})
+
+
+def test_registry_has_the_six_scales():
+    assert list_models()[:6] == ["eseg-lite-s", "eseg-lite-m", "eseg-lite-l", "eseg-s", "eseg-m", "eseg-l"]
+    for alias, name in [("S", "eseg-s"), ("lite-m", "eseg-lite-m"), ("ESeg-Lite-L", "eseg-lite-l"), ("l", "eseg-l")]:
+        assert build_model(alias, **TINY).config["name"] == name
+
+
+@pytest.mark.parametrize("name", list(SCALES))
+def test_every_scale_trains_a_step(name):
+    model = tiny(name)
+    x = torch.randn(2, 3, 64, 96)
+    out = model(x)
+    assert out.shape == (2, 5, 64, 96)
+    out.mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert model.decoder.layers[0].nodes[0].fuse.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,width,depth,channels,repeats", [
+    (s.name, s.width, s.depth, s.channels, s.repeats) for s in SCALES.values()])
+def test_full_size_models_follow_table3(name, width, depth, channels, repeats):
+    model = build_model(name)
+    assert len(model.decoder.layers) == repeats
+    assert model.decoder.out_channels == channels
+    # timm's EfficientNet-BX has the same encoder parameters as our builder at B1/B4/B7's width/depth
+    if name in ("eseg-s", "eseg-m", "eseg-l"):
+        import timm
+
+        variant = {"eseg-s": "efficientnet_b1", "eseg-m": "efficientnet_b4", "eseg-l": "efficientnet_b7"}[name]
+        ref = timm.create_model(variant, features_only=True, out_indices=(1, 2, 3, 4))
+        assert sum(p.numel() for p in model.encoder.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+@pytest.mark.parametrize("paper_name,params_m", [("eseg-s", 6.9), ("eseg-m", 20.0), ("eseg-l", 70.5)])
+def test_params_match_table4(paper_name, params_m):
+    params = sum(p.numel() for p in build_model(paper_name).parameters())
+    assert abs(params / 1e6 / params_m - 1) < 0.05
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 37), (129, 255), (513, 300), (31, 17)])
+def test_output_matches_any_input_size(size):
+    model = tiny().eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
+
+
+def test_level_range_is_one_argument():
+    for lo, hi in [(3, 7), (2, 7), (3, 9), (2, 9)]:
+        model = tiny(min_level=lo, max_level=hi)
+        n = hi - lo + 1
+        assert len(model.decoder.layers[0].nodes) == 2 * (n - 1)
+        assert model.head.level_weight.numel() == n
+        feats = model.decoder(model.encoder(torch.randn(2, 3, 128, 128)))
+        assert [f.shape[-1] for f in feats] == [-(-128 // 2 ** lv) for lv in range(lo, hi + 1)]
+        assert model(torch.randn(2, 3, 128, 128)).shape == (2, 5, 128, 128)
+
+
+def test_bifpn_graph_is_generated_from_levels():
+    nodes = bifpn_nodes(3, 7)
+    # top-down P6..P3, then bottom-up P4..P7 (EfficientDet's P3-P7 graph)
+    assert [n.level for n in nodes] == [6, 5, 4, 3, 4, 5, 6, 7]
+    assert nodes[0].inputs == (3, 4)  # P6_in and P7_in
+    assert nodes[4].inputs == (1, 7, 8)  # P4_in, P4_td, P3_out
+    assert nodes[-1].inputs == (4, 11)  # P7_in and P6_out
+
+
+@pytest.mark.parametrize("mode", ["fastattn", "softmax", "sum"])
+def test_fusion_modes(mode):
+    fuse = WeightedFusion(3, mode)
+    xs = [torch.full((1, 1, 2, 2), float(v)) for v in (1, 2, 3)]
+    with torch.no_grad():
+        if fuse.weight is not None:
+            fuse.weight.copy_(torch.tensor([1.0, 2.0, -1.0]))
+    out = fuse(xs)[0, 0, 0, 0].item()
+    expected = {"sum": 6.0,
+                "fastattn": (1 * 1 + 2 * 2 + 0 * 3) / (3 + 1e-4),
+                "softmax": float((torch.softmax(torch.tensor([1.0, 2.0, -1.0]), 0) * torch.tensor([1.0, 2, 3])).sum())}
+    assert out == pytest.approx(expected[mode], rel=1e-5)
+    model = tiny(fusion=mode, head_fusion="sum" if mode == "sum" else "softmax")
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64, 64)
+    if mode == "sum":
+        assert model.head.level_weight is None
+
+
+def test_bad_fusion_and_levels_are_clear_errors():
+    with pytest.raises(EsegError, match="fusion"):
+        tiny(fusion="mean")
+    with pytest.raises(EsegError, match="min_level"):
+        tiny(min_level=1)
+    with pytest.raises(EsegError, match="max_level"):
+        tiny(min_level=4, max_level=4)
+
+
+def test_lite_encoder_is_fused_mbconv_relu_without_se():
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, EdgeResidual, InvertedResidual, SqueezeExcite
+
+    lite = build_model("eseg-lite-s").encoder
+    blocks = [m for stage in lite.blocks for m in stage]
+    assert blocks and all(isinstance(b, EdgeResidual) for b in blocks)
+    mods = list(lite.modules())
+    assert not any(isinstance(m, (SqueezeExcite, InvertedResidual, DepthwiseSeparableConv)) for m in mods)
+    acts = {type(m.act).__name__ for m in mods if hasattr(m, "act")}
+    assert acts == {"ReLU", "Identity"}  # Identity: the linear projection after each block, as in MBConv
+    # and the full ESeg encoder is the opposite: MBConv with SE and SiLU
+    full = build_model("eseg-s").encoder
+    assert any(isinstance(m, SqueezeExcite) for m in full.modules())
+    assert any(isinstance(getattr(m, "act", None), torch.nn.SiLU) for m in full.modules())
+
+
+def test_flops_scale_with_pixels():
+    from eseg_cli.analysis.profiler import count_flops
+
+    model = tiny()
+    small, large = count_flops(model, (64, 128))["flops"], count_flops(model, (128, 256))["flops"]
+    assert large / small == pytest.approx(4.0, rel=0.03)
+
+
+def test_batch_of_one_with_1x1_top_level_is_a_clear_error():
+    model = tiny().train()
+    with pytest.raises(EsegError, match="batch of at least 2"):
+        model(torch.randn(1, 3, 256, 256))
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 256, 256)).shape[-2:] == (256, 256)
+
+
+def test_wrong_channels_is_a_clear_error():
+    with pytest.raises(EsegError, match="shape"):
+        tiny().eval()(torch.randn(1, 4, 64, 64))
+
+
+def test_pretrained_encoder_weights_from_local_file(tmp_path):
+    src = tiny()
+    path = tmp_path / "enc.pth"
+    torch.save({"state_dict": {**src.encoder.state_dict(), "classifier.weight": torch.zeros(3)}}, path)
+    dst = build_model("eseg-lite-s", num_classes=5, pretrained=str(path), **TINY)
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(v, dst.encoder.state_dict()[k])
+    with pytest.raises(EsegError, match="does not exist"):
+        build_model("eseg-lite-s", pretrained=str(tmp_path / "nope.pth"), **TINY)
+    with pytest.raises(EsegError, match="do not match"):
+        build_model("eseg-lite-s", pretrained=str(path), **{**TINY, "width": 0.5})
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(EsegError, match="could not read"):
+        build_model("eseg-lite-s", pretrained=str(tmp_path / "junk.pth"), **TINY)
+
+
+def test_model_config_rebuilds_the_model():
+    model = tiny(fusion="softmax", min_level=3)
+    cfg = dict(model.config)
+    rebuilt = build_model(cfg.pop("name"), **cfg)
+    assert rebuilt.load_state_dict(model.state_dict()) is not None
+
+
+def test_cli_profile_json_and_errors():
+    res = runner.invoke(app, ["profile", "--scale", "lite-s", "--resolution", "128x256", "--runs", "1",
+                              "--warmup", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    data = json.loads(res.stdout)
+    assert data["model"] == "eseg-lite-s" and data["resolution"] == "128x256"
+    assert data["params"] > 1e6 and data["flops"] > data["flops_conv"] > 0 and data["latency_ms"] > 0
+    bad = runner.invoke(app, ["profile", "--scale", "XL", "--no-latency"])
+    assert bad.exit_code == 2 and "unknown model" in bad.output
+    bad = runner.invoke(app, ["profile", "--scale", "s", "--resolution", "1024by2048"])
+    assert bad.exit_code == 2 and "--resolution" in bad.output
+    assert runner.invoke(app, ["profile", "--no-latency"]).exit_code == 2
+
+
+def test_cli_profile_all_lists_every_scale():
+    res = runner.invoke(app, ["profile", "--all", "--resolution", "64x64", "--no-latency", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    rows = json.loads(res.stdout)
+    assert [r["model"] for r in rows] == list(SCALES)
+    assert rows[-1]["flops"] > rows[3]["flops"] > rows[0]["flops"]
+
+
+def test_decoder_rejects_levels_outside_the_encoder():
+    with pytest.raises(EsegError):
+        BiFPNDecoder([8, 16, 32, 64], [4, 8, 16, 32], 16, 1, min_level=6, max_level=9)
