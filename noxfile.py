@@ -26,6 +26,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """The quick-start job: profile every scale, then train ESeg-Lite-S on the built-in synthetic set and evaluate it."""
+    """The quick-start job (see the README)."""
     session.install("-e", ".")
     session.run("eseg", "profile", "--all", "--resolution", "1024x2048", "--no-latency")

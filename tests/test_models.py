@@ -10,7 +10,6 @@ from eseg_cli import EsegError, build_model, list_models
 from eseg_cli.cli import app
 from eseg_cli.models import SCALES
 from eseg_cli.models.bifpn import BiFPNDecoder, WeightedFusion, bifpn_nodes
-from eseg_cli.models.encoders import load_encoder_weights
 
 TINY = dict(width=0.25, depth=0.25, channels=16, repeats=1)
 runner = CliRunner()
@@ -203,3 +202,23 @@ def test_cli_profile_all_lists_every_scale():
 def test_decoder_rejects_levels_outside_the_encoder():
     with pytest.raises(EsegError):
         BiFPNDecoder([8, 16, 32, 64], [4, 8, 16, 32], 16, 1, min_level=6, max_level=9)
+
+
+def test_folding_batch_norm_keeps_outputs():
+    from eseg_cli.models.fuse import fuse_conv_bn
+
+    torch.manual_seed(0)
+    for name in ("eseg-lite-s", "eseg-s"):
+        model = tiny(name).eval()
+        for m in model.modules():  # non-trivial statistics, so a wrong fold shows
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+        fused = fuse_conv_bn(model)
+        assert fused.fused_bn > 0
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        x = torch.randn(1, 3, 96, 128)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)

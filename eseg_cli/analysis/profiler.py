@@ -5,12 +5,16 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from eseg_cli.errors import EsegError
+
+# fvcore traces through torch.jit, which warns on every call in recent torch
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 
 # Ops that cost no multiply-adds; fvcore lists them as skipped, which would only be noise.
 _FREE_OPS = {"aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::relu", "aten::relu_", "aten::silu",
@@ -32,11 +36,7 @@ def count_flops(model: nn.Module, resolution: tuple[int, int], batch: int = 1) -
     only, closest to how the paper counted), ``by_operator`` and ``skipped_ops`` (ops fvcore has no
     formula for, with their call counts, after leaving out element-wise ops that cost no multiply-adds).
     """
-    import warnings
-
     from fvcore.nn import FlopCountAnalysis
-
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
 
     model = model.eval()
     x = torch.zeros(batch, 3, *resolution, device=next(model.parameters()).device)
@@ -84,7 +84,7 @@ class _PeakRSS:
 
 def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int = 10, warmup: int = 3,
                     device: str = "cpu", threads: int | None = None, channels_last: bool = False,
-                    compile: bool = False, amp: str | None = None) -> dict:
+                    compile: bool = False, amp: str | None = None, fuse_bn: bool = False) -> dict:
     """Median latency (ms) of ``runs`` timed batch-1 forwards after ``warmup`` ones, in eval and
     inference mode, plus the peak memory during them (CUDA allocator peak, or process RSS on CPU)."""
     if runs < 1 or warmup < 0:
@@ -100,6 +100,10 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EsegError("--device cuda was asked for but no CUDA GPU is available")
     model = model.eval().to(dev)
+    if fuse_bn:
+        from eseg_cli.models.fuse import fuse_conv_bn
+
+        model = fuse_conv_bn(model)
     x = torch.randn(1, 3, *resolution, device=dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -136,6 +140,7 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
         "device": _device_name(dev),
         "channels_last": channels_last,
         "compile": compile,
+        "fuse_bn": fuse_bn,
         "peak_memory_mb": peak / 2**20,
         "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process RSS",
     }
@@ -156,7 +161,8 @@ def profile_model(name: str, *, resolution: tuple[int, int] = (1024, 2048), num_
     from eseg_cli.models import build_model
 
     model = build_model(name, num_classes=num_classes, **(model_kwargs or {}))
-    res: dict = {"model": model.config.get("name", name), "resolution": f"{resolution[0]}x{resolution[1]}", "num_classes": num_classes}
+    res: dict = {"model": model.config.get("name", name), "resolution": f"{resolution[0]}x{resolution[1]}",
+                 "num_classes": num_classes}
     res.update(count_params(model))
     if flops:
         fl = count_flops(model, resolution)

@@ -27,6 +27,7 @@ def profile_cmd(
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Run in channels_last memory format."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
+    fuse_bn: bool = typer.Option(False, "--fuse-bn", help="Fold batch norm into the convs before timing."),
     amp: Optional[str] = typer.Option(None, "--amp", help="Autocast dtype: bf16 or fp16."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (an object, or a list with --all)."),
 ):
@@ -59,7 +60,7 @@ def profile_cmd(
         results.append(profile_model(
             name, resolution=res, num_classes=num_classes, latency=latency, latency_resolution=lat_res,
             runs=runs, warmup=warmup, threads=threads, device=device, channels_last=channels_last,
-            compile=compile_, amp=amp))
+            compile=compile_, amp=amp, fuse_bn=fuse_bn))
     if json_out:
         print_json(results if all_ else results[0])
         return

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from eseg_cli.errors import EsegError
 from eseg_cli.models.bifpn import BiFPNDecoder
 from eseg_cli.models.encoders import efficientnet_encoder, load_encoder_weights, timm_encoder
