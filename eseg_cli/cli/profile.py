@@ -18,6 +18,7 @@ def profile_cmd(
     all_: bool = typer.Option(False, "--all", help="Profile every ESeg scale into one table."),
     resolution: str = typer.Option("1024x2048", "--resolution", "-r", help="Input HxW for FLOPs (and latency)."),
     num_classes: int = typer.Option(19, "--num-classes", min=1, help="Classifier outputs."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs with fvcore."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Time forward passes."),
     latency_resolution: Optional[str] = typer.Option(None, "--latency-resolution",
                                                      help="Input HxW for timing, if not --resolution."),
@@ -58,25 +59,25 @@ def profile_cmd(
         if not json_out:
             err_console.print(f"[dim]profiling {name} at {res[0]}x{res[1]}...[/]")
         results.append(profile_model(
-            name, resolution=res, num_classes=num_classes, latency=latency, latency_resolution=lat_res,
+            name, resolution=res, num_classes=num_classes, flops=flops, latency=latency, latency_resolution=lat_res,
             runs=runs, warmup=warmup, threads=threads, device=device, channels_last=channels_last,
             compile=compile_, amp=amp, fuse_bn=fuse_bn))
     if json_out:
         print_json(results if all_ else results[0])
         return
-    t = Table(title=f"eseg profile — FLOPs are fvcore multiply-adds at {res[0]}x{res[1]}")
-    cols = ["model", "params", "FLOPs (total)", "FLOPs (conv only)"]
+    t = Table(title="eseg profile" + (f" — FLOPs: fvcore multiply-adds at {res[0]}x{res[1]}" if flops else ""))
+    cols = ["model", "params"] + (["FLOPs (total)", "FLOPs (conv only)"] if flops else [])
     if latency:
         cols += ["latency (ms)", "FPS", "peak mem (MB)"]
     for c in cols:
         t.add_column(c, justify="left" if c == "model" else "right")
     for r in results:
-        row = [r["model"], human(r["params"]), human(r["flops"]), human(r["flops_conv"])]
+        row = [r["model"], human(r["params"])] + ([human(r["flops"]), human(r["flops_conv"])] if flops else [])
         if latency:
             row += [f"{r['latency_ms']:.1f}", f"{r['fps']:.1f}", f"{r['peak_memory_mb']:.0f}"]
         t.add_row(*row)
     console.print(t)
-    skipped = sorted({op for r in results for op in r["skipped_ops"]})
+    skipped = sorted({op for r in results for op in r.get("skipped_ops", {})})
     if skipped:
         console.print(f"[dim]ops fvcore skipped (not counted): {', '.join(skipped)}[/]")
     if latency:
