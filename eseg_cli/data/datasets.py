@@ -1,0 +1,293 @@
+"""Dataset readers (Cityscapes, ADE20K, synthetic, generic folder) and the name registry.
+
+Every dataset yields ``(image, mask)``: a normalized float32 tensor 3xHxW and an int64 tensor HxW whose
+ignored pixels are 255, and exposes ``classes``, ``palette``, ``ignore_index``, ``num_classes`` and
+``files`` (a list of ``(image_path, label_path)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from eseg_cli.data.classes import (
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    IGNORE_INDEX,
+    cityscapes_id_to_trainid_lut,
+)
+from eseg_cli.errors import EsegError
+
+_DATASETS: dict[str, type[SegmentationDataset]] = {}
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def register_dataset(name: str) -> Callable[[type], type]:
+    """Class decorator: make a dataset reachable as ``build_dataset(name, ...)``."""
+    def deco(cls):
+        _DATASETS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names."""
+    return list(_DATASETS)
+
+
+def build_dataset(name: str, root, split: str, transform=None, **kw) -> SegmentationDataset:
+    """Build a registered dataset: ``build_dataset("cityscapes", "data/cityscapes", "train", t)``.
+
+    ``transform`` is an albumentations pipeline from :func:`~eseg_cli.data.build_transforms`; when
+    ``None``, images are only normalized. For ``"synthetic"``, ``root=None`` means the default set
+    (generated once into the cache).
+    """
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    key = {"ade": "ade20k", "ade20k": "ade20k", "cityscapes": "cityscapes"}.get(key, key)
+    if key not in _DATASETS:
+        close = difflib.get_close_matches(key, list(_DATASETS), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise EsegError(f"unknown dataset {name!r}.{hint} Available: {', '.join(_DATASETS)}")
+    return _DATASETS[key](root, split, transform=transform, **kw)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image as HxWx3 uint8; unreadable files raise EsegError naming them."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise EsegError(f"{path}: image not found; check the dataset root") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise EsegError(f"{path}: cannot read the image ({e}); replace or remove the file") from None
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A single-channel label image as HxW uint8 (palette PNGs keep their indices)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise EsegError(f"{path}: a label must be a single-channel PNG (mode L/P), got mode {im.mode}; "
+                                "convert it to class indices")
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise EsegError(f"{path}: label not found; check the dataset root") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise EsegError(f"{path}: cannot read the label ({e}); replace or remove the file") from None
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise EsegError(f"{path}: label values outside 0..255; labels must be class indices")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+class SegmentationDataset(Dataset):
+    """Common behaviour: pairs of files, a label mapping, the transform, tensors out."""
+
+    name = "base"
+    classes: list[str] = []
+    palette: list[tuple[int, int, int]] = []
+    ignore_index = IGNORE_INDEX
+    #: the recipe's default training crop (H, W)
+    default_crop: tuple[int, int] = (512, 512)
+
+    def __init__(self, files: list[tuple[Path, Path]], transform=None):
+        self.files = files
+        if transform is None:
+            from eseg_cli.data.transforms import build_transforms
+            transform = build_transforms(train=False)
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def map_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        """Raw label file values -> training indices (0..num_classes-1, ignore 255)."""
+        return label
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw ``(image HxWx3 uint8, mask HxW uint8)`` pair, before the transform."""
+        ip, lp = self.files[index]
+        img = read_image(ip)
+        mask = self.map_label(read_label(lp), lp)
+        if img.shape[:2] != mask.shape:
+            raise EsegError(f"{lp}: label is {mask.shape[1]}x{mask.shape[0]} but its image {ip.name} is "
+                            f"{img.shape[1]}x{img.shape[0]}; labels must match their images pixel for pixel")
+        return img, mask
+
+    def __getitem__(self, index: int):
+        img, mask = self.load(index)
+        out = self.transform(image=img, mask=mask)
+        m = out["mask"]
+        m = torch.as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m
+        return out["image"], m.long()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {self.num_classes} classes)"
+
+
+def _pair_files(images: list[Path], label_for: Callable[[Path], Path], what: str, hint: str):
+    """Pair images with labels; any image without its label is an error naming it."""
+    files = []
+    for ip in images:
+        lp = label_for(ip)
+        if not lp.is_file():
+            raise EsegError(f"{ip}: no label {lp.name} for this image in {lp.parent}; {hint}")
+        files.append((ip, lp))
+    return files
+
+
+@register_dataset("cityscapes")
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes in its official layout; reads ``*_gtFine_labelTrainIds.png`` (from ``eseg
+    prepare-data cityscapes``), or converts ``*_gtFine_labelIds.png`` on the fly where those are absent."""
+
+    classes = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
+    default_crop = (512, 1024)
+
+    def __init__(self, root, split: str = "train", transform=None):
+        root = Path(root)
+        img_dir = root / "leftImg8bit" / split
+        if not img_dir.is_dir():
+            raise EsegError(f"{img_dir} not found: expected the Cityscapes layout leftImg8bit/{split}/<city>/"
+                            f"*_leftImg8bit.png under {root}")
+        images = sorted(img_dir.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise EsegError(f"{img_dir}: no *_leftImg8bit.png images found in its city folders")
+        self.root, self.split = root, split
+        self._lut = cityscapes_id_to_trainid_lut()
+        super().__init__(_pair_files(images, self._label_path, "label",
+                                     "run `eseg prepare-data cityscapes --root ROOT` or add the gtFine files"),
+                         transform)
+
+    def _label_path(self, ip: Path) -> Path:
+        stem = ip.name[: -len("_leftImg8bit.png")]
+        d = self.root / "gtFine" / self.split / ip.parent.name
+        p = d / f"{stem}_gtFine_labelTrainIds.png"
+        return p if p.is_file() or not (d / f"{stem}_gtFine_labelIds.png").is_file() else \
+            d / f"{stem}_gtFine_labelIds.png"
+
+    def map_label(self, label, path):
+        if path.name.endswith("_labelIds.png"):
+            return self._lut[label]
+        return label
+
+
+@register_dataset("synthetic")
+class SyntheticDataset(CityscapesDataset):
+    """The generated street scenes (Cityscapes layout and trainIds). ``root=None``: the default set."""
+
+    default_crop = (256, 512)
+
+    def __init__(self, root=None, split: str = "train", transform=None):
+        from eseg_cli.data.synthetic import ensure_default
+        if root is None or str(root) == "":
+            root = ensure_default()
+        root = Path(root)
+        if not (root / "leftImg8bit").is_dir():
+            raise EsegError(f"{root} holds no synthetic set; create it with "
+                            f"`eseg prepare-data synthetic --out {root}` (or pass no root for the default set)")
+        super().__init__(root, split, transform)
+
+
+@register_dataset("ade20k")
+class ADE20KDataset(SegmentationDataset):
+    """ADE20K SceneParsing (``ADEChallengeData2016``) with reduce-zero-label: annotation 0 ("other")
+    becomes ignore (255) and class k becomes k-1, giving the 150 benchmark classes."""
+
+    classes = ADE20K_CLASSES
+    palette = ADE20K_PALETTE
+    default_crop = (512, 512)
+    reduce_zero_label = True
+    SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+
+    def __init__(self, root, split: str = "train", transform=None):
+        root = Path(root)
+        if (root / "ADEChallengeData2016").is_dir():
+            root = root / "ADEChallengeData2016"
+        if split not in self.SPLITS:
+            raise EsegError(f"ADE20K split must be train or val, got {split!r}")
+        sub = self.SPLITS[split]
+        img_dir, ann_dir = root / "images" / sub, root / "annotations" / sub
+        for d in (img_dir, ann_dir):
+            if not d.is_dir():
+                raise EsegError(f"{d} not found: expected ADEChallengeData2016/{{images,annotations}}/{sub}")
+        images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not images:
+            raise EsegError(f"{img_dir}: no images found")
+        self.root, self.split = root, split
+        self._lut = np.arange(256, dtype=np.uint8) - 1  # 0 -> 255 by uint8 wrap-around, k -> k-1
+        self._lut[255] = IGNORE_INDEX
+        super().__init__(_pair_files(images, lambda ip: ann_dir / f"{ip.stem}.png", "annotation",
+                                     "every image needs its annotation PNG"), transform)
+
+    def map_label(self, label, path):
+        return self._lut[label] if self.reduce_zero_label else label
+
+
+@register_dataset("folder")
+class FolderDataset(SegmentationDataset):
+    """A generic folder: ``images/<split>/*.{png,jpg}``, ``masks/<split>/<same stem>.png`` (class
+    indices, 255 = ignore) and ``classes.txt`` (one class per line, optionally ``name R G B``)."""
+
+    def __init__(self, root, split: str = "train", transform=None, classes=None):
+        root = Path(root)
+        self.root, self.split = root, split
+        img_dir, mask_dir = root / "images" / split, root / "masks" / split
+        for d in (img_dir, mask_dir):
+            if not d.is_dir():
+                raise EsegError(f"{d} not found: a folder dataset needs images/<split>/ and masks/<split>/")
+        names, palette = self._read_classes(root / "classes.txt") if classes is None else (list(classes), [])
+        self.classes = names
+        self.palette = palette or _auto_palette(len(names))
+        images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not images:
+            raise EsegError(f"{img_dir}: no images found")
+        super().__init__(_pair_files(images, lambda ip: mask_dir / f"{ip.stem}.png", "mask",
+                                     "every image needs a mask PNG with the same name"), transform)
+
+    @staticmethod
+    def _read_classes(path: Path):
+        if not path.is_file():
+            raise EsegError(f"{path} not found: list the class names, one per line (optionally 'name R G B')")
+        names, palette = [], []
+        for line in path.read_text().splitlines():
+            parts = line.strip().split()
+            if not parts:
+                continue
+            if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
+                names.append(" ".join(parts[:-3]))
+                palette.append(tuple(int(p) for p in parts[-3:]))
+            else:
+                names.append(" ".join(parts))
+        if not names:
+            raise EsegError(f"{path}: no class names")
+        if palette and len(palette) != len(names):
+            raise EsegError(f"{path}: give a colour on every line or on none")
+        return names, palette
+
+    def map_label(self, label, path):
+        bad = label[(label >= self.num_classes) & (label != IGNORE_INDEX)]
+        if bad.size:
+            raise EsegError(f"{path}: label value {int(bad.max())} is outside 0..{self.num_classes - 1} "
+                            f"(and 255 = ignore) for the {self.num_classes} classes of classes.txt")
+        return label
+
+
+def _auto_palette(n: int) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(12345)
+    return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(n)]
