@@ -37,8 +37,11 @@ def _root(
 
 
 # Each command module registers itself on ``app`` when imported.
+from eseg_cli.cli import ablate as _ablate  # noqa: E402,F401
 from eseg_cli.cli import models as _models  # noqa: E402,F401
+from eseg_cli.cli import plot as _plot  # noqa: E402,F401
 from eseg_cli.cli import profile as _profile  # noqa: E402,F401
+from eseg_cli.cli import report as _report  # noqa: E402,F401
 
 
 def main() -> None:

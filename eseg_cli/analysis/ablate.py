@@ -1,0 +1,287 @@
+"""Ablations as data: named grids of model cells, each measured (params, FLOPs) and optionally trained.
+
+``run_ablation("decoder", out_dir)`` is Table 8's grid; ``levels`` and ``fusion`` vary ESeg's BiFPN
+level range and fusion modes. Every finished cell is one row in ``<out_dir>/results.jsonl``; rerunning
+skips the cells whose row (same settings) is already there, so an interrupted ablation resumes.
+
+Params/FLOPs measurements are cached in ``$ESEG_CACHE_DIR/measurements.json`` (default
+``~/.cache/eseg``), keyed by model configuration and resolution, so that ``eseg report`` is quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eseg_cli.errors import EsegError
+from eseg_cli.utils import atomic_write_json, atomic_write_text
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model of an ablation grid: a registry name and its keyword arguments."""
+
+    name: str  # unique within the ablation, e.g. "b1-deeplab-os16"
+    label: str  # human-readable, e.g. "EfficientNet-B1 + DeepLabV3+ (w/ atrous)"
+    model: str
+    kwargs: dict = field(default_factory=dict)
+
+
+def decoder_cells(scale: str = "eseg-s") -> list[Cell]:
+    """Table 8: encoders {EfficientNet-B1, ResNet-50} x decoders {BiFPN, DeepLabV3+ OS16, DeepLabV3+ OS32}.
+
+    The BiFPN rows are ESeg-S (96 channels, 4 repeats) on each encoder; ``scale`` is accepted for a
+    uniform signature but Table 8 is defined on ESeg-S.
+    """
+    cells = []
+    for enc, enc_label, eseg_kw in (("b1", "EfficientNet-B1", {}), ("r50", "ResNet-50", {"encoder": "resnet50"})):
+        timm_name = "efficientnet_b1" if enc == "b1" else "resnet50"
+        cells.append(Cell(f"{enc}-bifpn", f"{enc_label} + BiFPN (w/o atrous)", "eseg-s", dict(eseg_kw)))
+        cells.append(Cell(f"{enc}-deeplab-os16", f"{enc_label} + DeepLabV3+ (w/ atrous)", "deeplabv3plus",
+                          {"encoder": timm_name, "output_stride": 16}))
+        cells.append(Cell(f"{enc}-deeplab-os32", f"{enc_label} + DeepLabV3+ (w/o atrous)", "deeplabv3plus",
+                          {"encoder": timm_name, "output_stride": 32}))
+    return cells
+
+
+def levels_cells(scale: str = "eseg-s") -> list[Cell]:
+    """BiFPN level ranges P3-P7 (EfficientDet's), P2-P7, P3-P9 and P2-P9 (ESeg's) on one ESeg scale."""
+    return [Cell(f"p{lo}-p{hi}", f"P{lo}-P{hi}", scale, {"min_level": lo, "max_level": hi})
+            for lo, hi in ((3, 7), (2, 7), (3, 9), (2, 9))]
+
+
+def fusion_cells(scale: str = "eseg-s") -> list[Cell]:
+    """BiFPN node fusion (fast normalized, softmax, sum) and the head's level fusion (softmax vs sum)."""
+    return [
+        Cell("fastattn", "BiFPN fast normalized + head softmax", scale,
+             {"fusion": "fastattn", "head_fusion": "softmax"}),
+        Cell("softmax", "BiFPN softmax + head softmax", scale, {"fusion": "softmax", "head_fusion": "softmax"}),
+        Cell("sum", "BiFPN sum + head softmax", scale, {"fusion": "sum", "head_fusion": "softmax"}),
+        Cell("head-sum", "BiFPN fast normalized + head sum", scale, {"fusion": "fastattn", "head_fusion": "sum"}),
+    ]
+
+
+ABLATIONS: dict[str, Callable[[str], list[Cell]]] = {
+    "decoder": decoder_cells, "levels": levels_cells, "fusion": fusion_cells,
+}
+
+
+def cells_for(kind: str, scale: str = "eseg-s") -> list[Cell]:
+    """The cells of ablation ``kind`` (``decoder``, ``levels`` or ``fusion``)."""
+    if kind not in ABLATIONS:
+        raise EsegError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
+    return ABLATIONS[kind](scale)
+
+
+# ----------------------------------------------------------------------------- measurement cache
+
+def cache_path() -> Path:
+    """``$ESEG_CACHE_DIR/measurements.json`` (default ``~/.cache/eseg/measurements.json``)."""
+    root = os.environ.get("ESEG_CACHE_DIR") or Path.home() / ".cache" / "eseg"
+    return Path(root) / "measurements.json"
+
+
+def _cache_key(model: str, kwargs: dict, num_classes: int, resolution: tuple[int, int]) -> str:
+    import fvcore
+    import timm
+    import torch
+
+    # versions are part of the key: a new tracer or timm can change the counts
+    return json.dumps([model, kwargs, num_classes, list(resolution), torch.__version__.split("+")[0],
+                       timm.__version__, getattr(fvcore, "__version__", "")], sort_keys=True, default=str)
+
+
+def _load_cache() -> dict:
+    path = cache_path()
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a damaged cache is only a cache: measure again
+
+
+def measure(model: str, kwargs: dict | None = None, *, resolution: tuple[int, int] = (1024, 2048),
+            num_classes: int = 19, use_cache: bool = True) -> dict:
+    """Params and FLOPs (fvcore total and conv-only multiply-adds) of one model, cached on disk."""
+    from eseg_cli.analysis.profiler import count_flops, count_params
+    from eseg_cli.models import build_model
+
+    kwargs = dict(kwargs or {})
+    key = _cache_key(model, kwargs, num_classes, resolution)
+    cache = _load_cache() if use_cache else {}
+    if key in cache:
+        return dict(cache[key], cached=True)
+    try:
+        net = build_model(model, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise EsegError(f"model {model!r} does not accept these options {kwargs}: {e}") from None
+    res = dict(count_params(net))
+    fl = count_flops(net, resolution)
+    res.update(flops=fl["flops"], flops_conv=fl["flops_conv"], skipped_ops=sorted(fl["skipped_ops"]))
+    if use_cache:
+        cache = _load_cache()  # re-read: another process may have added entries meanwhile
+        cache[key] = res
+        try:
+            atomic_write_json(cache_path(), cache)
+        except OSError:
+            pass  # an unwritable cache folder costs time, not correctness
+    return dict(res, cached=False)
+
+
+# ----------------------------------------------------------------------------- results file
+
+def read_results(path: str | Path) -> list[dict]:
+    """Rows of a ``results.jsonl`` (or of every ``results.jsonl`` under a folder)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob(RESULTS_FILE)) if path.is_dir() else []
+    if not files:
+        raise EsegError(f"{path} is neither a {RESULTS_FILE} file nor a folder containing one; "
+                        "pass the output folder of `eseg ablate`")
+    rows = []
+    for f in files:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise EsegError(f"{f} line {i} is not valid JSON; fix or delete that line and rerun") from None
+    return rows
+
+
+def _append_row(path: Path, row: dict) -> None:
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write_text(path, old + json.dumps(row, default=str) + "\n")
+
+
+def _signature(cell: Cell, resolution, num_classes, train_settings: dict | None) -> str:
+    blob = json.dumps([cell.model, cell.kwargs, list(resolution), num_classes, train_settings],
+                      sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _pct(measured: float | None, paper: float | None) -> float | None:
+    if measured is None or paper is None or paper != paper or paper == 0:  # paper != paper: NaN
+        return None
+    return round(100.0 * (measured - paper) / paper, 2)
+
+
+def _paper_values(kind: str) -> dict[str, dict]:
+    if kind != "decoder":
+        return {}  # the paper's level/fusion ablation numbers are not part of the stored reference data
+    from eseg_cli.analysis.paper import load
+
+    return {r["cell"]: {"flops_b": float(r["flops_b"]), "miou": float(r["miou"])}
+            for r in load("table8").to_dict("records")}
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, dataset: str, data_root: str | None,
+               recipe: str | None, overrides: dict | None = None) -> dict:
+    """Train one cell with the engine under the ablation's shared settings; return its eval metrics.
+
+    The configuration is resolved once for ``base_scale`` (the recipe and its per-scale block), then only
+    the model changes, so every cell of an ablation trains under identical settings. A run folder left
+    by an interrupted ablation is resumed from its last checkpoint, a finished one is reused.
+    """
+    from eseg_cli.engine import load_config, train
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = None
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError:
+            summary = None
+        if summary and not (summary.get("finished") and summary.get("total_steps") == steps):
+            summary = None
+    if summary is None:
+        ov = {**(overrides or {}), "steps": steps, "data_root": data_root, "scale": cell.model,
+              "model": {**(overrides or {}).get("model", {}), **cell.kwargs}}
+        config = load_config(dataset, base_scale, ov, recipe=recipe)
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        summary = train(config, run_dir, resume=resume, progress=False)
+    final = summary.get("final_metrics") or {}
+    return {"miou": summary.get("best_mIoU", final.get("mIoU")), "pixacc": final.get("pixAcc"),
+            "run_dir": str(summary.get("run_dir", run_dir)), "checkpoint": summary.get("checkpoint")}
+
+
+# ----------------------------------------------------------------------------- the ablation
+
+def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resolution: tuple[int, int] = (1024, 2048),
+                 num_classes: int = 19, model_kwargs: dict | None = None, cells: list[str] | None = None,
+                 train: bool = False, steps: int = 200, dataset: str = "synthetic", data_root: str | None = None,
+                 recipe: str | None = None, train_overrides: dict | None = None, use_cache: bool = True,
+                 on_event: Callable[[str, Cell, dict | None], None] | None = None) -> list[dict]:
+    """Run ablation ``kind`` into ``out_dir``; return one row per cell (finished earlier or now).
+
+    ``model_kwargs`` are added to every cell's model options (tiny models for tests). ``cells`` picks a
+    subset by name. ``on_event(event, cell, row)`` is told "skip", "start" and "done".
+    """
+    all_cells = cells_for(kind, scale)
+    if cells:
+        unknown = sorted(set(cells) - {c.name for c in all_cells})
+        if unknown:
+            raise EsegError(f"unknown cell(s) {', '.join(unknown)} for ablation {kind!r}; "
+                            f"choose from {', '.join(c.name for c in all_cells)}")
+        all_cells = [c for c in all_cells if c.name in cells]
+    if train and steps < 1:
+        raise EsegError(f"--steps must be >= 1, got {steps}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / RESULTS_FILE
+    done = {(r.get("ablation"), r.get("cell"), r.get("signature")): r
+            for r in (read_results(results_path) if results_path.is_file() else [])}
+    paper = _paper_values(kind)
+    train_settings = ({"steps": steps, "dataset": dataset, "data_root": data_root, "recipe": recipe,
+                       "overrides": train_overrides} if train else None)
+    rows = []
+    for base in all_cells:
+        cell = Cell(base.name, base.label, base.model, {**base.kwargs, **(model_kwargs or {})})
+        sig = _signature(cell, resolution, num_classes, train_settings)
+        if (kind, cell.name, sig) in done:
+            row = done[(kind, cell.name, sig)]
+            if on_event:
+                on_event("skip", cell, row)
+            rows.append(row)
+            continue
+        if on_event:
+            on_event("start", cell, None)
+        t0 = time.time()
+        m = measure(cell.model, cell.kwargs, resolution=resolution, num_classes=num_classes, use_cache=use_cache)
+        ref = paper.get(cell.name, {})
+        full_res = tuple(resolution) == (1024, 2048)  # the paper's FLOPs are at 1024x2048 only
+        row = {
+            "ablation": kind, "cell": cell.name, "label": cell.label, "model": cell.model,
+            "model_kwargs": cell.kwargs, "resolution": f"{resolution[0]}x{resolution[1]}",
+            "num_classes": num_classes, "params": m["params"], "params_with_bn_stats": m["params_with_bn_stats"],
+            "flops": m["flops"], "flops_conv": m["flops_conv"],
+            "paper_flops": ref["flops_b"] * 1e9 if ref and full_res else None,
+            "flops_diff_pct": _pct(m["flops"], ref["flops_b"] * 1e9) if ref and full_res else None,
+            "flops_conv_diff_pct": _pct(m["flops_conv"], ref["flops_b"] * 1e9) if ref and full_res else None,
+            "paper_miou": ref.get("miou"), "miou": None, "pixacc": None, "miou_diff": None,
+            "train": train_settings, "run_dir": None, "signature": sig,
+        }
+        if train:
+            metrics = train_cell(cell, out_dir / "runs" / f"{cell.name}-{sig}", base_scale=scale, steps=steps,
+                                 dataset=dataset, data_root=data_root, recipe=recipe, overrides=train_overrides)
+            row.update(miou=metrics["miou"], pixacc=metrics["pixacc"], run_dir=metrics["run_dir"])
+            if dataset == "cityscapes" and metrics["miou"] is not None and row["paper_miou"] is not None:
+                row["miou_diff"] = round(metrics["miou"] - row["paper_miou"], 2)
+        row["seconds"] = round(time.time() - t0, 1)
+        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _append_row(results_path, row)
+        if on_event:
+            on_event("done", cell, row)
+        rows.append(row)
+    return rows

@@ -1,0 +1,331 @@
+"""Tables 3, 4, 5 and 8 of the paper, the paper's values beside this project's measured ones.
+
+Params and FLOPs are always measured (fvcore multiply-adds; cached, see
+:func:`eseg_cli.analysis.ablate.measure`); mIoU / pixAcc come from result folders: ``eseg ablate``
+output (``results.jsonl``) and evaluation JSON files (anything with an ``mIoU`` and a model name).
+
+``build_tables()`` returns DataFrames; ``write_tables()`` writes each as Markdown, CSV and LaTeX.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from eseg_cli.analysis import paper
+from eseg_cli.analysis.ablate import cells_for, measure, read_results
+from eseg_cli.errors import EsegError
+from eseg_cli.utils import atomic_write_text
+
+FULL_RES = (1024, 2048)  # Cityscapes, where the paper counts FLOPs
+ADE_RES = (512, 512)  # ADE20K's usual crop; Table 5 gives no FLOPs, ours are at this size
+TABLE_TITLES = {
+    "table3": "Table 3: network size scaling (params and FLOPs measured at 1024x2048, 19 classes)",
+    "table4": "Table 4: Cityscapes val, single scale",
+    "table5": "Table 5: ADE20K val (ms = multi-scale, the paper's †)",
+    "table8": "Table 8: encoder and decoder choices (Cityscapes, same training settings)",
+}
+NOTES = (
+    "FLOPs are multiply-adds (fvcore's convention). 'total' is fvcore's total (convolutions, batch norm, "
+    "upsampling); 'conv' counts convolutions only, the closest to how the paper counted. Differences are "
+    "measured minus paper (percent for params/FLOPs, points for mIoU/pixAcc). Measured mIoU is only filled "
+    "from results on the table's dataset; other datasets (e.g. the synthetic set) fill the mIoU column "
+    "with the dataset named in 'measured on'."
+)
+
+
+def _pct(measured, ref) -> float | None:
+    if measured is None or ref is None or _nan(measured) or _nan(ref) or ref == 0:
+        return None
+    return round(100.0 * (measured - ref) / ref, 1)
+
+
+def _nan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _diff(measured, ref) -> float | None:
+    if measured is None or ref is None or _nan(measured) or _nan(ref):
+        return None
+    return round(float(measured) - float(ref), 1)
+
+
+# ----------------------------------------------------------------------------- measured results
+
+def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
+    """Gather ``ablate`` rows and evaluation records from files or folders.
+
+    Returns ``{"ablate": [...rows], "eval": [...records]}``. An evaluation record is any JSON object
+    (in a ``*.json`` file, or a line of a ``*.jsonl`` file other than ``results.jsonl``) holding an
+    ``mIoU`` and a model name (``model`` or ``model_config.name``).
+    """
+    out: dict[str, list[dict]] = {"ablate": [], "eval": []}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise EsegError(f"--results {p} does not exist; pass an `eseg ablate` output folder or eval JSON")
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl"))
+        if p.is_dir() and any(f.name == "results.jsonl" for f in files):
+            out["ablate"].extend(read_results(p))
+        for f in files:
+            if f.name == "results.jsonl":
+                if p.is_file():
+                    out["ablate"].extend(read_results(f))
+                continue
+            out["eval"].extend(_eval_records(f))
+    return out
+
+
+def _eval_records(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+        objs = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
+            else [json.loads(text)]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return []  # not a results file (a config, a log fragment): ignored
+    recs = []
+    for o in objs:
+        for obj in (o if isinstance(o, list) else [o]):
+            if not isinstance(obj, dict):
+                continue
+            metrics = obj.get("metrics") if isinstance(obj.get("metrics"), dict) else obj
+            miou = metrics.get("mIoU", metrics.get("miou"))
+            cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
+            model = cfg.get("name") or obj.get("model")
+            if miou is None or not model:
+                continue
+            recs.append({"model": str(model), "model_config": cfg, "dataset": obj.get("dataset"),
+                         "mIoU": float(miou), "pixAcc": metrics.get("pixAcc", metrics.get("pixacc")),
+                         "source": str(path)})
+    return recs
+
+
+def _is_plain(cfg: dict) -> bool:
+    """A model built with the paper's defaults (no tiny-width or encoder overrides)."""
+    return not any(cfg.get(k) for k in ("encoder", "width", "depth", "channels", "repeats")) and \
+        cfg.get("min_level", 2) == 2 and cfg.get("max_level", 9) == 9
+
+
+def _eval_for(results: dict, key: str, dataset: str) -> dict | None:
+    """The best evaluation record of registry model ``key`` on ``dataset`` (None if there is none)."""
+    recs = [r for r in results["eval"] if r["model"] == key and str(r.get("dataset") or "").lower() == dataset
+            and _is_plain(r["model_config"])]
+    return max(recs, key=lambda r: r["mIoU"]) if recs else None
+
+
+# ----------------------------------------------------------------------------- tables
+
+Measurer = Callable[[str, dict, tuple[int, int], int], dict | None]
+
+
+def make_measurer(measure_missing: bool = True, ablate_rows: list[dict] | None = None) -> Measurer:
+    """A function giving params/FLOPs of a model: from ablation rows, then the cache, then (if
+    ``measure_missing``) by measuring; None when it may not measure and nothing is cached."""
+    by_cfg = {}
+    for r in ablate_rows or []:
+        by_cfg[json.dumps([r["model"], r.get("model_kwargs", {}), r["resolution"], r["num_classes"]],
+                          sort_keys=True)] = r
+
+    def get(model: str, kwargs: dict, resolution: tuple[int, int], num_classes: int) -> dict | None:
+        k = json.dumps([model, kwargs, f"{resolution[0]}x{resolution[1]}", num_classes], sort_keys=True)
+        if k in by_cfg:
+            return by_cfg[k]
+        from eseg_cli.analysis.ablate import _cache_key, _load_cache
+
+        cached = _load_cache().get(_cache_key(model, kwargs, num_classes, resolution))
+        if cached:
+            return cached
+        return measure(model, kwargs, resolution=resolution, num_classes=num_classes) if measure_missing else None
+
+    return get
+
+
+def _raw(v, scale: float) -> float | None:
+    return None if v is None else v / scale
+
+
+def _m(v, scale: float, nd: int) -> float | None:
+    return None if v is None else round(v / scale, nd)
+
+
+def table3(measurer: Measurer) -> pd.DataFrame:
+    """Table 3 (from :data:`eseg_cli.models.SCALES`) with measured params/FLOPs, and the paper's from
+    Table 4 where it gives them (ESeg-S/M/L)."""
+    from eseg_cli.models import SCALES
+
+    t4 = paper.load("table4").set_index("key")
+    rows = []
+    for s in SCALES.values():
+        m = measurer(s.name, {}, FULL_RES, 19) or {}
+        pp = t4.loc[s.name, "params_m"] if s.name in t4.index else None
+        pf = t4.loc[s.name, "flops_b"] if s.name in t4.index else None
+        rows.append({
+            "Model": s.display_name, "Encoder width": s.width, "Encoder depth": s.depth,
+            "Decoder channels": s.channels, "Decoder repeats": s.repeats,
+            "Params M (paper)": pp, "Params M (measured)": _m(m.get("params"), 1e6, 2),
+            "Δ params %": _pct(_raw(m.get("params"), 1e6), pp),
+            "FLOPs B (paper)": pf, "FLOPs B (total)": _m(m.get("flops"), 1e9, 2),
+            "FLOPs B (conv)": _m(m.get("flops_conv"), 1e9, 2),
+            "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), pf),
+            "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), pf),
+        })
+    return pd.DataFrame(rows)
+
+
+def table4(measurer: Measurer, results: dict) -> pd.DataFrame:
+    """Table 4, every peer row; measured params/FLOPs (and mIoU from Cityscapes evals) for ESeg rows."""
+    rows = []
+    for r in paper.load("table4").to_dict("records"):
+        key = r["key"]
+        m = (measurer(key, {}, FULL_RES, 19) or {}) if key else {}
+        ev = _eval_for(results, key, "cityscapes") if key else None
+        miou = r["miou"]
+        rows.append({
+            "Model": r["model"], "mIoU (paper)": miou, "mIoU note": r["miou_note"],
+            "mIoU w/ extra (paper)": r["miou_extra"], "mIoU (measured)": ev["mIoU"] if ev else None,
+            "Δ mIoU": _diff(ev["mIoU"], miou) if ev else None,
+            "Params M (paper)": r["params_m"], "Params M (measured)": _m(m.get("params"), 1e6, 2),
+            "Δ params %": _pct(_raw(m.get("params"), 1e6), r["params_m"]),
+            "FLOPs B (paper)": r["flops_b"], "FLOPs B (total)": _m(m.get("flops"), 1e9, 2),
+            "FLOPs B (conv)": _m(m.get("flops_conv"), 1e9, 2),
+            "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), r["flops_b"]),
+            "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), r["flops_b"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def table5(measurer: Measurer, results: dict) -> pd.DataFrame:
+    """Table 5, every peer row; ESeg rows get measured params (150 classes), FLOPs at 512x512 and
+    ADE20K eval mIoU / pixAcc where given."""
+    rows = []
+    for r in paper.load("table5").to_dict("records"):
+        key = r["key"]
+        m = (measurer(key, {}, ADE_RES, 150) or {}) if key else {}
+        ev = _eval_for(results, key, "ade20k") if key else None
+        rows.append({
+            "Model": r["model"], "mIoU (paper)": r["miou"], "mIoU ms (paper)": r["miou_ms"],
+            "mIoU (measured)": ev["mIoU"] if ev else None, "Δ mIoU": _diff(ev["mIoU"], r["miou"]) if ev else None,
+            "pixAcc (paper)": r["pixacc"], "pixAcc ms (paper)": r["pixacc_ms"],
+            "pixAcc (measured)": ev.get("pixAcc") if ev else None,
+            "Δ pixAcc": _diff(ev.get("pixAcc"), r["pixacc"]) if ev else None,
+            "Params M (measured)": _m(m.get("params"), 1e6, 2),
+            "FLOPs B at 512x512 (total)": _m(m.get("flops"), 1e9, 2),
+            "FLOPs B at 512x512 (conv)": _m(m.get("flops_conv"), 1e9, 2),
+        })
+    return pd.DataFrame(rows)
+
+
+def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
+    """Table 8 with measured params/FLOPs of every cell and mIoU from ``eseg ablate decoder --train`` rows."""
+    cells = {c.name: c for c in cells_for("decoder")}
+    trained = {}
+    for r in results["ablate"]:
+        # tiny test models (extra model_kwargs) are not Table 8's cells
+        if r.get("ablation") == "decoder" and r.get("miou") is not None and \
+                r.get("model_kwargs") == cells[r["cell"]].kwargs:
+            prev = trained.get(r["cell"])
+            if prev is None or str(r.get("finished_at", "")) >= str(prev.get("finished_at", "")):
+                trained[r["cell"]] = r
+    rows = []
+    for r in paper.load("table8").to_dict("records"):
+        c = cells[r["cell"]]
+        m = measurer(c.model, c.kwargs, FULL_RES, 19) or {}
+        tr = trained.get(r["cell"])
+        ds = (tr.get("train") or {}).get("dataset") if tr else None
+        rows.append({
+            "Encoder": r["encoder"], "Decoder": r["decoder"], "mIoU (paper)": r["miou"],
+            "mIoU (measured)": tr["miou"] if tr else None,
+            "Δ mIoU": _diff(tr["miou"], r["miou"]) if tr and ds == "cityscapes" else None,
+            "measured on": (f"{ds}, {(tr.get('train') or {}).get('steps')} steps" if tr else None),
+            "Params M (measured)": _m(m.get("params"), 1e6, 2),
+            "FLOPs B (paper)": r["flops_b"], "FLOPs B (total)": _m(m.get("flops"), 1e9, 2),
+            "FLOPs B (conv)": _m(m.get("flops_conv"), 1e9, 2),
+            "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), r["flops_b"]),
+            "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), r["flops_b"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True) -> dict[str, pd.DataFrame]:
+    """All four tables as DataFrames, keyed ``table3``, ``table4``, ``table5``, ``table8``."""
+    res = collect_results(results)
+    measurer = make_measurer(measure_missing, res["ablate"])
+    return {"table3": table3(measurer), "table4": table4(measurer, res), "table5": table5(measurer, res),
+            "table8": table8(measurer, res)}
+
+
+# ----------------------------------------------------------------------------- writers
+
+def _fmt(v) -> str:
+    if v is None or _nan(v) or v == "":
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy().astype(object)
+    for col in out.columns:
+        signed = col.startswith("Δ")
+        out[col] = [("-" if v is None or _nan(v) else f"{v:+.1f}") if signed else _fmt(v) for v in out[col]]
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table ("-" for missing values)."""
+    d = _display(df)
+    lines = ["| " + " | ".join(d.columns) + " |", "|" + "|".join("---" for _ in d.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in d.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs LaTeX table."""
+    d = _display(df)
+
+    def esc(s: str) -> str:
+        s = str(s)
+        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                     ("Δ", r"$\Delta$"), ("†", r"$^\dagger$")):
+            s = s.replace(a, b)
+        return s
+
+    align = "l" * (2 if "Decoder" in d.columns else 1)
+    align += "r" * (len(d.columns) - len(align))
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{esc(caption)}}}", rf"\label{{{label}}}",
+             rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(esc(c) for c in d.columns) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in d.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """Write every table as ``<out_dir>/tables/<name>.{md,csv,tex}`` plus ``<out_dir>/tables.md`` (all
+    of them with the notes). Returns the written paths."""
+    out_dir = Path(out_dir)
+    written = []
+    parts = ["# The paper's tables beside this build's measurements", "",
+             "Regenerate with `eseg report --out reports/` (see reports/README.md).", "", NOTES, ""]
+    for name, df in tables.items():
+        title = TABLE_TITLES.get(name, name)
+        written.append(atomic_write_text(out_dir / "tables" / f"{name}.md", f"## {title}\n\n{to_markdown(df)}"))
+        written.append(atomic_write_text(out_dir / "tables" / f"{name}.csv", df.to_csv(index=False)))
+        written.append(atomic_write_text(out_dir / "tables" / f"{name}.tex", to_latex(df, title, f"tab:{name}")))
+        parts += [f"## {title}", "", to_markdown(df)]
+    written.append(atomic_write_text(out_dir / "tables.md", "\n".join(parts)))
+    return written
+
+
+def generate_report(results: Iterable[str | Path] = (), out_dir: str | Path = "reports", *,
+                    measure_missing: bool = True) -> dict:
+    """Build and write every table; return ``{"tables": {name: records}, "files": [...]}``."""
+    tables = build_tables(results, measure_missing=measure_missing)
+    files = write_tables(tables, out_dir)
+    return {"tables": {k: json.loads(v.to_json(orient="records")) for k, v in tables.items()},
+            "files": [str(f) for f in files]}
