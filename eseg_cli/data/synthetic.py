@@ -16,6 +16,7 @@ for any number of workers.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -684,24 +685,32 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
         raise
 
 
-def _job(args) -> np.ndarray:
-    root, seed, split, index, size = args
-    img, lbl = render_sample(seed, split, index, size)
+def _job(args) -> tuple[bool, np.ndarray]:
+    root, seed, split, index, size, force = args
     ip, lp, idp = sample_paths(Path(root), split, index)
+    if not force and ip.is_file() and lp.is_file() and idp.is_file():
+        # deterministic: an existing sample of the same parameters is already right
+        with Image.open(lp) as im:
+            lbl = np.asarray(im)
+        if lbl.shape == tuple(size):
+            return True, np.bincount(lbl.ravel(), minlength=256)
+    img, lbl = render_sample(seed, split, index, size)
     _write_png(ip, img)
-    _write_png(lp, lbl)
     _write_png(idp, cityscapes_trainid_to_labelid_lut()[lbl])
-    return np.bincount(lbl.ravel(), minlength=256)
+    _write_png(lp, lbl)  # after labelIds: prepare-data cityscapes then sees trainIds as up to date
+    return False, np.bincount(lbl.ravel(), minlength=256)
 
 
 def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT.num_val,
              size: tuple[int, int] = DEFAULT.size, seed: int = 0, workers: int = 1,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None, force: bool = False) -> dict:
     """Generate a synthetic set under ``out_dir`` in the Cityscapes layout; returns a summary dict.
 
     Writes ``leftImg8bit/{train,val}/synthetic/*_leftImg8bit.png`` with ``*_gtFine_labelTrainIds.png``
     and ``*_gtFine_labelIds.png`` beside each label, and ``synthetic.json`` (parameters, class pixel
-    counts) last. ``progress(done, total)`` is called after each image.
+    counts) last. ``progress(done, total)`` is called after each image. Samples already on disk are
+    kept (generation is deterministic) unless ``force``; a folder holding a set made with other
+    parameters is refused unless ``force``.
     """
     h, w = (int(size[0]), int(size[1]))
     if h < 32 or w < 32:
@@ -711,28 +720,51 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise EsegError(f"{root} exists and is not a folder; choose another --out")
-    jobs = [(str(root), int(seed), split, i, (h, w))
+    params = SyntheticParams(num_train, num_val, (h, w), int(seed))
+    meta = root / "synthetic.json"
+    if meta.is_file() and not force:
+        try:
+            old = json.loads(meta.read_text())["params"]
+            same = (old["size"] == [h, w] and old["seed"] == int(seed)
+                    and old.get("generator_version", GENERATOR_VERSION) == GENERATOR_VERSION)
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        if not same:
+            raise EsegError(f"{root} already holds a synthetic set made with other parameters ({meta}); "
+                            "pass --force to regenerate it, or choose another --out")
+    elif root.is_dir() and not meta.is_file() and not force and any(
+            p.name not in ("leftImg8bit", "gtFine") for p in root.iterdir()):
+        raise EsegError(f"{root} is a non-empty folder that is not a synthetic set; choose an empty or new "
+                        "--out (or pass --force to write into it anyway)")
+    jobs = [(str(root), int(seed), split, i, (h, w), force)
             for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
     t0 = time.perf_counter()
     counts = np.zeros(256, np.int64)
+    skipped = 0
     total = len(jobs)
+
+    def take(done, res):
+        nonlocal counts, skipped
+        skipped += int(res[0])
+        counts += res[1]
+        if progress:
+            progress(done, total)
+
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            for done, c in enumerate(ex.map(_job, jobs, chunksize=4), 1):
-                counts += c
-                if progress:
-                    progress(done, total)
+            for done, res in enumerate(ex.map(_job, jobs, chunksize=4), 1):
+                take(done, res)
     else:
         for done, job in enumerate(jobs, 1):
-            counts += _job(job)
-            if progress:
-                progress(done, total)
+            take(done, _job(job))
     pix = {name: int(counts[i]) for i, name in enumerate(CITYSCAPES_CLASSES)}
     summary = {
         "root": str(root),
         "generator_version": GENERATOR_VERSION,
-        "params": asdict(SyntheticParams(num_train, num_val, (h, w), int(seed))),
+        "params": {**asdict(params), "generator_version": GENERATOR_VERSION},
         "images": {"train": num_train, "val": num_val},
+        "generated": total - skipped,
+        "skipped": skipped,
         "classes_present": [n for n, c in pix.items() if c > 0],
         "class_pixels": pix,
         "seconds": round(time.perf_counter() - t0, 2),

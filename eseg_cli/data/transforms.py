@@ -15,7 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.0), hflip: bool = True,
                      photometric: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     ignore_index: int = IGNORE_INDEX, resize=None) -> A.Compose:
+                     ignore_index: int = IGNORE_INDEX, resize=None, seed: int | None = None) -> A.Compose:
     """The recipe's pipelines as one albumentations ``Compose``.
 
     train: [resize] -> random scale in ``scale_range`` -> pad to ``crop_size`` (image 0, mask
@@ -24,7 +24,8 @@ def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.
     val: [resize to ``resize`` = (H, W)] -> normalize -> tensors.
 
     Call as ``out = t(image=img, mask=mask)``; ``out["image"]`` is float32 3xHxW, ``out["mask"]`` a
-    uint8/int tensor HxW (the datasets turn it into int64).
+    uint8/int tensor HxW (the datasets turn it into int64). ``seed`` fixes the random draws (for
+    previews and tests; albumentations re-seeds per DataLoader worker).
     """
     ops: list = []
     if resize is not None:
@@ -49,7 +50,7 @@ def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.
         if photometric:
             ops.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=0.8))
     ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(ops)
+    return A.Compose(ops, seed=seed)
 
 
 def _pair(v, what) -> tuple[int, int]:

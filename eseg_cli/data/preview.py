@@ -1,0 +1,76 @@
+"""Preview grids: what the model is fed (augmentations included), with labels overlaid in colour."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from eseg_cli.data.classes import IGNORE_INDEX, palette_array
+from eseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from eseg_cli.errors import EsegError
+from eseg_cli.utils import atomic_write_bytes
+
+
+def denormalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """A normalized 3xHxW tensor back to HxWx3 uint8."""
+    arr = image.detach().cpu().float().numpy().transpose(1, 2, 0)
+    arr = arr * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5,
+            ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Blend class colours over ``image`` (HxWx3 uint8); ignored pixels are shown darkened."""
+    colors = palette_array(palette)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
+    out = image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha
+    ign = np.asarray(mask) == ignore_index
+    out[ign] = image[ign].astype(np.float32) * 0.35
+    return (out + 0.5).astype(np.uint8)
+
+
+def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: int = 0, alpha: float = 0.5,
+                 title: str | None = None) -> dict:
+    """Write a PNG grid of ``n`` samples of ``dataset`` (through its transform) with overlaid labels and
+    a legend of the classes shown. Returns ``{"path", "indices", "classes"}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if n < 1:
+        raise EsegError(f"--preview must be at least 1, got {n}")
+    if len(dataset) == 0:
+        raise EsegError("the dataset is empty; nothing to preview")
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False).tolist())
+    tiles, seen = [], set()
+    for i in idx:
+        img, mask = dataset[i]
+        m = mask.numpy()
+        tiles.append(overlay(denormalize(img), m, dataset.palette, alpha, dataset.ignore_index))
+        seen.update(int(v) for v in np.unique(m) if v != dataset.ignore_index)
+    cols = cols or min(4, len(tiles))
+    rows = -(-len(tiles) // cols)
+    h, w = tiles[0].shape[:2]
+    fig_w = 16.0
+    fig_h = fig_w / cols * rows * h / w + 1.6
+    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, tile, i in zip(axes.ravel(), tiles, idx, strict=False):
+        ax.imshow(tile)
+        ax.set_title(f"#{i}", fontsize=8)
+    names = [c for c in sorted(seen) if c < len(dataset.classes)]
+    handles = [Patch(color=np.asarray(dataset.palette[c]) / 255, label=dataset.classes[c]) for c in names]
+    fig.legend(handles=handles, loc="lower center", ncol=min(10, max(len(handles), 1)), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    path = atomic_write_bytes(Path(out_path), buf.getvalue())
+    return {"path": str(path), "indices": idx, "classes": [dataset.classes[c] for c in names]}
