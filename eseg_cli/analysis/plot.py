@@ -40,64 +40,67 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
     the extra ``avoid`` points, or ``avoid_artists`` such as a legend) and every label stays inside
     the axes. Returns the annotation artists.
 
-    Candidates are tried at growing distances in ten directions; a thin leader line is drawn when a
-    label ends up away from its point.
+    Positions are tried at growing distances in ten directions around the point, then anywhere on a
+    grid over the axes, nearest first; a thin leader line joins a label placed away from its point.
+    Only if the axes have no free room at all does a label overlap (beside its point).
     """
     from matplotlib.text import Text
 
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    axes_box = ax.get_window_extent(renderer)
+    ab = ax.get_window_extent(renderer)
+    px = fig.dpi / 72.0  # pixels per point
     pts = ax.transData.transform(list(zip(xs, ys, strict=True))) if len(xs) else []
     extra = ax.transData.transform(list(avoid)) if len(avoid) else []
-    px = fig.dpi / 72.0
-    r = 4.5 * px  # marker half-size in pixels
-    blocked = [(x - r, y - r, x + r, y + r) for x, y in [*pts, *extra]]
-    for a in avoid_artists:  # e.g. a legend inside the axes
+    r, pad = 4.5 * px, 1.5 * px  # marker half-size, gap kept around every box
+    taken = [(x - r, y - r, x + r, y + r) for x, y in [*pts, *extra]]
+    for a in avoid_artists:
         bb = a.get_window_extent(renderer)
-        blocked.append((bb.x0, bb.y0, bb.x1, bb.y1))
-    placed: list[tuple[float, float, float, float]] = []
-    artists = []
+        taken.append((bb.x0, bb.y0, bb.x1, bb.y1))
 
     def free(b):
-        pad = 1.5 * px
-        if b[0] < axes_box.x0 + pad or b[2] > axes_box.x1 - pad or b[1] < axes_box.y0 + pad or b[3] > axes_box.y1 - pad:
+        if b[0] < ab.x0 + pad or b[2] > ab.x1 - pad or b[1] < ab.y0 + pad or b[3] > ab.y1 - pad:
             return False
         return not any(b[0] < o[2] + pad and o[0] < b[2] + pad and b[1] < o[3] + pad and o[1] < b[3] + pad
-                       for o in (*placed, *blocked))
+                       for o in taken)
 
-    for (x, y), label in zip(zip(xs, ys, strict=True), labels, strict=True):
-        best = None
+    def box(ax_, ay, w, h, ha, va):
+        x0 = ax_ if ha == "left" else ax_ - w if ha == "right" else ax_ - w / 2
+        y0 = ay if va == "bottom" else ay - h if va == "top" else ay - h / 2
+        return (x0, y0, x0 + w, y0 + h)
+
+    artists = []
+    for (x, y), (px_x, px_y), label in zip(zip(xs, ys, strict=True), pts, labels, strict=True):
+        probe = ax.annotate(label, (x, y), fontsize=fontsize)
+        probe.update_positions(renderer)
+        bb = Text.get_window_extent(probe, renderer)
+        w, h = bb.width, bb.height
+        probe.remove()
+        candidates = []
         for dist in (7, 12, 20, 30, 42, 56, 72, 90):
             for dx, dy in _DIRECTIONS:
-                off = (dx * dist, dy * dist)  # points: independent of the dpi the file is saved at
                 ha = "left" if dx > 0 else "right" if dx < 0 else "center"
                 va = "bottom" if dy > 0.5 else "top" if dy < -0.5 else "center"
-                t = ax.annotate(label, (x, y), xytext=off, textcoords="offset points", ha=ha, va=va,
-                                fontsize=fontsize, color=color, zorder=5)
-                t.update_positions(renderer)  # an annotation is only placed at draw time otherwise
-                bb = Text.get_window_extent(t, renderer)  # the text alone, not a leader line
-                box = (bb.x0, bb.y0, bb.x1, bb.y1)
-                if free(box):
-                    best = (t, box, dist)
-                    break
-                t.remove()
-            if best:
+                candidates.append((dx * dist, dy * dist, ha, va))
+        step = 8  # points
+        grid = [(gx, gy) for gx in range(-int(ab.width / px), int(ab.width / px) + 1, step)
+                for gy in range(-int(ab.height / px), int(ab.height / px) + 1, step)]
+        candidates += [(gx, gy, "center", "center") for gx, gy in sorted(grid, key=lambda g: g[0] ** 2 + g[1] ** 2)]
+        chosen = None
+        for ox, oy, ha, va in candidates:
+            b = box(px_x + ox * px, px_y + oy * px, w, h, ha, va)
+            if free(b):
+                chosen = (ox, oy, ha, va, b)
                 break
-        if best is None:  # nowhere free: keep the nearest spot rather than drop the label
-            t = ax.annotate(label, (x, y), xytext=(7, 0), textcoords="offset points", ha="left",
-                            va="center", fontsize=fontsize, color=color, zorder=5)
-            t.update_positions(renderer)
-            bb = Text.get_window_extent(t, renderer)
-            best = (t, (bb.x0, bb.y0, bb.x1, bb.y1), 7)
-        t, box, dist = best
-        if dist > 12:
-            t.remove()
-            t = ax.annotate(label, (x, y), xytext=t.xyann, textcoords="offset points", ha=t.get_ha(),
-                            va=t.get_va(), fontsize=fontsize, color=color, zorder=5,
-                            arrowprops=dict(arrowstyle="-", lw=0.5, color="0.55", shrinkA=0, shrinkB=3))
-        placed.append(box)
+        if chosen is None:  # no room anywhere: keep the label beside its point rather than drop it
+            chosen = (7, 0, "left", "center", box(px_x + 7 * px, px_y, w, h, "left", "center"))
+        ox, oy, ha, va, b = chosen
+        far = (ox * ox + oy * oy) ** 0.5 > 12
+        t = ax.annotate(label, (x, y), xytext=(ox, oy), textcoords="offset points", ha=ha, va=va,
+                        fontsize=fontsize, color=color, zorder=5,
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color="0.55", shrinkA=0, shrinkB=3) if far else None)
+        taken.append(b)
         artists.append(t)
     return artists
 

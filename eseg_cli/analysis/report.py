@@ -148,6 +148,16 @@ def _raw(v, scale: float) -> float | None:
     return None if v is None else v / scale
 
 
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows to a DataFrame whose numeric columns are float (missing = NaN), text columns str."""
+    df = pd.DataFrame(rows)
+    for col in df.columns:
+        vals = [v for v in df[col] if v is not None and not _nan(v)]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df
+
+
 def _m(v, scale: float, nd: int) -> float | None:
     return None if v is None else round(v / scale, nd)
 
@@ -173,7 +183,7 @@ def table3(measurer: Measurer) -> pd.DataFrame:
             "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), pf),
             "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), pf),
         })
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
 def table4(measurer: Measurer, results: dict) -> pd.DataFrame:
@@ -195,7 +205,7 @@ def table4(measurer: Measurer, results: dict) -> pd.DataFrame:
             "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), r["flops_b"]),
             "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), r["flops_b"]),
         })
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
 def table5(measurer: Measurer, results: dict) -> pd.DataFrame:
@@ -216,7 +226,7 @@ def table5(measurer: Measurer, results: dict) -> pd.DataFrame:
             "FLOPs B at 512x512 (total)": _m(m.get("flops"), 1e9, 2),
             "FLOPs B at 512x512 (conv)": _m(m.get("flops_conv"), 1e9, 2),
         })
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
 def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
@@ -225,7 +235,7 @@ def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
     trained = {}
     for r in results["ablate"]:
         # tiny test models (extra model_kwargs) are not Table 8's cells
-        if r.get("ablation") == "decoder" and r.get("miou") is not None and \
+        if r.get("ablation") == "decoder" and r.get("miou") is not None and r.get("cell") in cells and \
                 r.get("model_kwargs") == cells[r["cell"]].kwargs:
             prev = trained.get(r["cell"])
             if prev is None or str(r.get("finished_at", "")) >= str(prev.get("finished_at", "")):
@@ -247,7 +257,7 @@ def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
             "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), r["flops_b"]),
             "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), r["flops_b"]),
         })
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
 def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True) -> dict[str, pd.DataFrame]:

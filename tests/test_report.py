@@ -1,0 +1,109 @@
+"""`eseg report`: the paper's tables beside measured values, in Markdown, CSV and LaTeX."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from eseg_cli.analysis import ablate, paper, report
+from eseg_cli.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ESEG_CACHE_DIR", str(tmp_path / "cache"))  # empty: nothing measured yet
+
+
+def fake_results(folder, miou=True):
+    """An `eseg ablate` results folder with made-up measurements of every Table 8 cell and ESeg scale."""
+    rows = []
+    for i, c in enumerate(ablate.cells_for("decoder")):
+        rows.append({"ablation": "decoder", "cell": c.name, "model": c.model, "model_kwargs": c.kwargs,
+                     "resolution": "1024x2048", "num_classes": 19, "params": 1e6 * (i + 1),
+                     "flops": 1e10 * (i + 1), "flops_conv": 0.9e10 * (i + 1), "miou": 50.0 + i if miou else None,
+                     "pixacc": 90.0, "train": {"dataset": "synthetic", "steps": 10}, "finished_at": "2026"})
+    for name in ("eseg-lite-s", "eseg-lite-m", "eseg-lite-l", "eseg-m", "eseg-l"):
+        rows.append({"ablation": "fusion", "cell": "x", "model": name, "model_kwargs": {}, "resolution": "1024x2048",
+                     "num_classes": 19, "params": 2e6, "flops": 4e10, "flops_conv": 3.9e10})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_no_runs_no_measuring_keeps_every_paper_row(tmp_path):
+    t = report.build_tables(measure_missing=False)
+    assert list(t["table4"]["Model"]) == list(paper.load("table4")["model"])  # every peer row, in order
+    assert list(t["table5"]["Model"]) == list(paper.load("table5")["model"])
+    assert len(t["table3"]) == 6 and len(t["table8"]) == 6
+    assert t["table8"]["FLOPs B (total)"].isna().all()  # nothing cached, nothing measured
+    assert t["table4"].loc[t["table4"].Model == "SegFormer-B5", "FLOPs B (paper)"].item() == 1460
+
+
+def test_ablation_results_fill_table8_and_the_measured_columns(tmp_path):
+    t = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)
+    t8 = t["table8"]
+    assert list(t8["mIoU (measured)"]) == [50.0, 51.0, 52.0, 53.0, 54.0, 55.0]
+    assert list(t8["FLOPs B (total)"]) == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    assert t8["Δ FLOPs % (total)"][0] == round(100 * (10 - 34.5) / 34.5, 1)
+    assert t8["Δ mIoU"].isna().all()  # trained on synthetic data: not comparable with Cityscapes
+    assert t8["measured on"][0] == "synthetic, 10 steps"
+    # ESeg-S's measurement (the b1-bifpn cell) fills Tables 3 and 4 too
+    t4 = t["table4"].set_index("Model")
+    assert t4.loc["ESeg-S", "FLOPs B (total)"] == 10.0 and t4.loc["ESeg-M", "Params M (measured)"] == 2.0
+    assert pd.isna(t4.loc["HRNetV2-W48", "FLOPs B (total)"])
+    assert t["table3"].set_index("Model").loc["ESeg-Lite-S", "FLOPs B (conv)"] == 39.0
+
+
+def test_eval_json_fills_cityscapes_and_ade20k_miou(tmp_path):
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "city.json").write_text(json.dumps(
+        {"model_config": {"name": "eseg-s", "num_classes": 19}, "dataset": "cityscapes", "mIoU": 70.0,
+         "pixAcc": 95.0}))
+    (tmp_path / "ev" / "ade.json").write_text(json.dumps(
+        {"model": "eseg-m", "dataset": "ade20k", "metrics": {"mIoU": 40.0, "pixAcc": 80.0}}))
+    (tmp_path / "ev" / "tiny.json").write_text(json.dumps(  # a tiny test model is not ESeg-S
+        {"model_config": {"name": "eseg-s", "width": 0.25}, "dataset": "cityscapes", "mIoU": 99.0}))
+    t = report.build_tables([tmp_path / "ev"], measure_missing=False)
+    t4 = t["table4"].set_index("Model")
+    assert t4.loc["ESeg-S", "mIoU (measured)"] == 70.0 and t4.loc["ESeg-S", "Δ mIoU"] == -10.1
+    t5 = t["table5"].set_index("Model")
+    assert t5.loc["ESeg-M", "mIoU (measured)"] == 40.0 and t5.loc["ESeg-M", "Δ pixAcc"] == -1.3
+
+
+def test_written_files_hold_the_tables(tmp_path):
+    tables = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)
+    files = report.write_tables(tables, tmp_path / "out")
+    assert len(files) == 13
+    back = pd.read_csv(tmp_path / "out" / "tables" / "table8.csv")
+    pd.testing.assert_frame_equal(back, tables["table8"], check_dtype=False)
+    md = (tmp_path / "out" / "tables" / "table4.md").read_text()
+    assert md.count("\n|") == 2 + 21 and "| Naive-Student | 80.7 |" in md
+    tex = (tmp_path / "out" / "tables" / "table8.tex").read_text()
+    assert r"$\Delta$ FLOPs \% (total)" in tex and r"\bottomrule" in tex and "-71" in tex
+
+
+def test_cli_writes_and_refuses_to_overwrite(tmp_path):
+    abl = fake_results(tmp_path / "abl")
+    out = tmp_path / "reports"
+    res = runner.invoke(app, ["report", "--results", str(abl), "--out", str(out), "--no-measure", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["tables"]["table8"][2]["mIoU (measured)"] == 52.0 and (out / "tables.md").is_file()
+    res = runner.invoke(app, ["report", "--results", str(abl), "--out", str(out), "--no-measure"])
+    assert res.exit_code == 2 and "--yes" in res.output
+    res = runner.invoke(app, ["report", "--results", str(tmp_path / "nope"), "--out", str(out), "--yes"])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.slow
+def test_report_measures_everything_with_no_runs(tmp_path):
+    t = report.build_tables()
+    assert t["table3"]["FLOPs B (total)"].notna().all() and t["table8"]["FLOPs B (total)"].notna().all()
+    t8 = t["table8"]
+    rows = [0, 1, 2, 3, 5]  # every row but ResNet-50 w/ atrous is within 5% of the paper
+    assert (t8.loc[rows, "Δ FLOPs % (total)"].abs() < 5).all()
