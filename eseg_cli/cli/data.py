@@ -15,8 +15,6 @@ from eseg_cli.cli._common import EsegTyper, confirm_overwrite, console, err_cons
 
 prepare_app = EsegTyper(
     name="prepare-data",
-    help="Check Cityscapes / ADE20K in their official layouts and make them training-ready, or generate "
-         "the built-in synthetic street scenes.",
     rich_markup_mode="rich",
     no_args_is_help=True,
 )
@@ -25,7 +23,7 @@ app.add_typer(prepare_app, name="prepare-data", rich_help_panel="Data")
 
 @prepare_app.callback()
 def _prepare_root():
-    """Make a dataset training-ready (checks, trainIds, the synthetic set).
+    """Make datasets training-ready: check Cityscapes / ADE20K, or generate the synthetic set.
 
     Examples:
 

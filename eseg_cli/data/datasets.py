@@ -64,7 +64,7 @@ def read_image(path: Path) -> np.ndarray:
     """An RGB image as HxWx3 uint8; unreadable files raise EsegError naming them."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise EsegError(f"{path}: image not found; check the dataset root") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -78,7 +78,7 @@ def read_label(path: Path) -> np.ndarray:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise EsegError(f"{path}: a label must be a single-channel PNG (mode L/P), got mode {im.mode}; "
                                 "convert it to class indices")
-            arr = np.asarray(im)
+            arr = np.array(im)
     except FileNotFoundError:
         raise EsegError(f"{path}: label not found; check the dataset root") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
