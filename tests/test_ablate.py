@@ -118,3 +118,12 @@ def test_train_every_cell_under_the_same_settings(tmp_path):
                         cells=["sum", "head-sum"], train=True, steps=2, data_root=str(root),
                         train_overrides=settings, on_event=lambda e, c, r: events.append(e))
     assert events == ["skip", "skip"]
+
+
+def test_set_overrides_are_parsed():
+    from eseg_cli.cli.ablate import parse_sets
+
+    assert parse_sets(["batch_size=2", "crop_size=[128, 64]", "loss=ce"]) == \
+        {"batch_size": 2, "crop_size": [128, 64], "loss": "ce"}
+    with pytest.raises(EsegError, match="KEY=VALUE"):
+        parse_sets(["batch_size"])

@@ -107,3 +107,13 @@ def test_report_measures_everything_with_no_runs(tmp_path):
     t8 = t["table8"]
     rows = [0, 1, 2, 3, 5]  # every row but ResNet-50 w/ atrous is within 5% of the paper
     assert (t8.loc[rows, "Δ FLOPs % (total)"].abs() < 5).all()
+
+
+def test_engine_run_folder_eval_json_is_read(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("scale: s\ndataset: cityscapes\nmodel: {}\n")
+    (run / "eval.json").write_text(json.dumps({"mIoU": 75.0, "pixAcc": 94.0, "dataset": "cityscapes",
+                                               "checkpoint": "run/checkpoints/best.pt"}))
+    t4 = report.build_tables([tmp_path], measure_missing=False)["table4"].set_index("Model")
+    assert t4.loc["ESeg-S", "mIoU (measured)"] == 75.0 and pd.isna(t4.loc["ESeg-M", "mIoU (measured)"])

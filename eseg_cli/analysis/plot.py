@@ -379,8 +379,9 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
     """Draw the requested figures into ``out_dir`` from the same tables ``eseg report`` writes.
 
     Figure 4's measured points come from ``profiles`` (``eseg profile --json`` files) and, with
-    ``measure_fps_now``, from timing the ESeg-Lite models here. Training curves need run folders in
-    ``results``; without any, that figure is skipped (reported under ``skipped``).
+    ``measure_fps_now``, from timing the ESeg-Lite models here (saved as ``fps_measured.json``).
+    Training curves need run folders in ``results``; without any, that figure is skipped (reported
+    under ``skipped``).
     """
     from eseg_cli.analysis import paper
     from eseg_cli.analysis.report import build_tables
@@ -397,7 +398,12 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
     if "figure4" in which:
         measured = read_profiles(profiles)
         if measure_fps_now:
-            measured += measure_fps(list(REALTIME), resolution=fps_resolution, device=device, runs=runs)
+            now = measure_fps(list(REALTIME), resolution=fps_resolution, device=device, runs=runs)
+            from eseg_cli.utils import atomic_write_json
+
+            # kept beside the figure so later runs can reuse it: --profile <out>/fps_measured.json
+            summary["files"].append(str(atomic_write_json(out_dir / "fps_measured.json", now)))
+            measured += now
         res_txt = {r.get("latency_resolution") for r in measured if r.get("latency_resolution")}
         fig, pts, paths = plot_figure4(figure4_points(paper.load("figure4"), measured), out_dir,
                                        resolution=", ".join(sorted(res_txt)) or None)

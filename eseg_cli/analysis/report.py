@@ -96,12 +96,37 @@ def _eval_records(path: Path) -> list[dict]:
             miou = metrics.get("mIoU", metrics.get("miou"))
             cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
             model = cfg.get("name") or obj.get("model")
+            dataset = obj.get("dataset")
+            if miou is not None and not model:  # an engine run folder: eval.json beside config.yaml
+                run = _run_config(path.parent)
+                if run:
+                    cfg, model, dataset = run["model_config"], run["model_config"]["name"], dataset or run["dataset"]
             if miou is None or not model:
                 continue
-            recs.append({"model": str(model), "model_config": cfg, "dataset": obj.get("dataset"),
+            recs.append({"model": str(model), "model_config": cfg, "dataset": dataset,
                          "mIoU": float(miou), "pixAcc": metrics.get("pixAcc", metrics.get("pixacc")),
                          "source": str(path)})
     return recs
+
+
+def _run_config(folder: Path) -> dict | None:
+    """The model and dataset of an engine run folder, from its ``config.yaml`` (None if there is none)."""
+    import yaml
+
+    path = folder / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or "scale" not in cfg:
+        return None
+    from eseg_cli.models import resolve_scale
+
+    try:
+        name = resolve_scale(cfg["scale"]).name
+    except EsegError:
+        name = str(cfg["scale"])  # another registered model, e.g. deeplabv3plus
+    return {"model_config": {"name": name, **(cfg.get("model") or {})}, "dataset": cfg.get("dataset")}
 
 
 def _is_plain(cfg: dict) -> bool:

@@ -12,6 +12,24 @@ from eseg_cli.cli import app
 from eseg_cli.cli._common import console, err_console, human, print_json
 
 
+def parse_sets(items: list[str]) -> dict:
+    """``["batch_size=2", "crop_size=[128,128]"]`` -> ``{"batch_size": 2, "crop_size": [128, 128]}``."""
+    import yaml
+
+    from eseg_cli.errors import EsegError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EsegError(f"--set {item!r}: use KEY=VALUE, e.g. --set batch_size=2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise EsegError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+    return out
+
+
 @app.command("ablate", rich_help_panel="Paper workbench")
 def ablate_cmd(
     kind: str = typer.Argument(..., help="decoder (Table 8), levels (P3-P7 ... P2-P9) or fusion."),
@@ -26,6 +44,8 @@ def ablate_cmd(
     dataset: str = typer.Option("synthetic", "--dataset", help="Training dataset (with --train)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (synthetic: generated)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe YAML shared by every cell."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Training config override KEY=VALUE (YAML "
+                                             "value, repeatable), e.g. --set batch_size=2 --set crop_size=[128,128]."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached params/FLOPs measurements."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ):
@@ -40,12 +60,15 @@ def ablate_cmd(
       [cyan]eseg ablate levels --train --steps 500[/]          train P3-P7 ... P2-P9 on the synthetic set
 
       [cyan]eseg ablate fusion -r 512x1024 --cell sum[/]
+
+      [cyan]eseg ablate decoder --train --steps 30 --set crop_size=[128,128] --set max_val_images=10[/]
     """
     from eseg_cli.analysis.ablate import run_ablation
     from eseg_cli.utils import parse_size
 
     res = parse_size(resolution, "--resolution")
     folder = out / kind
+    overrides = parse_sets(sets or [])
 
     def on_event(event, cell, row):
         if json_out:
@@ -57,7 +80,7 @@ def ablate_cmd(
 
     rows = run_ablation(kind, folder, scale=scale, resolution=res, num_classes=num_classes, cells=cells,
                         train=train, steps=steps, dataset=dataset, data_root=data_root, recipe=recipe,
-                        use_cache=cache, on_event=on_event)
+                        train_overrides=overrides or None, use_cache=cache, on_event=on_event)
     if json_out:
         print_json(rows)
         return

@@ -19,6 +19,10 @@ def report_cmd(
                              "<out>/tables.md."),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure params/FLOPs not yet cached "
                                  "(about a minute per model at 1024x2048 on a CPU)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Also draw Figures 1 and 4 and the "
+                                 "training curves into <out>/figures (see `eseg plot`)."),
+    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help="`eseg profile --json` output with "
+                                                  "FPS for Figure 4 (repeatable)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing generated tables without asking."),
     json_out: bool = typer.Option(False, "--json", help="Print the tables as JSON."),
 ):
@@ -28,7 +32,7 @@ def report_cmd(
 
     Examples:
 
-      [cyan]eseg report --yes[/]                             every table, into reports/
+      [cyan]eseg report --yes[/]                             every table and figure, into reports/
 
       [cyan]eseg report --results runs/ablate --out reports/ --yes[/]   with Table 8's trained mIoU
     """
@@ -38,6 +42,12 @@ def report_cmd(
     if not json_out and measure:
         err_console.print("[dim]measuring params/FLOPs not in the cache (cached after the first run)...[/]")
     summary = generate_report(results or [], out, measure_missing=measure)
+    if figures:
+        from eseg_cli.analysis.plot import generate_figures
+
+        figs = generate_figures(results or [], out / "figures", profiles=profiles or [], measure_missing=measure)
+        summary["files"] += figs["files"]
+        summary["figures_skipped"] = figs["skipped"]
     if json_out:
         print_json(summary)
         return
