@@ -176,6 +176,19 @@ def test_bad_crop_is_an_eseg_error():
         build_transforms(True, crop_size=(0, 10))
 
 
+def test_dataloader_workers_draw_different_augmentations(tmp_path):
+    """Forked workers must not replay one albumentations random stream (same augmentations everywhere)."""
+    generate(tmp_path, num_train=1, num_val=0, size=(32, 64), seed=0)
+    ds = build_dataset("synthetic", tmp_path, "train", build_transforms(True, crop_size=(24, 24), seed=0))
+    ds.files = ds.files * 4
+    torch.manual_seed(0)
+    batches = [x for x, _ in torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2)]
+    assert not torch.equal(batches[0], batches[1])  # worker 0 and worker 1, same image
+    torch.manual_seed(0)
+    again = [x for x, _ in torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # reproducible under a seed
+
+
 # ------------------------------------------------------------------------------------------ synthetic
 def test_synthetic_deterministic_per_seed():
     a_img, a_lbl = render_sample(0, "train", 3, (64, 128))

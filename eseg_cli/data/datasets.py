@@ -128,7 +128,20 @@ class SegmentationDataset(Dataset):
                             f"{img.shape[1]}x{img.shape[0]}; labels must match their images pixel for pixel")
         return img, mask
 
+    def _reseed_in_worker(self) -> None:
+        # albumentations keeps its own generators, which forked DataLoader workers would all inherit in the
+        # same state (identical augmentations in every worker, repeated every epoch). torch.initial_seed()
+        # differs per worker and per epoch and follows torch.manual_seed, so reseed from it once per worker.
+        info = torch.utils.data.get_worker_info()
+        if info is None or not hasattr(self.transform, "set_random_seed"):
+            return
+        seed = torch.initial_seed() % 2**32
+        if getattr(self, "_worker_seed", None) != seed:
+            self.transform.set_random_seed(seed)
+            self._worker_seed = seed
+
     def __getitem__(self, index: int):
+        self._reseed_in_worker()
         img, mask = self.load(index)
         out = self.transform(image=img, mask=mask)
         m = out["mask"]

@@ -30,10 +30,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5,
     return (out + 0.5).astype(np.uint8)
 
 
-def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: int = 0, alpha: float = 0.5,
-                 title: str | None = None) -> dict:
+def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: int = 0, alpha: float = 0.55,
+                 title: str | None = None, side_by_side: bool = True) -> dict:
     """Write a PNG grid of ``n`` samples of ``dataset`` (through its transform) with overlaid labels and
-    a legend of the classes shown. Returns ``{"path", "indices", "classes"}``."""
+    a legend of the classes shown; ``side_by_side`` puts the plain input left of each overlay.
+    Returns ``{"path", "indices", "classes"}``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,9 +51,14 @@ def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: in
     for i in idx:
         img, mask = dataset[i]
         m = mask.numpy()
-        tiles.append(overlay(denormalize(img), m, dataset.palette, alpha, dataset.ignore_index))
+        rgb = denormalize(img)
+        tile = overlay(rgb, m, dataset.palette, alpha, dataset.ignore_index)
+        if side_by_side:
+            gap = np.full((rgb.shape[0], max(rgb.shape[1] // 64, 2), 3), 255, np.uint8)
+            tile = np.concatenate([rgb, gap, tile], axis=1)
+        tiles.append(tile)
         seen.update(int(v) for v in np.unique(m) if v != dataset.ignore_index)
-    cols = cols or min(4, len(tiles))
+    cols = cols or min(2 if side_by_side else 4, len(tiles))
     rows = -(-len(tiles) // cols)
     h, w = tiles[0].shape[:2]
     fig_w = 16.0
