@@ -17,7 +17,7 @@ import tempfile
 
 from eseg_cli.data import build_dataset, build_transforms
 from eseg_cli.data.benchmark import loading_throughput
-from eseg_cli.data.datasets import _DATASETS
+from eseg_cli.data.datasets import dataset_class
 from eseg_cli.utils import parse_size
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    root, crop = args.root, parse_size(args.crop) if args.crop else _DATASETS[args.dataset].default_crop
+    root, crop = args.root, parse_size(args.crop) if args.crop else dataset_class(args.dataset).default_crop
     tmp = None
     if args.full_res:
         from eseg_cli.data.synthetic import generate

@@ -102,10 +102,9 @@ def _preview_path(root, out: Optional[Path], split: str) -> Path:
 
 def _browse_dataset(name: str, root, split: str, augment: bool, crop, seed: int = 0):
     from eseg_cli.data import build_dataset, build_transforms
-    from eseg_cli.data.datasets import _DATASETS
+    from eseg_cli.data.datasets import dataset_class
 
-    cls = _DATASETS.get(name)
-    crop = crop or (cls.default_crop if cls else (512, 512))
+    crop = crop or dataset_class(name).default_crop
     return build_dataset(name, root, split, build_transforms(augment, crop_size=crop, seed=seed))
 
 
@@ -260,13 +259,11 @@ def browse_cmd(
 
       [cyan]eseg browse cityscapes --root data/cityscapes --split val --no-augment --n 4[/]
     """
-    from eseg_cli.data.datasets import _DATASETS
+    from eseg_cli.data.datasets import dataset_class
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
 
-    name = dataset.lower()
-    if name not in _DATASETS:
-        raise EsegError(f"unknown dataset {dataset!r}; choose one of {', '.join(_DATASETS)}")
+    name = dataset_class(dataset).name
     if root is None and name != "synthetic":
         raise EsegError(f"--root is required for {name} (only synthetic has a built-in default)")
     confirm_overwrite(out, yes, "the preview")

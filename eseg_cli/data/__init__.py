@@ -16,6 +16,7 @@ from eseg_cli.data.datasets import (
     SegmentationDataset,
     SyntheticDataset,
     build_dataset,
+    dataset_class,
     list_datasets,
     register_dataset,
 )
@@ -24,6 +25,6 @@ from eseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transfor
 __all__ = [
     "ADE20K_CLASSES", "ADE20K_PALETTE", "CITYSCAPES_CLASSES", "CITYSCAPES_LABELS", "CITYSCAPES_PALETTE",
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "TRAINID_TO_LABELID", "ADE20KDataset",
-    "CityscapesDataset", "FolderDataset", "SegmentationDataset", "SyntheticDataset", "build_dataset",
+    "CityscapesDataset", "FolderDataset", "SegmentationDataset", "SyntheticDataset", "build_dataset", "dataset_class",
     "build_transforms", "list_datasets", "register_dataset",
 ]

@@ -44,6 +44,17 @@ def list_datasets() -> list[str]:
     return list(_DATASETS)
 
 
+def dataset_class(name: str) -> type[SegmentationDataset]:
+    """The registered class for ``name`` (for its ``classes``, ``palette``, ``default_crop``)."""
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    key = {"ade": "ade20k"}.get(key, key)
+    if key not in _DATASETS:
+        close = difflib.get_close_matches(key, list(_DATASETS), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise EsegError(f"unknown dataset {name!r}.{hint} Available: {', '.join(_DATASETS)}")
+    return _DATASETS[key]
+
+
 def build_dataset(name: str, root, split: str, transform=None, **kw) -> SegmentationDataset:
     """Build a registered dataset: ``build_dataset("cityscapes", "data/cityscapes", "train", t)``.
 
@@ -51,13 +62,7 @@ def build_dataset(name: str, root, split: str, transform=None, **kw) -> Segmenta
     ``None``, images are only normalized. For ``"synthetic"``, ``root=None`` means the default set
     (generated once into the cache).
     """
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    key = {"ade": "ade20k", "ade20k": "ade20k", "cityscapes": "cityscapes"}.get(key, key)
-    if key not in _DATASETS:
-        close = difflib.get_close_matches(key, list(_DATASETS), n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise EsegError(f"unknown dataset {name!r}.{hint} Available: {', '.join(_DATASETS)}")
-    return _DATASETS[key](root, split, transform=transform, **kw)
+    return dataset_class(name)(root, split, transform=transform, **kw)
 
 
 def read_image(path: Path) -> np.ndarray:
