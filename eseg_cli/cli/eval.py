@@ -1,0 +1,132 @@
+"""``eseg eval``: metrics of a checkpoint (or of saved prediction PNGs) on a dataset split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from eseg_cli.cli import app
+from eseg_cli.cli._common import confirm_overwrite, console, err_console, print_json
+
+
+@app.command("eval", rich_help_panel="Train and evaluate")
+def eval_cmd(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="A .pt file, or a run folder "
+                                                                               "(its checkpoints/best.pt)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score these prediction PNGs "
+                                                                           "(trainIds, or Cityscapes labelIds) "
+                                                                           "instead of running a model."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cityscapes, ade20k, synthetic or folder "
+                                                                        "(default: the checkpoint's)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the checkpoint's)."),
+    split: str = typer.Option("val", "--split"),
+    mode: str = typer.Option("whole", "--mode", help="whole (single scale, the paper's protocol), slide, or "
+                                                     "msflip (multi-scale + flip)."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (slide; optional for msflip)."),
+    stride: Optional[str] = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop)."),
+    scales: str = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips."),
+    ids: str = typer.Option("auto", "--ids", help="--predictions: trainid, labelid or auto."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1),
+    workers: int = typer.Option(2, "--workers", min=0),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or xla."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="bf16 or fp16 autocast."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Only the first N images."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json and eval_confusion.csv "
+                                                                 "(default: the run folder)."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write <image>.png (trainIds) "
+                                                                                     "and <image>_color.png here."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing results without asking."),
+    json_out: bool = typer.Option(False, "--json", help="Print {mIoU, pixAcc, mAcc, fwIoU, per_class} as JSON."),
+):
+    """mIoU, pixAcc, mAcc, fwIoU and per-class IoU/accuracy from a confusion matrix (percent).
+
+    Examples:
+
+      [cyan]eseg eval --checkpoint runs/lite-s-synthetic-20260101-120000[/]
+
+      [cyan]eseg eval -c best.pt -d cityscapes --data-root data/cityscapes --mode msflip --json[/]
+
+      [cyan]eseg eval -c best.pt --mode slide --crop 512x1024 --save-predictions preds/[/]
+
+      [cyan]eseg eval --predictions preds/ -d cityscapes --data-root data/cityscapes[/]
+    """
+    from eseg_cli.engine import evaluate, score_predictions
+    from eseg_cli.errors import EsegError
+    from eseg_cli.utils import parse_size
+
+    if (checkpoint is None) == (predictions is None):
+        raise EsegError("give exactly one of --checkpoint PATH or --predictions DIR")
+    if ids not in ("auto", "trainid", "labelid"):
+        raise EsegError(f"--ids must be auto, trainid or labelid, got {ids!r}")
+    if amp not in (None, "bf16", "fp16"):
+        raise EsegError(f"--amp must be bf16 or fp16, got {amp!r}")
+    try:
+        scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
+    except ValueError:
+        raise EsegError(f"--scales must be comma-separated numbers, got {scales!r}") from None
+    if not scale_list or min(scale_list) <= 0:
+        raise EsegError(f"--scales must be positive numbers, got {scales!r}")
+    out_dir = out
+    if predictions is not None:
+        if dataset is None:
+            raise EsegError("--predictions needs --dataset (and --data-root) for the ground truth")
+        out_dir = out_dir or predictions
+        if not json_out:
+            err_console.print(f"[dim]scoring {predictions} against {dataset} {split}...[/]")
+        result = score_predictions(predictions, dataset=dataset, data_root=data_root, split=split, ids=ids,
+                                   out_dir=None)
+    else:
+        if out_dir is None:
+            p = checkpoint
+            out_dir = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+        confirm_overwrite(out_dir / "eval.json", yes, "the previous evaluation")
+        if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
+            confirm_overwrite(save_predictions, yes, "predictions in it")
+        result = evaluate(checkpoint, dataset=dataset, data_root=data_root, split=split, mode=mode,
+                          crop=parse_size(crop, "--crop") if crop else None,
+                          stride=parse_size(stride, "--stride") if stride else None, scales=scale_list, flip=flip,
+                          batch_size=batch_size, workers=workers, device=device, amp=amp, out_dir=out_dir,
+                          save_predictions=save_predictions, max_images=max_images, use_ema=not no_ema)
+    if predictions is not None:
+        from eseg_cli.engine.evaluator import write_results
+        from eseg_cli.engine.metrics import ConfusionMatrix
+
+        confirm_overwrite(out_dir / "eval.json", yes, "the previous evaluation")
+        cm = ConfusionMatrix(len(result["per_class"]), class_names=list(result["per_class"]))
+        import torch
+
+        cm.mat = torch.tensor(result["confusion_matrix"])
+        result["files"] = write_results({k: v for k, v in result.items() if k != "confusion_matrix"}, cm, out_dir)
+    result.pop("confusion_matrix", None)
+    if json_out:
+        print_json(result)
+        return
+    _table(result)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _table(r: dict) -> None:
+    t = Table(title=f"eseg eval — {r.get('dataset')} {r.get('split')}, {r.get('images')} images"
+                    + (f", mode {r['mode']}" if r.get("mode") else ""))
+    t.add_column("class")
+    t.add_column("IoU %", justify="right")
+    t.add_column("Acc %", justify="right")
+    for name, v in r["per_class"].items():
+        t.add_row(name, _fmt(v["IoU"]), _fmt(v["Acc"]))
+    t.add_section()
+    t.add_row("[bold]mIoU[/]", f"[bold]{r['mIoU']:.2f}[/]", f"mAcc {r['mAcc']:.2f}")
+    t.add_row("pixAcc", f"{r['pixAcc']:.2f}", "")
+    t.add_row("fwIoU", f"{r['fwIoU']:.2f}", "")
+    console.print(t)
+    console.print("[dim]'-': class absent from prediction and ground truth, left out of the mean[/]")
+    files = r.get("files") or {}
+    if files:
+        console.print(f"[dim]written: {files.get('json')}, {files.get('confusion_csv')}[/]")

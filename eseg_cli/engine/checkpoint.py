@@ -1,0 +1,97 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain Python values: ``model`` (state dict), ``model_config``
+(``Segmentor.config``, enough to rebuild the model), ``config`` (the training config), ``step``, and for
+resuming ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``sampler`` and ``rng``.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eseg_cli.errors import EsegError
+from eseg_cli.utils import atomic_write_bytes
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Serialise ``state`` to memory, then write it through a temporary file and a rename."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
+    path = Path(path)
+    if path.is_dir():
+        for cand in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt",
+                     path / "last.pt"):
+            if cand.is_file():
+                path = cand
+                break
+    if not path.is_file():
+        raise EsegError(f"checkpoint {path} not found; give a .pt file or a run folder with checkpoints/best.pt")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        raise EsegError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise EsegError(f"checkpoint {path} has no 'model' entry; is it an eseg checkpoint?")
+    return ckpt
+
+
+def build_from_config(model_config: dict):
+    """Rebuild a model from ``Segmentor.config`` (``{"name": ..., **kwargs}``)."""
+    from eseg_cli.models import build_model
+
+    cfg = dict(model_config)
+    name = cfg.pop("name", None)
+    if not name:
+        raise EsegError("checkpoint's model_config has no 'name'; it cannot rebuild the model")
+    return build_model(name, **{k: v for k, v in cfg.items() if v is not None})
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True):
+    """Rebuild the model from a checkpoint and load its weights (EMA weights when present and ``use_ema``).
+
+    Returns ``(model, checkpoint)``; the model is in eval mode.
+    """
+    ckpt = load_checkpoint(path, map_location)
+    if not ckpt.get("model_config"):
+        raise EsegError(f"checkpoint {path} has no model_config; it was not written by eseg train")
+    model = build_from_config(ckpt["model_config"])
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    model.load_state_dict(weights)
+    model.eval()
+    return model, ckpt
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors / plain values (weights_only-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

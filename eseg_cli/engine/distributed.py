@@ -1,0 +1,99 @@
+"""Device and process-group setup: one CPU, CUDA, DDP through torchrun (nccl / gloo) or torch-xla (PJRT)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from eseg_cli.errors import EsegError
+
+
+@dataclass
+class Runtime:
+    """Where this process runs and which part of the job it does."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # process-group backend, None for a single process
+    xla: bool = False
+    owns_group: bool = False  # whether setup() created the process group (and cleanup() should destroy it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when a GPU is present, else ``cpu``; ``xla`` -> the torch-xla device."""
+    name = (name or "auto").lower()
+    if name == "xla":
+        try:
+            import torch_xla
+        except ImportError:
+            raise EsegError("--device xla needs torch-xla (pip install torch-xla, matching your torch); "
+                            "on a CPU host set PJRT_DEVICE=CPU") from None
+        return torch_xla.device()
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EsegError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise EsegError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or xla")
+
+
+def setup(device: str = "auto") -> Runtime:
+    """Join the torchrun job if one is described by the environment (``WORLD_SIZE`` > 1), else run alone.
+
+    The backend is nccl for CUDA and gloo for CPU. Multi-node jobs use torchrun's own rendezvous arguments.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "xla":
+        import torch_xla.runtime as xr
+
+        # XLA replicas are managed by PJRT (one process per device), not by torchrun
+        return Runtime(dev, rank=xr.global_ordinal(), world_size=xr.world_size(), xla=True)
+    if world <= 1:
+        return Runtime(dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+        owns = True
+    return Runtime(dev, rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                   backend=backend, owns_group=owns)
+
+
+def cleanup(rt: Runtime) -> None:
+    """Leave the process group if :func:`setup` created it."""
+    if rt.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed and not rt.xla and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(rt: Runtime, obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not rt.distributed or rt.xla:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,293 @@
+"""Evaluation: whole-image, sliding-window and multi-scale + flip inference, and scoring of saved predictions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from eseg_cli.engine.metrics import ConfusionMatrix
+from eseg_cli.errors import EsegError
+from eseg_cli.utils import atomic_write_json, atomic_write_text
+
+MODES = ("whole", "slide", "msflip")
+
+
+def _forward(model: nn.Module, x: torch.Tensor, amp: str | None) -> torch.Tensor:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return model(x).float()
+
+
+def slide_logits(model: nn.Module, x: torch.Tensor, num_classes: int, crop: tuple[int, int],
+                 stride: tuple[int, int], amp: str | None = None) -> torch.Tensor:
+    """Average the logits of overlapping ``crop`` windows moved by ``stride`` (windows clipped to the image)."""
+    b, _, h, w = x.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    sh, sw = stride
+    rows = max(math.ceil((h - ch) / sh), 0) + 1
+    cols = max(math.ceil((w - cw) / sw), 0) + 1
+    out = x.new_zeros((b, num_classes, h, w))
+    count = x.new_zeros((1, 1, h, w))
+    for r in range(rows):
+        for c in range(cols):
+            y0 = min(r * sh, h - ch)
+            x0 = min(c * sw, w - cw)
+            out[:, :, y0:y0 + ch, x0:x0 + cw] += _forward(model, x[:, :, y0:y0 + ch, x0:x0 + cw], amp)
+            count[:, :, y0:y0 + ch, x0:x0 + cw] += 1
+    return out / count
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, num_classes: int, *, mode: str = "whole",
+            crop: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
+            scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
+            amp: str | None = None) -> torch.Tensor:
+    """Class scores ``(B, C, H, W)`` for a normalised batch ``x``.
+
+    ``whole``: one forward pass at the input size (the paper's protocol). ``slide``: ``crop`` windows every
+    ``stride``. ``msflip``: softmax averaged over ``scales`` (each whole-image, or sliding when ``crop`` is
+    given) and their horizontal flips.
+    """
+    if mode not in MODES:
+        raise EsegError(f"eval mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+    def one(inp):
+        if crop is not None and mode in ("slide", "msflip"):
+            st = stride or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+            return slide_logits(model, inp, num_classes, crop, st, amp)
+        return _forward(model, inp, amp)
+
+    if mode == "slide" and crop is None:
+        raise EsegError("slide mode needs a crop size (--crop HxW)")
+    if mode != "msflip":
+        return one(x)
+    h, w = x.shape[-2:]
+    total = x.new_zeros((x.shape[0], num_classes, h, w))
+    for s in scales:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
+        variants = [xs, xs.flip(-1)] if flip else [xs]
+        for i, v in enumerate(variants):
+            logits = one(v)
+            if i == 1:
+                logits = logits.flip(-1)
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            total += logits.softmax(1)
+    return total
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.device, *, ignore_index: int = 255,
+                   class_names: list[str] | None = None, max_images: int | None = None,
+                   on_prediction=None, **predict_kw) -> ConfusionMatrix:
+    """Run ``model`` over ``loader`` and return the confusion matrix (summed over processes).
+
+    ``on_prediction(index, pred)`` is called per image with the CPU label map (used to save predictions).
+    """
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device, class_names=class_names)
+    seen = 0
+    for image, target in loader:
+        if max_images is not None and seen >= max_images:
+            break
+        image = image.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        scores = predict(model, image, num_classes, **predict_kw)
+        pred = scores.argmax(1)
+        cm.update(pred, target)
+        if on_prediction is not None:
+            for j in range(pred.shape[0]):
+                on_prediction(seen + j, pred[j].cpu())
+        seen += image.shape[0]
+        if device.type == "xla":
+            import torch_xla
+
+            torch_xla.sync()
+    cm.all_reduce()
+    model.train(was_training)
+    return cm
+
+
+def write_results(metrics: dict, cm: ConfusionMatrix, out_dir: str | Path, name: str = "eval") -> dict:
+    """Write ``<name>.json`` and ``<name>_confusion.csv`` into ``out_dir`` (atomically); return their paths."""
+    out_dir = Path(out_dir)
+    paths = {"json": str(out_dir / f"{name}.json"), "confusion_csv": str(out_dir / f"{name}_confusion.csv")}
+    atomic_write_json(paths["json"], metrics)
+    atomic_write_text(paths["confusion_csv"], cm.to_csv())
+    return paths
+
+
+def _palette_image(label: np.ndarray, palette: list[tuple[int, int, int]]):
+    from PIL import Image
+
+    pal = np.zeros((256, 3), np.uint8)
+    for i, c in enumerate(palette[:255]):
+        pal[i] = c
+    return Image.fromarray(pal[label.astype(np.uint8)])
+
+
+def save_prediction(pred: torch.Tensor, image_path: str | Path, out_dir: Path, palette=None) -> Path:
+    """``<stem>.png`` (trainIds) and, with a palette, ``<stem>_color.png`` in ``out_dir``."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(image_path).stem
+    arr = pred.numpy().astype(np.uint8)
+    path = out_dir / f"{stem}.png"
+    Image.fromarray(arr).save(path)
+    if palette:
+        _palette_image(arr, palette).save(out_dir / f"{stem}_color.png")
+    return path
+
+
+def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, resize=None):
+    from eseg_cli.data import build_dataset, build_transforms
+
+    if dataset == "synthetic" and not data_root:
+        from eseg_cli.data import synthetic
+
+        data_root = synthetic.ensure_default()
+    if not data_root:
+        raise EsegError(f"--data-root is required for dataset {dataset!r}")
+    tf = build_transforms(False, resize=tuple(resize) if resize else None)
+    return build_dataset(dataset, data_root, split, transform=tf)
+
+
+def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | Path | None = None,
+             split: str = "val", mode: str = "whole", crop: tuple[int, int] | None = None,
+             stride: tuple[int, int] | None = None, scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+             flip: bool = True, batch_size: int = 1, workers: int = 2, device: str = "auto",
+             amp: str | None = None, out_dir: str | Path | None = None, save_predictions: str | Path | None = None,
+             max_images: int | None = None, resize=None, use_ema: bool = True, progress=None) -> dict:
+    """Evaluate a checkpoint; return the metrics dict and write ``eval.json`` + ``eval_confusion.csv`` to ``out_dir``.
+
+    ``dataset``/``data_root`` default to those the checkpoint was trained on. ``out_dir`` defaults to the run
+    folder holding the checkpoint.
+    """
+    from eseg_cli.engine.checkpoint import load_model
+    from eseg_cli.engine.distributed import resolve_device
+
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, map_location="cpu", use_ema=use_ema)
+    model.to(dev)
+    cfg = ckpt.get("config") or {}
+    dataset = dataset or cfg.get("dataset") or "synthetic"
+    if data_root is None and dataset == cfg.get("dataset"):
+        data_root = cfg.get("data_root")
+    if resize is None:
+        resize = cfg.get("val_resize")
+    ds = _build_eval_dataset(dataset, data_root, split, resize)
+    num_classes = model.num_classes if hasattr(model, "num_classes") else ds.num_classes
+    if num_classes != ds.num_classes:
+        raise EsegError(f"the checkpoint predicts {num_classes} classes but {dataset} has {ds.num_classes}; "
+                        "pick the dataset the model was trained on")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    on_pred = None
+    if save_predictions:
+        pdir = Path(save_predictions)
+
+        def on_pred(i, pred):
+            save_prediction(pred, ds.files[i][0], pdir, getattr(ds, "palette", None))
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+    tick = progress(n) if progress else None
+
+    def cb(i, pred):
+        if on_pred:
+            on_pred(i, pred)
+        if tick:
+            tick()
+    cm = evaluate_model(model, loader, num_classes, dev, ignore_index=getattr(ds, "ignore_index", 255),
+                        class_names=list(getattr(ds, "classes", [])) or None, max_images=max_images,
+                        on_prediction=cb, mode=mode, crop=crop, stride=stride, scales=tuple(scales), flip=flip,
+                        amp=amp)
+    metrics = cm.compute()
+    metrics.update({"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "mode": mode,
+                    "images": n, "step": ckpt.get("step")})
+    if out_dir is None:
+        p = Path(checkpoint)
+        out_dir = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+    metrics["files"] = write_results(metrics, cm, out_dir)
+    metrics["confusion_matrix"] = cm.mat.cpu().tolist()
+    return metrics
+
+
+def _index_predictions(pred_dir: Path) -> dict[str, Path]:
+    out = {}
+    for p in pred_dir.rglob("*.png"):
+        if p.stem.endswith("_color"):
+            continue
+        out[p.stem] = p
+    return out
+
+
+def _find_prediction(index: dict[str, Path], image_path: str | Path) -> Path | None:
+    stem = Path(image_path).stem
+    for key in (stem, stem.replace("_leftImg8bit", ""), stem + "_pred"):
+        if key in index:
+            return index[key]
+    base = stem.replace("_leftImg8bit", "")
+    for k, p in index.items():  # cityscapesScripts names like <city>_<seq>_<frame>_*.png
+        if k.startswith(base + "_"):
+            return p
+    return None
+
+
+def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Path | None, split: str = "val",
+                      ids: str = "auto", out_dir: str | Path | None = None, progress=None) -> dict:
+    """Score saved prediction PNGs against the ground truth of ``dataset``/``split``.
+
+    Predictions are matched by image name (``<image stem>.png``, or the Cityscapes prefix
+    ``<city>_<seq>_<frame>``). ``ids``: ``trainid``, ``labelid`` (Cityscapes labelIds, mapped to trainIds) or
+    ``auto`` (labelIds when a Cityscapes-layout prediction holds values >= 19 other than 255).
+    """
+    from PIL import Image
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise EsegError(f"--predictions {pred_dir} is not a folder of PNG files")
+    ds = _build_eval_dataset(dataset, data_root, split)
+    index = _index_predictions(pred_dir)
+    if not index:
+        raise EsegError(f"--predictions {pred_dir} holds no .png files")
+    lut = None
+    if dataset in ("cityscapes", "synthetic"):
+        from eseg_cli.data.classes import cityscapes_id_to_trainid_lut
+
+        lut = torch.from_numpy(np.asarray(cityscapes_id_to_trainid_lut()).astype(np.int64))
+    cm = ConfusionMatrix(ds.num_classes, getattr(ds, "ignore_index", 255), class_names=list(ds.classes))
+    found = [(_find_prediction(index, img), img) for img, _ in ds.files]
+    missing = [Path(img).name for p, img in found if p is None]
+    if missing:
+        raise EsegError(f"no prediction found in {pred_dir} for {len(missing)} of {len(ds.files)} images "
+                        f"(first: {missing[0]}); name them <image stem>.png")
+    labelids = lut is not None and ids == "labelid"
+    if lut is not None and ids == "auto":  # decided once for the whole folder, not per image
+        labelids = any(bool(((a >= ds.num_classes) & (a != 255)).any())
+                       for a in (np.array(Image.open(p)) for p, _ in found))
+    tick = progress(len(ds)) if progress else None
+    for i, (p, _img) in enumerate(found):
+        _, target = ds[i]
+        pred = torch.from_numpy(np.array(Image.open(p)).astype(np.int64))
+        if pred.dim() == 3:
+            raise EsegError(f"prediction {p} is a colour image; give single-channel label PNGs (trainIds or labelIds)")
+        if pred.shape != target.shape:
+            raise EsegError(f"prediction {p} is {tuple(pred.shape)} but its ground truth is {tuple(target.shape)}")
+        if labelids:
+            pred = lut[pred.clamp(0, len(lut) - 1)]
+        cm.update(pred, target)
+        if tick:
+            tick()
+    metrics = cm.compute()
+    metrics.update({"ids": "labelid" if labelids else "trainid", "predictions": str(pred_dir), "dataset": dataset,
+                    "split": split, "images": len(ds.files)})
+    if out_dir is not None:
+        metrics["files"] = write_results(metrics, cm, out_dir)
+    metrics["confusion_matrix"] = cm.mat.tolist()
+    return metrics

@@ -1,0 +1,39 @@
+"""Learning-rate schedule: linear warmup then cosine decay, stepped once per iteration."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine_factor(step: int, total: int, warmup: int, warmup_factor: float = 0.001,
+                         min_ratio: float = 0.0) -> float:
+    """The lr multiplier at ``step``: ``warmup_factor`` -> 1 linearly over ``warmup`` steps, then cosine down to
+    ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        a = step / warmup
+        return warmup_factor * (1 - a) + a
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine(LambdaLR):
+    """``LambdaLR`` with :func:`warmup_cosine_factor`; its ``state_dict`` restores the position exactly."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                 warmup_factor: float = 0.001, min_ratio: float = 0.0):
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.warmup_factor, self.min_ratio = warmup_factor, min_ratio
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.warmup_factor, self.min_ratio)
+
+    def state_dict(self) -> dict:
+        # the lambda is a bound method; keep the plain numbers only (weights_only loading)
+        sd = super().state_dict()
+        sd["lr_lambdas"] = [None] * len(self.lr_lambdas)
+        return sd
