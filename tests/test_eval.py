@@ -1,0 +1,135 @@
+"""eseg eval: checkpoint evaluation, inference modes, saved predictions and their scoring."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from eseg_cli.cli import app
+from eseg_cli.engine import score_predictions
+from eseg_cli.engine.evaluator import predict
+from eseg_cli.models import build_model
+
+TINY = "{width: 0.25, depth: 0.3, channels: 16, repeats: 1}"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    """A tiny synthetic set (Cityscapes layout): 4 train + 3 val images at 64x128."""
+    from eseg_cli.data import synthetic
+
+    root = tmp_path_factory.mktemp("syn")
+    synthetic.generate(root, num_train=4, num_val=3, size=(64, 128), seed=0)
+    return root
+
+
+def _gt_files(root, kind):
+    return sorted((root / "gtFine" / "val").rglob(f"*_gtFine_{kind}.png"))
+
+
+def _image_stem(label_path):
+    return label_path.name.split("_gtFine_")[0] + "_leftImg8bit"
+
+
+def test_ground_truth_as_predictions_scores_100(syn, tmp_path):
+    for kind, ids in (("labelTrainIds", "trainid"), ("labelIds", "labelid")):
+        pred_dir = tmp_path / kind
+        pred_dir.mkdir()
+        for f in _gt_files(syn, kind):
+            shutil.copy(f, pred_dir / f"{_image_stem(f)}.png")
+        m = score_predictions(pred_dir, dataset="synthetic", data_root=syn)
+        assert m["ids"] == ids  # labelIds detected and mapped to trainIds
+        assert m["mIoU"] == m["pixAcc"] == m["mAcc"] == 100.0
+        assert m["images"] == 3
+
+
+def test_constant_prediction_matches_hand_computation(syn, tmp_path):
+    gts = [np.array(Image.open(f)) for f in _gt_files(syn, "labelTrainIds")]
+    pred_dir = tmp_path / "preds"
+    pred_dir.mkdir()
+    for f, gt in zip(_gt_files(syn, "labelTrainIds"), gts):
+        Image.fromarray(np.zeros_like(gt)).save(pred_dir / f"{_image_stem(f)}.png")  # everything "road"
+    m = score_predictions(pred_dir, dataset="synthetic", data_root=syn, ids="trainid")
+    allgt = np.concatenate([g.ravel() for g in gts])
+    valid = allgt[allgt != 255]
+    road = (valid == 0).mean()
+    present = np.unique(valid)
+    # road: TP = road pixels, union = all valid pixels; every other present class has IoU 0
+    assert m["pixAcc"] == pytest.approx(100 * road, abs=1e-3)
+    assert m["mIoU"] == pytest.approx(100 * road / len(present), abs=1e-3)
+    assert m["mAcc"] == pytest.approx(100 / len(present), abs=1e-3)
+    absent = [c for c in range(19) if c not in present]
+    names = list(m["per_class"])
+    assert all(m["per_class"][names[c]]["IoU"] is None for c in absent)
+
+
+def test_missing_prediction_is_a_clear_error(syn, tmp_path):
+    (tmp_path / "p").mkdir()
+    Image.fromarray(np.zeros((64, 128), np.uint8)).save(tmp_path / "p" / "other.png")
+    r = CliRunner().invoke(app, ["eval", "--predictions", str(tmp_path / "p"), "--dataset", "synthetic",
+                                 "--data-root", str(syn)])
+    assert r.exit_code == 2 and "no prediction found" in r.output
+
+
+def test_modes_agree_where_they_must():
+    torch.manual_seed(0)
+    model = build_model("lite-s", 3, width=0.25, depth=0.3, channels=16, repeats=1).eval()
+    x = torch.randn(1, 3, 64, 96)
+    whole = predict(model, x, 3)
+    # a window as large as the image is the whole image
+    torch.testing.assert_close(predict(model, x, 3, mode="slide", crop=(64, 96), stride=(32, 32)), whole)
+    # one scale without flip is the softmax of the whole-image logits
+    torch.testing.assert_close(predict(model, x, 3, mode="msflip", scales=(1.0,), flip=False), whole.softmax(1))
+    slide = predict(model, x, 3, mode="slide", crop=(64, 64), stride=(64, 32))
+    assert slide.shape == whole.shape and torch.isfinite(slide).all()
+    ms = predict(model, x, 3, mode="msflip", scales=(0.75, 1.0), flip=True)
+    assert torch.allclose(ms.sum(1), torch.full((1, 64, 96), 4.0), atol=1e-4)  # 4 softmaxes summed
+
+
+def test_train_eval_save_and_rescore_cli(syn, tmp_path):
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, [
+        "train", "--dataset", "synthetic", "--data-root", str(syn), "--run-dir", str(run), "--steps", "2",
+        "--batch-size", "2", "--crop", "64x64", "--workers", "0", "--eval-interval", "2", "--no-progress",
+        "--set", f"model={TINY}", "--set", "ohem_min_kept=1000", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["steps"] == 2 and summary["best_mIoU"] is not None
+    preds = tmp_path / "preds"
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--json", "--save-predictions", str(preds),
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert set(m) >= {"mIoU", "pixAcc", "mAcc", "fwIoU", "per_class"} and len(m["per_class"]) == 19
+    assert m["mIoU"] == pytest.approx(summary["best_mIoU"], abs=1e-3)  # same model, same val set
+    assert (run / "eval.json").is_file()
+    csv = (run / "eval_confusion.csv").read_text().splitlines()
+    assert len(csv) == 20 and sum(int(v) for line in csv[1:] for v in line.split(",")[1:]) == m["pixels"]
+    assert len(list(preds.glob("*_leftImg8bit.png"))) == 3 and len(list(preds.glob("*_color.png"))) == 3
+    # scoring the saved PNGs gives the same numbers as evaluating the model
+    r = CliRunner().invoke(app, ["eval", "--predictions", str(preds), "--dataset", "synthetic", "--data-root",
+                                 str(syn), "--json", "--out", str(tmp_path / "scored")])
+    assert r.exit_code == 0, r.output
+    m2 = json.loads(r.stdout)
+    for k in ("mIoU", "pixAcc", "mAcc", "fwIoU"):
+        assert m2[k] == pytest.approx(m[k], abs=1e-4), k
+    assert (tmp_path / "scored" / "eval.json").is_file()
+    # a second evaluation into the same folder asks first (no terminal -> refuse without --yes)
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--workers", "0"])
+    assert r.exit_code == 2 and "--yes" in r.output
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--workers", "0", "--yes", "--mode", "slide",
+                                 "--crop", "64x64"])
+    assert r.exit_code == 0, r.output
+    assert "mIoU" in r.output
