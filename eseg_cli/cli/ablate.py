@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, err_console, human, print_json
+from eseg_cli.cli._common import console, err_console, print_json
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -84,20 +85,21 @@ def ablate_cmd(
     if json_out:
         print_json(rows)
         return
-    t = Table(title=f"eseg ablate {kind} — FLOPs: fvcore multiply-adds at {res[0]}x{res[1]}")
-    cols = ["cell", "model", "params", "FLOPs (total)", "FLOPs (conv)", "paper FLOPs", "Δ total", "Δ conv"]
+    t = Table(title=f"eseg ablate {kind} — fvcore multiply-adds at {res[0]}x{res[1]}: total, conv only, "
+                    "the paper's, Δ% vs the paper", box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = ["cell", "params", "FLOPs", "conv", "paper", "Δ%", "Δ%conv"]
     if train or any(r.get("miou") is not None for r in rows):
-        cols += ["mIoU", "paper mIoU"]
+        cols += ["mIoU", "paper"]
     for c in cols:
-        t.add_column(c, justify="left" if c in ("cell", "model") else "right")
+        t.add_column(c, justify="left" if c == "cell" else "right", no_wrap=c == "cell")
     def pct(v):
-        return "-" if v is None else f"{v:+.1f}%"
+        return "-" if v is None else f"{v:+.1f}"
 
     for r in rows:
-        line = [r["cell"], r["label"], human(r["params"]), human(r["flops"]), human(r["flops_conv"]),
-                human(r["paper_flops"]) if r.get("paper_flops") else "-", pct(r.get("flops_diff_pct")),
+        line = [r["cell"], f"{r['params'] / 1e6:.2f}M", f"{r['flops'] / 1e9:.1f}B", f"{r['flops_conv'] / 1e9:.1f}",
+                f"{r['paper_flops'] / 1e9:.1f}" if r.get("paper_flops") else "-", pct(r.get("flops_diff_pct")),
                 pct(r.get("flops_conv_diff_pct"))]
-        if len(cols) > 8:
+        if len(cols) > 7:
             line += ["-" if r.get("miou") is None else f"{r['miou']:.1f}",
                      "-" if r.get("paper_miou") is None else f"{r['paper_miou']:.1f}"]
         t.add_row(*line)
