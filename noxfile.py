@@ -29,3 +29,14 @@ def demo(session: nox.Session) -> None:
     """The quick-start job (see the README)."""
     session.install("-e", ".")
     session.run("eseg", "profile", "--all", "--resolution", "1024x2048", "--no-latency")
+
+
+@nox.session(python="3.11")
+def xla(session: nox.Session) -> None:
+    """torch-xla on the CPU PJRT device: real training steps and an evaluation on the XLA device; the loss falls
+    and the weights match CPU eager for a tiny model (tests/test_engine_xla.py). Its own environment, pinned to the
+    torch release torch-xla is built against."""
+    session.install("torch==2.9.0", "torchvision==0.24.0", "torch-xla==2.9.0")
+    session.install("-e", ".[dev]", "torch==2.9.0", "torchvision==0.24.0")  # keeps the pins while resolving eseg
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_engine_xla.py", *session.posargs,
+                env={"PJRT_DEVICE": "CPU"})

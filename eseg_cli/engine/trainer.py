@@ -255,6 +255,9 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         best = float(state.get("best_mIoU", -1.0))
         best_step = state.get("best_step")
         ckpt_io.set_rng_state(state["rng"])
+        if rt.is_main:
+            history = _truncate_jsonl(run_dir / "val.jsonl", start_step)
+            _truncate_jsonl(run_dir / "log.jsonl", start_step)
         say(f"Resuming {run_dir} at step {start_step}/{cfg.steps}.")
 
     # loaders
@@ -271,13 +274,11 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         vds = val_ds
         if cfg.max_val_images:
             vds = Subset(val_ds, range(min(cfg.max_val_images, len(val_ds))))
-        vsampler = None
         if rt.distributed and not rt.xla:
-            from torch.utils.data import DistributedSampler
-
-            vsampler = DistributedSampler(vds, num_replicas=rt.world_size, rank=rt.rank, shuffle=False)
-        val_loader = DataLoader(vds, batch_size=cfg.val_batch_size, sampler=vsampler, shuffle=False,
-                                num_workers=cfg.workers, generator=torch.Generator().manual_seed(cfg.seed))
+            # a strided share per rank, without DistributedSampler's padding (which would count images twice)
+            vds = Subset(vds, range(rt.rank, len(vds), rt.world_size))
+        val_loader = DataLoader(vds, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.workers,
+                                generator=torch.Generator().manual_seed(cfg.seed))
 
     def batches(step: int):
         epoch, first = divmod(step, per_epoch)
@@ -419,6 +420,17 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
     if rt.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _truncate_jsonl(path: Path, step: int) -> list[dict]:
+    """Drop rows written after ``step`` (a run killed between a log row and its checkpoint); return the rest."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if r.get("step", 0) <= step]
+    if len(keep) != len(rows):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return keep
 
 
 def _nan_message(value: float, step: int, last_path: Path) -> str:
