@@ -243,3 +243,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert "last.pt" in str(e.value)
     ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_plain_dict_config_is_recipe_overrides():
+    from eseg_cli.engine.config import as_config
+
+    cfg = as_config({"steps": 7})
+    base = load_config("synthetic", "lite-s")
+    assert cfg.steps == 7 and cfg.crop_size == base.crop_size and cfg.lr == base.lr
+    assert as_config({"dataset": "cityscapes", "scale": "S"}).crop_size == [512, 1024]
+    with pytest.raises(EsegError, match="'stepz'"):
+        as_config({"stepz": 7})
+
+
+def test_resume_refuses_conflicting_flags(tmp_path):
+    r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--steps", "5"])
+    assert r.exit_code == 2 and "--steps" in r.output

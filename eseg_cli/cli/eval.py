@@ -76,10 +76,11 @@ def eval_cmd(
         if dataset is None:
             raise EsegError("--predictions needs --dataset (and --data-root) for the ground truth")
         out_dir = out_dir or predictions
+        confirm_overwrite(out_dir / "eval.json", yes, "the previous evaluation")
         if not json_out:
             err_console.print(f"[dim]scoring {predictions} against {dataset} {split}...[/]")
         result = score_predictions(predictions, dataset=dataset, data_root=data_root, split=split, ids=ids,
-                                   out_dir=None)
+                                   out_dir=out_dir)
     else:
         if out_dir is None:
             p = checkpoint
@@ -92,16 +93,6 @@ def eval_cmd(
                           stride=parse_size(stride, "--stride") if stride else None, scales=scale_list, flip=flip,
                           batch_size=batch_size, workers=workers, device=device, amp=amp, out_dir=out_dir,
                           save_predictions=save_predictions, max_images=max_images, use_ema=not no_ema)
-    if predictions is not None:
-        from eseg_cli.engine.evaluator import write_results
-        from eseg_cli.engine.metrics import ConfusionMatrix
-
-        confirm_overwrite(out_dir / "eval.json", yes, "the previous evaluation")
-        cm = ConfusionMatrix(len(result["per_class"]), class_names=list(result["per_class"]))
-        import torch
-
-        cm.mat = torch.tensor(result["confusion_matrix"])
-        result["files"] = write_results({k: v for k, v in result.items() if k != "confusion_matrix"}, cm, out_dir)
     result.pop("confusion_matrix", None)
     if json_out:
         print_json(result)

@@ -72,6 +72,12 @@ def train_cmd(
     if threads:
         torch.set_num_threads(threads)
     if resume is not None:
+        given = [n for n, v in (("--dataset", dataset), ("--data-root", data_root), ("--recipe", recipe),
+                                ("--steps", steps), ("--batch-size", batch_size), ("--crop", crop), ("--lr", lr),
+                                ("--set", set_)) if v]
+        if given:
+            raise EsegError(f"--resume continues the run with its saved config.yaml; drop {', '.join(given)} "
+                            "(or start a new run)")
         summary = train({}, resume, resume=True, progress=progress, log=_say)
         _report(summary, json_out)
         return

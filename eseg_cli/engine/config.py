@@ -198,9 +198,13 @@ def load_config(dataset: str | None = "synthetic", scale: str = "lite-s", overri
 
 
 def as_config(config: dict | TrainConfig) -> TrainConfig:
-    """Accept a :class:`TrainConfig` or a plain dict (validated)."""
+    """Accept a :class:`TrainConfig`, or a plain dict read as overrides of the recipe of its ``dataset``
+    (default synthetic) and ``scale`` (default lite-s): ``{"steps": 100}`` is the synthetic recipe for 100 steps."""
     if isinstance(config, TrainConfig):
         return config
     if not isinstance(config, dict):
         raise EsegError(f"config must be a dict or TrainConfig, got {type(config).__name__}")
-    return validate(dict(config))
+    rest = dict(config)
+    dataset = rest.pop("dataset", None) or "synthetic"
+    scale = rest.pop("scale", None) or "lite-s"
+    return load_config(dataset, scale, rest)
