@@ -94,32 +94,6 @@ def test_broken_results_file_is_named(tmp_path):
     assert res.exit_code == 2 and "results.jsonl line 1" in res.output
 
 
-def test_train_every_cell_under_the_same_settings(tmp_path):
-    pytest.importorskip("eseg_cli.engine.trainer")
-    from eseg_cli.data import synthetic
-
-    root = tmp_path / "data"
-    synthetic.generate(root, num_train=4, num_val=2, size=(64, 128))
-    settings = {"crop_size": [64, 64], "batch_size": 2, "val_batch_size": 2, "workers": 0, "warmup_steps": 0,
-                "loss": "ce", "log_interval": 1, "eval_interval": 2, "checkpoint_interval": 2, "device": "cpu"}
-    rows = ablate.run_ablation("fusion", tmp_path / "abl", scale="lite-s", resolution=(64, 64),
-                               model_kwargs=TINY, cells=["sum", "head-sum"], train=True, steps=2,
-                               data_root=str(root), train_overrides=settings)
-    for r in rows:
-        assert 0.0 <= r["miou"] <= 100.0 and r["pixacc"] is not None and r["train"]["steps"] == 2
-        cfg = (tmp_path / "abl" / "runs").glob(f"{r['cell']}-*/config.yaml")
-        import yaml
-
-        c = yaml.safe_load(next(cfg).read_text())
-        assert c["batch_size"] == 2 and c["steps"] == 2 and c["model"]["fusion"] == r["model_kwargs"]["fusion"]
-    # resumable: a second call trains nothing
-    events = []
-    ablate.run_ablation("fusion", tmp_path / "abl", scale="lite-s", resolution=(64, 64), model_kwargs=TINY,
-                        cells=["sum", "head-sum"], train=True, steps=2, data_root=str(root),
-                        train_overrides=settings, on_event=lambda e, c, r: events.append(e))
-    assert events == ["skip", "skip"]
-
-
 def test_set_overrides_are_parsed():
     from eseg_cli.cli.ablate import parse_sets
 
@@ -127,3 +101,50 @@ def test_set_overrides_are_parsed():
         {"batch_size": 2, "crop_size": [128, 64], "loss": "ce"}
     with pytest.raises(EsegError, match="KEY=VALUE"):
         parse_sets(["batch_size"])
+
+
+def test_training_cells_same_settings_resume_and_skip(tmp_path, monkeypatch):
+    pytest.importorskip("eseg_cli.engine.trainer")
+    import yaml
+
+    import eseg_cli.engine as engine
+    from eseg_cli.data import synthetic
+
+    root = tmp_path / "data"
+    synthetic.generate(root, num_train=4, num_val=2, size=(64, 128))
+    settings = {"crop_size": [64, 64], "batch_size": 2, "val_batch_size": 2, "workers": 0, "warmup_steps": 0,
+                "loss": "ce", "log_interval": 1, "eval_interval": 2, "checkpoint_interval": 1, "device": "cpu"}
+    kw = dict(scale="lite-s", resolution=(64, 64), model_kwargs=TINY, cells=["sum", "head-sum"], train=True,
+              steps=2, data_root=str(root), train_overrides=settings)
+    real_train = engine.train
+    calls = []
+
+    def killed_after_one_step(config, run_dir, **k):
+        calls.append(k.get("resume"))
+        real_train(config, run_dir, stop_after=1, **k)
+        raise KeyboardInterrupt  # the ablation dies here, before the cell's row is written
+
+    monkeypatch.setattr(engine, "train", killed_after_one_step)
+    with pytest.raises(KeyboardInterrupt):
+        ablate.run_ablation("fusion", tmp_path / "abl", **kw)
+    assert not (tmp_path / "abl" / "results.jsonl").exists()
+
+    def recorded(config, run_dir, **k):
+        calls.append(k.get("resume"))
+        return real_train(config, run_dir, **k)
+
+    monkeypatch.setattr(engine, "train", recorded)
+    rows = ablate.run_ablation("fusion", tmp_path / "abl", **kw)
+    assert calls == [False, True, False]  # "sum" continued from checkpoints/last.pt, "head-sum" started fresh
+    configs = []
+    for r in rows:
+        assert 0.0 <= r["miou"] <= 100.0 and r["pixacc"] is not None and r["train"]["steps"] == 2
+        run = next((tmp_path / "abl" / "runs").glob(f"{r['cell']}-*"))
+        assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+        c = yaml.safe_load((run / "config.yaml").read_text())
+        assert c["model"]["fusion"] == r["model_kwargs"]["fusion"]
+        configs.append({k: v for k, v in c.items() if k != "model"})
+    assert configs[0] == configs[1] and configs[0]["batch_size"] == 2  # identical settings but the model
+    events = []
+    ablate.run_ablation("fusion", tmp_path / "abl", **kw, on_event=lambda e, c, r: events.append(e))
+    assert events == ["skip", "skip"] and len(calls) == 3
