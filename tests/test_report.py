@@ -28,7 +28,7 @@ def fake_results(folder, miou=True):
                      "flops": 1e10 * (i + 1), "flops_conv": 0.9e10 * (i + 1), "miou": 50.0 + i if miou else None,
                      "pixacc": 90.0, "train": {"dataset": "synthetic", "steps": 10}, "finished_at": "2026"})
     for name in ("eseg-lite-s", "eseg-lite-m", "eseg-lite-l", "eseg-m", "eseg-l"):
-        rows.append({"ablation": "fusion", "cell": "x", "model": name, "model_kwargs": {}, "resolution": "1024x2048",
+        rows.append({"ablation": "other", "cell": "x", "model": name, "model_kwargs": {}, "resolution": "1024x2048",
                      "num_classes": 19, "params": 2e6, "flops": 4e10, "flops_conv": 3.9e10})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -117,3 +117,14 @@ def test_engine_run_folder_eval_json_is_read(tmp_path):
                                                "checkpoint": "run/checkpoints/best.pt"}))
     t4 = report.build_tables([tmp_path], measure_missing=False)["table4"].set_index("Model")
     assert t4.loc["ESeg-S", "mIoU (measured)"] == 75.0 and pd.isna(t4.loc["ESeg-M", "mIoU (measured)"])
+
+
+def test_level_and_fusion_ablations_get_their_own_tables(tmp_path):
+    rows = [{"ablation": "levels", "cell": "p3-p7", "label": "P3-P7", "model": "eseg-s",
+             "model_kwargs": {"min_level": 3, "max_level": 7}, "resolution": "1024x2048", "num_classes": 19,
+             "params": 6.5e6, "flops": 2.0e10, "flops_conv": 1.9e10, "miou": None, "train": None}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = report.build_tables([tmp_path], measure_missing=False)
+    assert "ablate_fusion" not in t
+    lv = t["ablate_levels"]
+    assert list(lv["Cell"]) == ["P3-P7"] and lv["FLOPs B (total)"][0] == 20.0 and lv["Params M"][0] == 6.5

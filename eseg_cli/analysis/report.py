@@ -28,6 +28,8 @@ TABLE_TITLES = {
     "table4": "Table 4: Cityscapes val, single scale",
     "table5": "Table 5: ADE20K val (ms = multi-scale, the paper's †)",
     "table8": "Table 8: encoder and decoder choices (Cityscapes, same training settings)",
+    "ablate_levels": "Ablation: BiFPN level range (eseg ablate levels)",
+    "ablate_fusion": "Ablation: BiFPN and head fusion modes (eseg ablate fusion)",
 }
 NOTES = (
     "FLOPs are multiply-adds (fvcore's convention). 'total' is fvcore's total (convolutions, batch norm, "
@@ -285,12 +287,41 @@ def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
     return _frame(rows)
 
 
+def ablation_table(rows: list[dict], kind: str) -> pd.DataFrame:
+    """One ``eseg ablate`` grid other than Table 8's (``levels``, ``fusion``): a row per cell and setting,
+    the latest measurement winning. The paper's numbers for these are not part of the reference data."""
+    latest: dict[str, dict] = {}
+    for r in rows:
+        if r.get("ablation") != kind:
+            continue
+        key = json.dumps([r.get("cell"), r.get("model"), r.get("model_kwargs"), r.get("resolution"),
+                          r.get("train")], sort_keys=True, default=str)
+        if key not in latest or str(r.get("finished_at", "")) >= str(latest[key].get("finished_at", "")):
+            latest[key] = r
+    out = []
+    for r in latest.values():
+        tr = r.get("train") or {}
+        out.append({
+            "Cell": r.get("label") or r.get("cell"), "Model": r.get("model"), "Resolution": r.get("resolution"),
+            "Params M": _m(r.get("params"), 1e6, 2), "FLOPs B (total)": _m(r.get("flops"), 1e9, 2),
+            "FLOPs B (conv)": _m(r.get("flops_conv"), 1e9, 2), "mIoU": r.get("miou"), "pixAcc": r.get("pixacc"),
+            "measured on": f"{tr.get('dataset')}, {tr.get('steps')} steps" if tr else None,
+        })
+    return _frame(out)
+
+
 def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True) -> dict[str, pd.DataFrame]:
-    """All four tables as DataFrames, keyed ``table3``, ``table4``, ``table5``, ``table8``."""
+    """The paper's tables as DataFrames, keyed ``table3``, ``table4``, ``table5``, ``table8``, plus
+    ``ablate_levels`` / ``ablate_fusion`` when the results hold those ablations."""
     res = collect_results(results)
     measurer = make_measurer(measure_missing, res["ablate"])
-    return {"table3": table3(measurer), "table4": table4(measurer, res), "table5": table5(measurer, res),
-            "table8": table8(measurer, res)}
+    tables = {"table3": table3(measurer), "table4": table4(measurer, res), "table5": table5(measurer, res),
+              "table8": table8(measurer, res)}
+    for kind in ("levels", "fusion"):
+        t = ablation_table(res["ablate"], kind)
+        if len(t):
+            tables[f"ablate_{kind}"] = t
+    return tables
 
 
 # ----------------------------------------------------------------------------- writers

@@ -54,6 +54,6 @@ def report_cmd(
     import pandas as pd
 
     for name, recs in summary["tables"].items():
-        console.rule(TABLE_TITLES[name])
+        console.rule(TABLE_TITLES.get(name, name))
         console.print(to_markdown(pd.DataFrame(recs)), markup=False, highlight=False)
     console.print(f"[green]wrote[/] {len(summary['files'])} files under {out}")
