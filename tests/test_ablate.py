@@ -28,6 +28,7 @@ def test_grids_match_the_paper():
     assert {c.kwargs["output_stride"] for c in dec if c.model == "deeplabv3plus"} == {16, 32}
     assert [(c.kwargs["min_level"], c.kwargs["max_level"]) for c in ablate.cells_for("levels")] == \
         [(3, 7), (2, 7), (3, 9), (2, 9)]
+    assert {c.model for c in ablate.cells_for("fusion", "S")} == {"eseg-s"}  # one name per model in the rows
     fus = {(c.kwargs["fusion"], c.kwargs["head_fusion"]) for c in ablate.cells_for("fusion", "lite-s")}
     assert fus == {("fastattn", "softmax"), ("softmax", "softmax"), ("sum", "softmax"), ("fastattn", "sum")}
     with pytest.raises(EsegError, match="unknown ablation"):

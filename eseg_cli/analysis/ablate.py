@@ -77,7 +77,9 @@ def cells_for(kind: str, scale: str = "eseg-s") -> list[Cell]:
     """The cells of ablation ``kind`` (``decoder``, ``levels`` or ``fusion``)."""
     if kind not in ABLATIONS:
         raise EsegError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
-    return ABLATIONS[kind](scale)
+    from eseg_cli.models import resolve_scale
+
+    return ABLATIONS[kind](resolve_scale(scale).name)  # "s", "S" -> "eseg-s": one name per model in the rows
 
 
 # ----------------------------------------------------------------------------- measurement cache
