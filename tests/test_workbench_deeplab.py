@@ -50,6 +50,9 @@ def test_bad_options_are_clear_errors():
         build_model("deeplabv3plus", output_stride=12)
     with pytest.raises(EsegError, match="timm encoder"):
         build_model("deeplabv3plus", encoder="no_such_net")
+    m = build_model("deeplabv3plus", encoder="test_resnet", channels=16, low_level_channels=8).train()
+    with pytest.raises(EsegError, match="batch of at least 2"):
+        m(torch.randn(1, 3, 64, 64))
 
 
 # Table 8's FLOPs (B at 1024x2048). Convolution cost is proportional to the pixel count, so 1/64 of the

@@ -64,6 +64,9 @@ class ASPP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            raise EsegError("DeepLabV3+'s image-pooling branch batch-normalises a 1x1 map, which cannot train "
+                            "on a batch of 1; use a batch of at least 2")
         outs = [b(x) for b in self.branches]
         pooled = self.pool(F.adaptive_avg_pool2d(x, 1))
         outs.append(pooled.expand(-1, -1, *x.shape[-2:]))  # a constant map: broadcasting, not resampling
