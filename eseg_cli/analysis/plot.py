@@ -117,12 +117,17 @@ def label_boxes(fig) -> list:
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     import io
 
+    import matplotlib
+
     from eseg_cli.utils import atomic_write_bytes
 
     paths = []
     for fmt in FORMATS:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight")
+        # no date and fixed ids in SVGs: regenerating unchanged figures leaves the files unchanged
+        meta = {"Date": None} if fmt == "svg" else {}
+        with matplotlib.rc_context({"svg.hashsalt": "eseg"}):
+            fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", metadata=meta)
         paths.append(atomic_write_bytes(out_dir / f"{stem}.{fmt}", buf.getvalue()))
     return paths
 
