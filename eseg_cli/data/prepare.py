@@ -35,7 +35,7 @@ from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_bytes
 
 Progress = Callable[[int, int], None]
-CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
+CITYSCAPES_SPLITS = ("train", "val", "test")  # train_extra has only gtCoarse
 IMG_SUFFIX = "_leftImg8bit.png"
 
 

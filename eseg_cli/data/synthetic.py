@@ -35,7 +35,7 @@ from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_json
 
 #: Bumped whenever the drawing changes, so cached default sets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CITY = "synthetic"
 
 # trainIds
@@ -379,21 +379,21 @@ def _draw_street_side(scene: Scene, cam: Camera, rng, x_front, sign, objects):
     z = rng.uniform(2.5, 6)
     while z < 150:
         length = rng.uniform(6, 25)
-        kind = rng.choice(["wall", "fence", "hedge", "none"], p=[0.3, 0.3, 0.2, 0.2])
+        kind = rng.choice(["wall", "fence", "hedge", "none"], p=[0.35, 0.35, 0.15, 0.15])
         x = x_front - sign * 0.2
         if kind == "wall":
-            h = rng.uniform(0.8, 2.5)
+            h = rng.uniform(1.2, 3.0)
             scene.polygon(_facade(cam, x, z, z + length, 0, h), WALL, _any_color(rng, 0.25, 0.85, 0.5),
                           tex_bricks(rng.uniform(2.5, 4)) if rng.uniform() < 0.6 else tex_smooth(0.15, 0.06))
         elif kind == "fence":
-            h = rng.uniform(1.0, 2.0)
+            h = rng.uniform(1.3, 2.5)
             quad = _facade(cam, x, z, z + length, 0, h)
             scene.polygon(quad, FENCE, _any_color(rng, 0.2, 0.9, 0.6), tex_slats(rng.uniform(3, 6), 0.55))
         elif kind == "hedge":
             h = rng.uniform(0.8, 1.8)
             scene.polygon(_facade(cam, x, z, z + length, 0, h), VEG,
                           _hsv(rng.uniform(0.17, 0.38), rng.uniform(0.4, 0.8), rng.uniform(0.2, 0.55)), tex_leaves())
-        z += length + rng.uniform(0, 8)
+        z += length + rng.uniform(0, 4)
 
 
 def _tree(scene, cam, rng, x, z):
@@ -416,20 +416,20 @@ def _pole_thing(scene, cam, rng, x, z, kind):
     pole_col = _grey(rng, 0.25, 0.7, 0.15)
     if kind == "light":
         h = rng.uniform(3.0, 4.5)
-        sp.rect(-0.07, 0, 0.07, h, POLE, pole_col, tex_noise(0.05))
+        sp.rect(-0.13, 0, 0.13, h, POLE, pole_col, tex_noise(0.05))
         box = _grey(rng, 0.08, 0.35, 0.3) if rng.uniform() < 0.8 else (0.7, 0.6, 0.1)
-        sp.rect(-0.2, h - 0.1, 0.2, h + 0.9, LIGHT, box, tex_noise(0.05))
+        sp.rect(-0.35, h - 0.1, 0.35, h + 1.5, LIGHT, box, tex_noise(0.05))
         lit = rng.integers(0, 3)
         for i, c in enumerate([(1, 0.1, 0.1), (1, 0.75, 0.1), (0.1, 1, 0.4)]):
-            sp.circle(0, h + 0.72 - i * 0.27, 0.1, LIGHT, c if i == lit else tuple(v * 0.25 for v in c))
+            sp.circle(0, h + 1.2 - i * 0.45, 0.17, LIGHT, c if i == lit else tuple(v * 0.25 for v in c))
     elif kind == "sign":
         h = rng.uniform(2.0, 3.0)
-        sp.rect(-0.05, 0, 0.05, h, POLE, pole_col, tex_noise(0.05))
+        sp.rect(-0.11, 0, 0.11, h, POLE, pole_col, tex_noise(0.05))
         shape = rng.choice(["circle", "triangle", "rect", "diamond"])
         col = [(0.8, 0.1, 0.1), (0.1, 0.25, 0.8), (0.95, 0.8, 0.1), (0.9, 0.9, 0.9), (0.1, 0.55, 0.25)][
             rng.integers(0, 5)]
         border = (0.95, 0.95, 0.95) if col != (0.9, 0.9, 0.9) else (0.8, 0.1, 0.1)
-        r = rng.uniform(0.3, 0.45)
+        r = rng.uniform(0.5, 0.75)
         if shape == "circle":
             sp.circle(0, h + r, r, SIGN, border)
             sp.circle(0, h + r, r * 0.75, SIGN, col)
@@ -444,9 +444,9 @@ def _pole_thing(scene, cam, rng, x, z, kind):
             sp.rect(-r * 1.0, h + r * 0.55, r * 1.0, h + r * 0.8, SIGN, border)
     else:  # street lamp / plain pole
         h = rng.uniform(4.5, 8.0)
-        sp.rect(-0.09, 0, 0.09, h, POLE, pole_col, tex_noise(0.05))
+        sp.rect(-0.16, 0, 0.16, h, POLE, pole_col, tex_noise(0.05))
         if rng.uniform() < 0.6:
-            sp.line([(0, h), (1.2, h + 0.2)], 0.1, POLE, pole_col)
+            sp.line([(0, h), (1.2, h + 0.2)], 0.15, POLE, pole_col)
             sp.rect(0.9, h - 0.05, 1.5, h + 0.15, POLE, _grey(rng, 0.6, 0.95, 0.2))
 
 
@@ -477,12 +477,12 @@ def _bicycle(sp: Sprite, rng):
     col = _any_color(rng, 0.1, 0.9)
     tyre = (0.08, 0.08, 0.08)
     for u in (-0.55, 0.55):
-        sp.circle(u, 0.34, 0.34, BICYCLE, tyre, ring=0.07)
+        sp.circle(u, 0.34, 0.34, BICYCLE, tyre, ring=0.1)
     frame = [(-0.55, 0.34), (-0.15, 0.95), (0.45, 0.95), (0.0, 0.34), (-0.55, 0.34)]
-    sp.line(frame, 0.06, BICYCLE, col)
-    sp.line([(0.0, 0.34), (-0.15, 0.95)], 0.06, BICYCLE, col)
-    sp.line([(0.45, 0.95), (0.55, 0.34)], 0.06, BICYCLE, col)
-    sp.line([(0.4, 1.15), (0.5, 1.15), (0.45, 0.95)], 0.06, BICYCLE, col)
+    sp.line(frame, 0.09, BICYCLE, col)
+    sp.line([(0.0, 0.34), (-0.15, 0.95)], 0.09, BICYCLE, col)
+    sp.line([(0.45, 0.95), (0.55, 0.34)], 0.09, BICYCLE, col)
+    sp.line([(0.4, 1.15), (0.5, 1.15), (0.45, 0.95)], 0.09, BICYCLE, col)
     sp.rect(-0.28, 0.95, -0.05, 1.02, BICYCLE, (0.1, 0.1, 0.1))
 
 
@@ -613,12 +613,12 @@ def render_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.nd
         for _ in range(n):
             sign = -1 if rng.uniform() < 0.5 else 1
             x = (road_l if sign < 0 else road_r) + sign * rng.uniform(0.3, 0.7)
-            z = rng.uniform(5, 35)
+            z = rng.uniform(4, 25)
             add(z, lambda x=x, z=z, kind=kind: _pole_thing(scene, cam, rng, x, z, kind))
-    for _ in range(rng.integers(1, 5)):  # pedestrians on the sidewalks, sometimes crossing
+    for _ in range(rng.integers(2, 7)):  # pedestrians on the sidewalks, sometimes crossing
         sign = -1 if rng.uniform() < 0.5 else 1
         x = on_side(sign) if rng.uniform() < 0.8 else rng.uniform(road_l, road_r)
-        z = rng.uniform(4, 30)
+        z = rng.uniform(4, 20)
         add(z, lambda x=x, z=z: _person(Sprite(scene, *cam.px(x, 0, z), cam.ppm(z),
                                                1 if rng.uniform() < 0.5 else -1), rng))
 
@@ -627,7 +627,7 @@ def render_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.nd
             sp = Sprite(scene, *cam.px(x, 0, z), cam.ppm(z), 1 if rng.uniform() < 0.5 else -1)
             if kind in ("bicycle", "motorcycle"):
                 (_bicycle if kind == "bicycle" else _motorcycle)(sp, rng)
-                if rng.uniform() < 0.75:
+                if rng.uniform() < 0.85:
                     _person(sp, rng, RIDER, seated=True)
             else:
                 {"car": _car, "truck": _truck, "bus": _bus, "train": _train}[kind](sp, rng)
@@ -639,10 +639,10 @@ def render_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.nd
     for _ in range(rng.integers(1, 3)):  # parked cars at the kerb
         sign = -1 if rng.uniform() < 0.5 else 1
         vehicle((road_l + 1.0) if sign < 0 else (road_r - 1.0), rng.uniform(8, 30), "car")
-    for kind, p in (("truck", 0.45), ("bus", 0.4), ("train", 0.3), ("bicycle", 0.6), ("motorcycle", 0.5)):
+    for kind, p in (("truck", 0.45), ("bus", 0.4), ("train", 0.3), ("bicycle", 0.7), ("motorcycle", 0.6)):
         if rng.uniform() < p:
             far = kind in ("truck", "bus", "train")
-            vehicle(rng.choice(lane_x) + rng.uniform(-0.5, 0.5), rng.uniform(12 if far else 7, 40 if far else 25),
+            vehicle(rng.choice(lane_x) + rng.uniform(-0.5, 0.5), rng.uniform(12 if far else 6, 40 if far else 18),
                     kind)
     for _z, fn in sorted(items, key=lambda it: -it[0]):
         fn()
