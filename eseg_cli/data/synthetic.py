@@ -35,7 +35,7 @@ from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_json
 
 #: Bumped whenever the drawing changes, so cached default sets are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 CITY = "synthetic"
 
 # trainIds
@@ -93,14 +93,14 @@ class Scene:
         ys = np.arange(y0, y0 + hh)[:, None]  # broadcast index grids: textures index the noise fields
         xs = np.arange(x0, x0 + ww)[None, :]
         col = np.asarray(color, np.float32)
-        if texture is not None:
-            pix = col[None, None, :] * texture(ys, xs, self)[..., None]
-        else:
-            pix = np.broadcast_to(col, (hh, ww, 3))
         region = self.img[y0:y0 + hh, x0:x0 + ww]
-        region[mask] = pix[mask]
+        where = mask[..., None]
+        if texture is not None:
+            np.copyto(region, col * texture(ys, xs, self)[..., None], where=where)
+        else:
+            np.copyto(region, col, where=where)
         if label is not None:
-            self.lbl[y0:y0 + hh, x0:x0 + ww][mask] = label
+            np.copyto(self.lbl[y0:y0 + hh, x0:x0 + ww], np.uint8(label), where=mask)
 
     def _draw(self, xs, ys, fn, label, color, texture, pad=1.0):
         x0, y0, x1, y1 = self._bbox(xs, ys, pad)
@@ -563,11 +563,12 @@ def _light_and_noise(img: np.ndarray, rng) -> np.ndarray:
     gain = rng.uniform(0.6, 1.25)
     cast = np.asarray([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
     gamma = rng.uniform(0.75, 1.3)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys, xs = np.ogrid[0:h, 0:w]
     ang = rng.uniform(0, 2 * np.pi)
-    light = 1.0 + rng.uniform(0, 0.3) * ((xs / w - 0.5) * np.cos(ang) + (ys / h - 0.5) * np.sin(ang))
+    slope = rng.uniform(0, 0.3)
+    light = (1.0 + slope * ((xs / w - 0.5) * np.cos(ang) + (ys / h - 0.5) * np.sin(ang))).astype(np.float32)
     out = np.clip(img * gain * cast * light[..., None], 0, 1) ** gamma
-    out = out + rng.normal(0, rng.uniform(0.005, 0.04), out.shape).astype(np.float32)
+    out += rng.uniform(0.005, 0.04) * rng.standard_normal(out.shape, dtype=np.float32)
     out8 = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
     if rng.uniform() < 0.4:
         out8 = np.asarray(Image.fromarray(out8).filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))))
