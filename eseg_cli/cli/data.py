@@ -130,8 +130,9 @@ def cityscapes_cmd(
 ):
     """Check a Cityscapes root and write trainIds labels beside the official ones.
 
-    Writes [bold]*_gtFine_labelTrainIds.png[/] beside each label (19 classes, ignore 255) from labelIds,
-    or from the polygons where only those exist.
+    Writes [bold]*_gtFine_labelTrainIds.png[/] (19 classes, ignore 255) beside each label.
+
+    Source: *_gtFine_labelIds.png, or *_gtFine_polygons.json where only those exist.
 
     Up-to-date outputs are skipped ([bold]--force[/] redoes them); every output is written atomically.
 
@@ -167,9 +168,9 @@ def ade20k_cmd(
 ):
     """Check an ADE20K SceneParsing copy and report counts.
 
-    Checks [bold]ADEChallengeData2016/{images,annotations}/{training,validation}[/]: pairs, sizes,
-    readability and values (0..150). Reduce-zero-label (0 → ignore, k → k-1) is applied
-    by the [bold]ade20k[/] dataset when reading, so nothing is written.
+    Checks [bold]ADEChallengeData2016/{images,annotations}/{training,validation}[/]: pairs, sizes, values.
+
+    Reduce-zero-label (0 → ignore, k → k-1) is applied by the [bold]ade20k[/] dataset, so nothing is written.
 
     Examples:
 
@@ -208,15 +209,17 @@ def synthetic_cmd(
 ):
     """Generate the built-in synthetic street-scene dataset.
 
-    Street scenes (sky, road, sidewalks, buildings, walls, fences,
-    vegetation, terrain, poles, traffic lights and signs, pedestrians, riders and vehicles) with the 19
-    Cityscapes trainIds, in the Cityscapes layout. Deterministic for a seed; existing samples are kept.
+    Street scenes with the 19 Cityscapes trainIds, written in the Cityscapes layout.
+
+    Deterministic for a seed; samples already on disk are kept (generation is deterministic).
+
+    The default (400 + 100 images at 256x512) is what [bold]eseg train[/] uses without a dataset.
 
     Examples:
 
       [cyan]eseg prepare-data synthetic --out data/synthetic[/]
 
-      [cyan]eseg prepare-data synthetic --out data/syn-small --num-train 64 --num-val 16 --size 128x256 --seed 3[/]
+      [cyan]eseg prepare-data synthetic --out data/syn-small --num-train 64 --num-val 16 --size 128x256[/]
     """
     from eseg_cli.data.synthetic import generate
     from eseg_cli.utils import parse_size
@@ -251,7 +254,7 @@ def browse_cmd(
 ):
     """Write a preview grid of samples with their labels overlaid in colour.
 
-    Shows what the model will be fed (training augmentations included unless --no-augment).
+    Shows what the model will be fed: training augmentations included unless [bold]--no-augment[/].
 
     Examples:
 
