@@ -157,7 +157,7 @@ class SegmentationDataset(Dataset):
         return f"{type(self).__name__}({len(self)} images, {self.num_classes} classes)"
 
 
-def _pair_files(images: list[Path], label_for: Callable[[Path], Path], what: str, hint: str):
+def _pair_files(images: list[Path], label_for: Callable[[Path], Path], hint: str):
     """Pair images with labels; any image without its label is an error naming it."""
     files = []
     for ip in images:
@@ -188,7 +188,7 @@ class CityscapesDataset(SegmentationDataset):
             raise EsegError(f"{img_dir}: no *_leftImg8bit.png images found in its city folders")
         self.root, self.split = root, split
         self._lut = cityscapes_id_to_trainid_lut()
-        super().__init__(_pair_files(images, self._label_path, "label",
+        super().__init__(_pair_files(images, self._label_path,
                                      "run `eseg prepare-data cityscapes --root ROOT` or add the gtFine files"),
                          transform)
 
@@ -250,7 +250,7 @@ class ADE20KDataset(SegmentationDataset):
         self.root, self.split = root, split
         self._lut = np.arange(256, dtype=np.uint8) - 1  # 0 -> 255 by uint8 wrap-around, k -> k-1
         self._lut[255] = IGNORE_INDEX
-        super().__init__(_pair_files(images, lambda ip: ann_dir / f"{ip.stem}.png", "annotation",
+        super().__init__(_pair_files(images, lambda ip: ann_dir / f"{ip.stem}.png",
                                      "every image needs its annotation PNG"), transform)
 
     def map_label(self, label, path):
@@ -275,7 +275,7 @@ class FolderDataset(SegmentationDataset):
         images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not images:
             raise EsegError(f"{img_dir}: no images found")
-        super().__init__(_pair_files(images, lambda ip: mask_dir / f"{ip.stem}.png", "mask",
+        super().__init__(_pair_files(images, lambda ip: mask_dir / f"{ip.stem}.png",
                                      "every image needs a mask PNG with the same name"), transform)
 
     @staticmethod
