@@ -18,7 +18,10 @@ from eseg_cli.engine.checkpoint import load_checkpoint  # noqa: E402
 from eseg_cli.engine.evaluator import evaluate_model  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 
-TINY = dict(width=0.25, depth=0.3, channels=16, repeats=1)
+# P2..P6: with 64x64 inputs, P9 would be pooled from 1x1 maps, and torch-xla's avg_pool2d(ceil_mode=True) makes
+# those 0x0 (eager keeps 1x1); full-size inputs (multiples of 512) reach P9 without that case
+# (and a small graph keeps XLA:CPU compile time, which dominates this test, down)
+TINY = dict(width=0.1, depth=0.1, channels=8, repeats=1, max_level=5)
 
 
 class Toy(Dataset):
@@ -39,9 +42,9 @@ class Toy(Dataset):
 
 def _cfg(device):
     # fixed crop size (static shapes), OHEM, EMA and clipping all exercised on the device
-    return dict(scale="lite-s", model=TINY, batch_size=2, steps=8, warmup_steps=2, optimizer="sgd", lr=0.05,
+    return dict(scale="lite-s", model=TINY, batch_size=2, steps=6, warmup_steps=2, optimizer="sgd", lr=0.05,
                 momentum=0.9, loss="ohem", ohem_min_kept=2000, clip_grad=5.0, ema_decay=0.5, workers=0,
-                log_interval=2, eval_interval=4, checkpoint_interval=4, device=device, deterministic=False)
+                log_interval=2, eval_interval=3, checkpoint_interval=3, device=device, deterministic=False)
 
 
 def _run(tmp_path, device):
@@ -55,7 +58,7 @@ def _run(tmp_path, device):
 def test_xla_training_matches_cpu_eager(tmp_path):
     s_xla = _run(tmp_path, "xla")
     s_cpu = _run(tmp_path, "cpu")
-    assert s_xla["finished"] and s_xla["steps"] == 8
+    assert s_xla["finished"] and s_xla["steps"] == 6
     losses = [json.loads(r)["loss"] for r in (tmp_path / "xla" / "log.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0], losses  # the loss falls on the device
     cpu_losses = [json.loads(r)["loss"] for r in (tmp_path / "cpu" / "log.jsonl").read_text().splitlines()]
@@ -65,8 +68,8 @@ def test_xla_training_matches_cpu_eager(tmp_path):
     for key in ("model", "ema"):
         for k, v in b[key].items():
             torch.testing.assert_close(a[key][k].float(), v.float(), rtol=2e-3, atol=2e-4, msg=f"{key}.{k}")
-    # validation ran on the device at steps 4 and 8, and agrees with CPU
-    assert [h["step"] for h in s_xla["history"]] == [4, 8]
+    # validation ran on the device at steps 3 and 6, and agrees with CPU
+    assert [h["step"] for h in s_xla["history"]] == [3, 6]
     assert s_xla["best_mIoU"] == pytest.approx(s_cpu["best_mIoU"], abs=0.5)
 
 

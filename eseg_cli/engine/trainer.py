@@ -237,9 +237,9 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         raise EsegError("amp fp16 needs CUDA; use amp: bf16 on CPU and XLA")
     ema = None
     if cfg.ema_decay:
-        from timm.utils import ModelEmaV3
+        from eseg_cli.engine.ema import WeightEma
 
-        ema = ModelEmaV3(model, decay=cfg.ema_decay, device=dev)
+        ema = WeightEma(model, cfg.ema_decay)
     criterion = build_loss(cfg.loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                            ignore_index=ignore_index)
 
@@ -368,7 +368,7 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
                 scaler.update()
             scheduler.step()
             if ema is not None:
-                ema.update(model, step=step)
+                ema.update(model)
             if rt.xla:
                 torch_xla.sync()
             loss_sum += loss.detach()
