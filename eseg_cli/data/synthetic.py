@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from eseg_cli.data.classes import CITYSCAPES_CLASSES, IGNORE_INDEX, cityscapes_trainid_to_labelid_lut
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_json
+from eseg_cli.utils import atomic_write_json, chmod_default
 
 #: Bumped whenever the drawing changes, so cached default sets are regenerated.
 GENERATOR_VERSION = 3
@@ -680,6 +680,7 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
     os.close(fd)
     try:
         Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
+        chmod_default(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
