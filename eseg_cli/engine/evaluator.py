@@ -180,7 +180,8 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     cfg = ckpt.get("config") or {}
     dataset = dataset or cfg.get("dataset") or "synthetic"
     if data_root is None and dataset == cfg.get("dataset"):
-        data_root = cfg.get("data_root")
+        # the resolved root (for the synthetic default: the exact generated version the model was trained on)
+        data_root = cfg.get("data_root") or ckpt.get("data_root")
     if resize is None:
         resize = cfg.get("val_resize")
     ds = _build_eval_dataset(dataset, data_root, split, resize)

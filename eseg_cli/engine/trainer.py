@@ -189,11 +189,12 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
     # data
     data_root = cfg.data_root
     if train_ds is None:
-        if cfg.dataset == "synthetic" and not cfg.data_root and rt.is_main:
-            say("No --dataset given: training on the built-in synthetic set (Cityscapes layout, 19 classes).")
         # rank 0 generates the synthetic set first so the others find it complete
         if rt.is_main:
             train_ds, val_ds, data_root = build_train_data(cfg)
+            if cfg.dataset == "synthetic" and not cfg.data_root:
+                say(f"No --dataset given: training on the built-in synthetic set (Cityscapes layout, 19 classes) "
+                    f"in {data_root}.")
         barrier(rt)
         if not rt.is_main:
             train_ds, val_ds, data_root = build_train_data(cfg)
