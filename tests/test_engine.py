@@ -259,3 +259,14 @@ def test_plain_dict_config_is_recipe_overrides():
 def test_resume_refuses_conflicting_flags(tmp_path):
     r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--steps", "5"])
     assert r.exit_code == 2 and "--steps" in r.output
+
+
+def test_bf16_autocast_and_sgd_run(tmp_path):
+    s = train(tiny_cfg(steps=2, amp="bf16", optimizer="sgd", lr=0.01, eval_interval=2, ema_decay=None), tmp_path,
+              model=_model(), train_dataset=Toy(4), val_dataset=Toy(2, 1), progress=False)
+    assert s["finished"] and s["best_mIoU"] is not None
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())  # weights stay float32 under autocast
+    with pytest.raises(EsegError, match="fp16 needs CUDA"):
+        train(tiny_cfg(amp="fp16", device="cpu"), tmp_path / "fp16", model=_model(), train_dataset=Toy(4),
+              progress=False)
