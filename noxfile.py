@@ -28,7 +28,8 @@ def lint(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The quick-start job (see the README)."""
     session.install("-e", ".")
-    session.run("eseg", "profile", "--all", "--resolution", "1024x2048", "--no-latency")
+    session.run("eseg", "train", "--scale", "lite-s", "--run-dir", "runs/quickstart", "--yes")
+    session.run("eseg", "eval", "--checkpoint", "runs/quickstart")
 
 
 @nox.session(python="3.11")
