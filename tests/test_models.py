@@ -222,3 +222,13 @@ def test_folding_batch_norm_keeps_outputs():
         x = torch.randn(1, 3, 96, 128)
         with torch.no_grad():
             torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 3), (5, 4), (7, 9), (8, 8)])
+def test_extra_level_pooling_matches_ceil_mode(size):
+    import torch.nn.functional as F
+
+    from eseg_cli.models.bifpn import avg_pool2x
+
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(avg_pool2x(x), F.avg_pool2d(x, 2, 2, ceil_mode=True))

@@ -120,6 +120,18 @@ class BiFPNLayer(nn.Module):
         return [out[level] for level in range(self.min_level, self.max_level + 1)]
 
 
+def avg_pool2x(x: torch.Tensor) -> torch.Tensor:
+    """2x average pooling to ceil(H/2) x ceil(W/2), averaging only real pixels at odd edges.
+
+    Replicate padding to even sizes gives exactly ``avg_pool2d(ceil_mode=True)``'s result, but unlike
+    it also works on torch-xla, where ``ceil_mode`` turns a 1x1 map into 0x0.
+    """
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
 class BiFPNDecoder(nn.Module):
     """Laterals + extra levels + ``repeats`` BiFPN layers.
 
@@ -156,7 +168,7 @@ class BiFPNDecoder(nn.Module):
         if self.num_extra:
             x = self.extra_proj(features[self.used[-1]])
             for _ in range(self.num_extra):
-                x = F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+                x = avg_pool2x(x)
                 feats.append(x)
         for layer in self.layers:
             feats = layer(feats)
