@@ -18,10 +18,9 @@ from eseg_cli.engine.checkpoint import load_checkpoint  # noqa: E402
 from eseg_cli.engine.evaluator import evaluate_model  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 
-# P2..P6: with 64x64 inputs, P9 would be pooled from 1x1 maps, and torch-xla's avg_pool2d(ceil_mode=True) makes
-# those 0x0 (eager keeps 1x1); full-size inputs (multiples of 512) reach P9 without that case
-# (and a small graph keeps XLA:CPU compile time, which dominates this test, down)
-TINY = dict(width=0.1, depth=0.1, channels=8, repeats=1, max_level=5)
+# the full P2..P9 graph: with 64x64 inputs the extra levels are pooled from 1x1 maps, the case torch-xla's
+# avg_pool2d(ceil_mode=True) got wrong (0x0) before the decoder switched to replicate-pad + pool
+TINY = dict(width=0.1, depth=0.1, channels=8, repeats=1)
 
 
 class Toy(Dataset):
