@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from toydata import Toy  # noqa: E402
 from typer.testing import CliRunner
 
 from eseg_cli.cli import app
@@ -21,31 +21,9 @@ from eseg_cli.models import build_model
 TINY = dict(width=0.25, depth=0.3, channels=16, repeats=1)
 
 
-class Toy(Dataset):
-    """Learnable in-memory data: the class is a function of the first two channels."""
-
-    num_classes, ignore_index, classes = 3, 255, ["a", "b", "c"]
-
-    def __init__(self, n, seed=0, size=64):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, size, size, generator=g)
-        self.y = (self.x[:, 0] > 0).long() + (self.x[:, 1] > 0.5).long()
-        self.y[:, :2] = 255
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models are all per-op overhead: one thread is ~10x faster than two on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**kw):

@@ -17,12 +17,7 @@ from eseg_cli.models import build_model
 TINY = "{width: 0.25, depth: 0.3, channels: 16, repeats: 1}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

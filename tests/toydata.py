@@ -1,0 +1,24 @@
+"""A learnable in-memory dataset for engine tests (importable from tests: the folder is on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+class Toy(Dataset):
+    """The class is a function of the first two channels; the first ``ignore_rows`` rows are ignore (255)."""
+
+    num_classes, ignore_index, classes = 3, 255, ["a", "b", "c"]
+
+    def __init__(self, n, seed=0, size=64, ignore_rows=2):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = (self.x[:, 0] > 0).long() + (self.x[:, 1] > 0.5).long()
+        self.y[:, :ignore_rows] = 255
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
