@@ -42,8 +42,3 @@ def load(name: str) -> pd.DataFrame:
         raise EsegError(f"unknown paper table {name!r}; choose one of {', '.join(TABLES)}")
     return _read(name, str(paper_dir())).copy()
 
-
-def table8_flops() -> dict[str, float]:
-    """Table 8's FLOPs (billions) by ablation cell name (``b1-bifpn``, ``r50-deeplab-os16`` ...)."""
-    t = load("table8")
-    return dict(zip(t["cell"], t["flops_b"].astype(float), strict=True))

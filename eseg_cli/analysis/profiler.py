@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -59,8 +60,6 @@ class _PeakRSS:
     def rss() -> int:
         try:
             with open("/proc/self/statm") as f:
-                import os
-
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             return 0
