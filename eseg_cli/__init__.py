@@ -2,10 +2,41 @@
 
 >>> from eseg_cli import build_model
 >>> model = build_model("eseg-s", num_classes=19)
+
+The public names are imported on first use (PEP 562), so ``import eseg_cli`` — and the ``eseg`` command's
+start-up — does not pay for torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from eseg_cli.errors import EsegError
-from eseg_cli.models import SCALES, build_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["SCALES", "EsegError", "__version__", "build_model", "list_models"]
+
+# public name -> the module that defines it
+_LAZY = {
+    "SCALES": "eseg_cli.models",
+    "build_model": "eseg_cli.models",
+    "list_models": "eseg_cli.models",
+}
+
+__all__ = ["EsegError", "__version__", *_LAZY]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
+    from eseg_cli.models import SCALES, build_model, list_models  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eseg_cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
