@@ -10,9 +10,14 @@ start-up — does not pay for torch.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
-from eseg_cli.errors import EsegError
+# No network at run time: albumentations asks the package index for a newer version on import (a DNS lookup
+# and a connection on every command, long stalls where DNS does not answer). Off before it is ever imported.
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+
+from eseg_cli.errors import EsegError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -6,8 +6,36 @@ cannot work). The CLI turns it into a one-line message and exit code 2, without 
 
 from __future__ import annotations
 
+import errno
+
 
 class EsegError(Exception):
     """An error caused by the user's input; the message names the culprit and what to do."""
 
     exit_code = 2
+
+
+# what to do about common operating-system errors (the message itself names the file)
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose another output folder",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another output folder",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.EACCES: "permission denied; choose a location you can write to",
+    errno.EPERM: "permission denied; choose a location you can write to",
+    errno.EISDIR: "a folder is there where a file is wanted; give a file path",
+    errno.ENOTDIR: "a file is in the way where a folder is wanted; give another path",
+    errno.EEXIST: "a file is in the way where a folder is wanted; give another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_hint(e: OSError) -> str | None:
+    """What the user can do about an operating-system error, or None."""
+    return _OS_HINTS.get(e.errno or -1)
+
+
+def write_error(path, e: OSError) -> EsegError:
+    """An :class:`EsegError` for a failed write of ``path``: the file, the reason and what to do."""
+    hint = os_error_hint(e)
+    reason = e.strerror or str(e)
+    return EsegError(f"cannot write {path}: {reason}" + (f"; {hint}" if hint else ""))

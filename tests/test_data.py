@@ -168,7 +168,8 @@ def test_val_transform_normalizes_and_resizes():
     assert out["image"].shape == (3, 20, 30)
     assert torch.allclose(out["image"][0], torch.full((20, 30), (1 - 0.485) / 0.229), atol=1e-4)
     out = build_transforms(False, resize=(10, 16))(image=img, mask=np.zeros((20, 30), np.uint8))
-    assert out["image"].shape == (3, 10, 16) and out["mask"].shape == (10, 16)
+    # the label keeps its size: scores are computed on the original labels
+    assert out["image"].shape == (3, 10, 16) and out["mask"].shape == (20, 30)
 
 
 def test_bad_crop_is_an_eseg_error():

@@ -57,7 +57,7 @@ def test_all_correct_is_100_and_accumulates():
 def test_out_of_range_prediction_is_wrong_not_dropped():
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([0, 7]), torch.tensor([0, 1]))
-    assert cm.mat.sum() == 2
+    assert cm.mat.sum() == 1 and cm.invalid.tolist() == [0, 1]  # counted, as no class's prediction
     assert cm.compute()["pixAcc"] == pytest.approx(50.0)
 
 

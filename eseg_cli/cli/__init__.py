@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from eseg_cli import __version__
+from eseg_cli.cli import _common
 from eseg_cli.cli._common import EsegTyper, console
 
 app = EsegTyper(
@@ -25,6 +26,7 @@ def _version(value: bool):
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an error (also: ESEG_DEBUG=1)."),
 ):
     """[bold]eseg[/]: the ESeg family (Meng et al., 2022) — models, data, training and the paper workbench.
 
@@ -34,6 +36,7 @@ def _root(
 
       [cyan]eseg profile --all --json[/]       every scale, as JSON
     """
+    _common.DEBUG = debug
 
 
 # Each command module registers itself on ``app`` when imported; the order is the order of the help panels.

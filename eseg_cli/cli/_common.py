@@ -4,21 +4,99 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from eseg_cli.errors import EsegError
+from eseg_cli.errors import EsegError, os_error_hint
 
 console = Console()
 err_console = Console(stderr=True)
 
+#: set by the root ``--debug`` flag; ``ESEG_DEBUG=1`` in the environment does the same
+DEBUG = False
+
+def debug_enabled() -> bool:
+    """Whether tracebacks are shown (root ``--debug`` or ``ESEG_DEBUG`` set to anything but 0/empty)."""
+    return DEBUG or os.environ.get("ESEG_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+def _worker_root_cause(msg: str) -> str:
+    """A DataLoader re-raises a worker's exception with the worker's whole traceback in its message
+    ("Caught X in DataLoader worker process 0. Original Traceback ... X: message"); keep the message."""
+    if "Original Traceback" not in msg:
+        return msg
+    lines = msg.split("Original Traceback", 1)[1].splitlines()[1:]
+    rest = [ln for ln in lines if ln and not ln.startswith(" ")]
+    if not rest:
+        return msg
+    text = "\n".join(lines[lines.index(rest[0]):])
+    return re.sub(r"^[\w.]+: ", "", text, count=1)  # "eseg_cli.errors.EsegError: ..." -> "..."
+
+
+def _is_input_error(e: BaseException) -> bool:
+    """Problems with the user's input or machine (exit 2), as opposed to bugs in eseg (exit 1)."""
+    if isinstance(e, (EsegError, OSError, UnicodeError, MemoryError)):
+        return True
+    mod = type(e).__module__ or ""
+    if mod.startswith("yaml"):  # yaml.YAMLError and its subclasses
+        return True
+    name = type(e).__name__
+    if name == "OutOfMemoryError" or (isinstance(e, RuntimeError) and (
+            "can't allocate memory" in str(e) or "out of memory" in str(e).lower())):
+        return True
+    return False
+
+
+def describe_error(e: BaseException) -> tuple[str, int]:
+    """``(one-line message, exit code)`` for an exception that escaped a command."""
+    msg = _worker_root_cause(str(e)).strip()
+    if isinstance(e, EsegError):
+        return " ".join(msg.split("\n")), e.exit_code
+    kind = type(e).__name__
+    if isinstance(e, OSError):
+        hint = os_error_hint(e)
+        if e.filename is not None and str(e.filename) not in msg:
+            msg = f"{msg}: {e.filename}"
+        if hint:
+            msg = f"{msg}; {hint}"
+    elif isinstance(e, UnicodeError):
+        msg = f"{msg}; the file is not UTF-8 text (save it as UTF-8)"
+    elif isinstance(e, MemoryError) or kind == "OutOfMemoryError":
+        msg = f"{msg or 'out of memory'}; lower the size or batch size"
+    msg = " ".join(line.strip() for line in msg.splitlines() if line.strip())
+    if _is_input_error(e):
+        return f"{kind}: {msg}", 2
+    return (f"{kind}: {msg} — an internal error in eseg; rerun with --debug (or ESEG_DEBUG=1) for the "
+            "traceback and report it", 1)
+
+
+def run_guarded(fn, *a, **k):
+    """Call a command function; any exception becomes one red line on stderr and exit code 2 (input) or 1 (bug)."""
+    try:
+        return fn(*a, **k)
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise
+    except Exception as e:  # noqa: BLE001 - the top of the command: every exception is reported here
+        msg, code = describe_error(e)
+        if debug_enabled():
+            traceback.print_exc(file=sys.stderr)
+        err_console.print(f"[bold red]Error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
+
 
 class EsegTyper(typer.Typer):
-    """A Typer app whose commands turn :class:`EsegError` into a red one-line message and exit code 2."""
+    """A Typer app whose commands turn any exception into a red one-line message: exit code 2 for input
+    problems (:class:`EsegError`, OS errors, bad encodings or YAML, memory), 1 for bugs. ``--debug`` or
+    ``ESEG_DEBUG=1`` prints the traceback too."""
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
@@ -26,11 +104,7 @@ class EsegTyper(typer.Typer):
         def decorator(fn):
             @functools.wraps(fn)
             def wrapper(*a, **k):
-                try:
-                    return fn(*a, **k)
-                except EsegError as e:
-                    err_console.print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
-                    raise typer.Exit(e.exit_code) from None
+                return run_guarded(fn, *a, **k)
 
             register(wrapper)
             return fn

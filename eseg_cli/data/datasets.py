@@ -283,7 +283,13 @@ class FolderDataset(SegmentationDataset):
         if not path.is_file():
             raise EsegError(f"{path} not found: list the class names, one per line (optionally 'name R G B')")
         names, palette = [], []
-        for line in path.read_text().splitlines():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise EsegError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        except OSError as e:
+            raise EsegError(f"{path} cannot be read ({e.strerror or e})") from None
+        for line in text.splitlines():
             parts = line.strip().split()
             if not parts:
                 continue

@@ -21,7 +21,8 @@ def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.
     train: [resize] -> random scale in ``scale_range`` -> pad to ``crop_size`` (image 0, mask
     ``ignore_index``) -> random crop of exactly ``crop_size`` -> horizontal flip -> photometric jitter ->
     normalize -> tensors. The fixed crop makes every sample the same size, so batches stack.
-    val: [resize to ``resize`` = (H, W)] -> normalize -> tensors.
+    val: [resize the image (not the mask) to ``resize`` = (H, W)] -> normalize -> tensors. The mask keeps
+    its size so that scores are computed on the original labels: the evaluator resizes the predictions back.
 
     Call as ``out = t(image=img, mask=mask)``; ``out["image"]`` is float32 3xHxW, ``out["mask"]`` a
     uint8/int tensor HxW (the datasets turn it into int64). ``seed`` fixes the random draws (for
@@ -30,7 +31,10 @@ def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.
     ops: list = []
     if resize is not None:
         rh, rw = _pair(resize, "resize")
-        ops.append(A.Resize(rh, rw, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        if train:
+            ops.append(A.Resize(rh, rw, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        else:
+            ops.append(ResizeImage(rh, rw))
     if train:
         ch, cw = _pair(crop_size, "crop_size")
         lo, hi = float(scale_range[0]), float(scale_range[1])
@@ -51,6 +55,20 @@ def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.
             ops.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=0.8))
     ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=seed)
+
+
+class ResizeImage(A.ImageOnlyTransform):
+    """Resize the image only (bilinear); the mask is left at its original size."""
+
+    def __init__(self, height: int, width: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.height, self.width = int(height), int(width)
+
+    def apply(self, img, **params):
+        return cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+
+    def get_transform_init_args_names(self):
+        return ("height", "width")
 
 
 def _pair(v, what) -> tuple[int, int]:

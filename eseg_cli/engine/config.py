@@ -41,7 +41,8 @@ class TrainConfig:
     scale_range: list = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
     photometric: bool = True
-    val_resize: Optional[list] = None  # [H, W] to resize val images (None: full size, the paper's protocol)
+    val_resize: Optional[list] = None  # [H, W] to resize val images (None: full size, the paper's protocol);
+    # labels keep their size and predictions are resized back to it
     batch_size: int = 8  # per process
     val_batch_size: int = 1
     workers: int = 2
@@ -57,7 +58,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     loss: str = "ohem"  # ohem | ce
     ohem_thresh: float = 0.7
-    ohem_min_kept: int = 100000  # per batch (per process)
+    ohem_min_kept: int = 50000  # per image (so the loss does not depend on the number of processes)
     clip_grad: Optional[float] = None  # max grad norm
     amp: Optional[str] = None  # None | bf16 | fp16
     ema_decay: Optional[float] = None  # e.g. 0.9998; None disables EMA
@@ -152,9 +153,13 @@ def read_recipe(path: str | Path) -> dict:
     if not path.is_file():
         raise EsegError(f"recipe {path} not found; recipes live in {RECIPES_DIR} (one per dataset)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise EsegError(f"recipe {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise EsegError(f"recipe {path} is not valid YAML: {e}") from None
+        raise EsegError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise EsegError(f"recipe {path} cannot be read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise EsegError(f"recipe {path} must be a mapping of config keys, got {type(data).__name__}")
     return data

@@ -100,6 +100,9 @@ def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.dev
         image = image.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         scores = predict(model, image, num_classes, **predict_kw)
+        if scores.shape[-2:] != target.shape[-2:]:
+            # the image was resized (val_resize): predictions go back to the label's size, never the reverse
+            scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
         pred = scores.argmax(1)
         cm.update(pred, target)
         if on_prediction is not None:
