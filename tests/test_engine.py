@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from eseg_cli.cli import app
 from eseg_cli.engine import load_config, train
 from eseg_cli.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-from eseg_cli.engine.config import RECIPES_DIR, validate
+from eseg_cli.engine.config import builtin_recipes, validate
 from eseg_cli.engine.losses import OhemCrossEntropy
 from eseg_cli.engine.schedule import WarmupCosine, warmup_cosine_factor
 from eseg_cli.errors import EsegError
@@ -84,7 +84,7 @@ def test_int_accepted_for_float_and_saved_config_round_trips():
     cfg = validate({"lr": 1, "crop_size": (128, 256)})
     assert isinstance(cfg.lr, float) and cfg.crop_size == [128, 256]
     assert validate(cfg.to_dict()) == cfg
-    assert RECIPES_DIR.is_dir()
+    assert builtin_recipes() == ["ade20k", "cityscapes", "folder", "synthetic"]
 
 
 # ---------------------------------------------------------------- loss and schedule

@@ -179,7 +179,7 @@ def plot_figure1(table4: pd.DataFrame, out_dir: str | Path | None = None):
     plt = _mpl()
     pts = figure1_points(table4)
     if pts.empty:
-        raise EsegError("Table 4 has no rows with FLOPs to plot; check reports/paper/table4.csv")
+        raise EsegError("Table 4 has no rows with FLOPs to plot; check eseg_cli/resources/paper/table4.csv")
     fig, ax = plt.subplots(figsize=(10, 6.5), dpi=DPI)
     for kind, style in _STYLE.items():
         sub = pts[pts.kind == kind]
@@ -255,7 +255,7 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
     """Figure 4: FPS (log x) vs Cityscapes mIoU for the real-time family. Returns ``(fig, points, paths)``."""
     plt = _mpl()
     if points.empty:
-        raise EsegError("no Figure 4 points to plot; check reports/paper/figure4.csv")
+        raise EsegError("no Figure 4 points to plot; check eseg_cli/resources/paper/figure4.csv")
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=DPI)
     styles = {"eseg": dict(marker="o", s=50, color="tab:red", label="ESeg-Lite (paper)"),
               "peer": dict(marker="s", s=36, color="tab:blue", label="real-time peers (paper)"),

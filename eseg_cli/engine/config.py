@@ -1,7 +1,8 @@
 """Training configuration: YAML recipes give every default, CLI flags override them, the result is validated.
 
-A recipe is ``recipes/<dataset>.yaml``: top-level keys are :class:`TrainConfig` fields, and an optional
-``scales:`` mapping holds per-scale overrides (``scales: {lite-s: {batch_size: 8}}``). Resolution order:
+A recipe is ``recipes/<dataset>.yaml`` (shipped inside the package as ``eseg_cli.recipes``): top-level keys
+are :class:`TrainConfig` fields, and an optional ``scales:`` mapping holds per-scale overrides
+(``scales: {lite-s: {batch_size: 8}}``). Resolution order:
 dataclass defaults < recipe < recipe's ``scales[scale]`` < overrides.
 """
 
@@ -12,6 +13,8 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +22,7 @@ import yaml
 
 from eseg_cli.errors import EsegError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_PACKAGE = "eseg_cli.recipes"
 DATASETS = ("cityscapes", "ade20k", "synthetic", "folder")
 
 
@@ -147,11 +150,26 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
     return cfg
 
 
-def read_recipe(path: str | Path) -> dict:
-    """Load a recipe YAML file into a dict (clear errors for missing files and bad YAML)."""
-    path = Path(path)
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped with the package (one per dataset)."""
+    return sorted(p.name[: -len(".yaml")] for p in files(RECIPES_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def builtin_recipe(name: str) -> Traversable:
+    """The shipped recipe ``name`` (e.g. ``"cityscapes"``), read through :mod:`importlib.resources`."""
+    path = files(RECIPES_PACKAGE) / f"{name}.yaml"
     if not path.is_file():
-        raise EsegError(f"recipe {path} not found; recipes live in {RECIPES_DIR} (one per dataset)")
+        raise EsegError(f"no built-in recipe {name!r}; the built-in recipes are {', '.join(builtin_recipes())}")
+    return path
+
+
+def read_recipe(path: str | Path | Traversable) -> dict:
+    """Load a recipe YAML file into a dict (clear errors for missing files and bad YAML)."""
+    if isinstance(path, str):
+        path = Path(path)
+    if not path.is_file():
+        raise EsegError(f"recipe {path} not found; give a YAML file of config keys, or copy one of the built-in "
+                        f"recipes ({', '.join(builtin_recipes())}) from the recipes/ folder of the project")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
@@ -183,7 +201,7 @@ def load_config(dataset: str | None = "synthetic", scale: str = "lite-s", overri
     dataset = dataset or "synthetic"
     if dataset not in DATASETS:
         raise EsegError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    path = Path(recipe) if recipe else RECIPES_DIR / f"{dataset}.yaml"
+    path = Path(recipe) if recipe else builtin_recipe(dataset)
     data = read_recipe(path)
     per_scale = data.pop("scales", {}) or {}
     if not isinstance(per_scale, dict):
