@@ -26,11 +26,13 @@ _LAZY = {
     "SCALES": "eseg_cli.models",
     "build_model": "eseg_cli.models",
     "list_models": "eseg_cli.models",
+    "Predictor": "eseg_cli.inference",
 }
 
 __all__ = ["EsegError", "__version__", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
+    from eseg_cli.inference import Predictor  # noqa: F401
     from eseg_cli.models import SCALES, build_model, list_models  # noqa: F401
 
 

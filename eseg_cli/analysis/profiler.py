@@ -100,9 +100,12 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
         raise EsegError("--device cuda was asked for but no CUDA GPU is available")
     model = model.eval().to(dev)
     if fuse_bn:
-        from eseg_cli.models.fuse import fuse_conv_bn
+        import copy
 
-        model = fuse_conv_bn(model)
+        from eseg_cli.inference.fold import fold_batchnorm
+
+        model = copy.deepcopy(model)
+        fold_batchnorm(model)
     x = torch.randn(1, 3, *resolution, device=dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -64,6 +64,16 @@ class WeightedFusion(nn.Module):
         self.mode = mode
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_inputs)) if mode != "sum" else None
+        self.frozen: tuple[float, ...] | None = None  # set by freeze_weights() for inference
+
+    def freeze_weights(self) -> bool:
+        """Fix the normalised weights as constants (inference only); see :mod:`eseg_cli.inference.fold`."""
+        w = self.normalized_weights()
+        if w is None:
+            return False
+        self.frozen = tuple(float(v) for v in w.detach().float().cpu())
+        self.weight = None
+        return True
 
     def normalized_weights(self) -> torch.Tensor | None:
         if self.weight is None:
@@ -74,6 +84,11 @@ class WeightedFusion(nn.Module):
         return w / (w.sum() + self.eps)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if self.frozen is not None:  # inference: one fused multiply-add pass per extra input
+            out = xs[0] * self.frozen[0]
+            for x, wi in zip(xs[1:], self.frozen[1:]):
+                out = torch.add(out, x, alpha=wi)
+            return out
         w = self.normalized_weights()
         if w is None:
             return torch.stack(xs, dim=-1).sum(dim=-1) if len(xs) > 2 else xs[0] + xs[1]

@@ -17,7 +17,7 @@ class FusionHead(nn.Module):
     ``sum_i softmax(w)_i * up(P_i)`` (or a plain sum), then a 3x3 separable conv + BN + activation and
     a 3x3 separable classifier with bias (the configuration that lands on the paper's counts).
 
-    In eval mode the softmax weights are constants; :meth:`fold_weights` turns them into a buffer.
+    In eval mode the softmax weights are constants; :meth:`freeze_weights` turns them into plain numbers.
     """
 
     def __init__(self, channels: int, num_levels: int, num_classes: int, act: str = "silu",
@@ -29,12 +29,28 @@ class FusionHead(nn.Module):
         self.level_weight = nn.Parameter(torch.zeros(num_levels)) if fusion == "softmax" else None
         self.conv = SeparableConv(channels, channels, 3, norm=True, act=act)
         self.classifier = SeparableConv(channels, num_classes, 3, norm=False)
+        self.frozen: tuple[float, ...] | None = None  # set by freeze_weights() for inference
+
+    def freeze_weights(self) -> bool:
+        """Fix the softmax level weights as constants (inference only); see :mod:`eseg_cli.inference.fold`."""
+        w = self.level_weights()
+        if w is None:
+            return False
+        self.frozen = tuple(float(v) for v in w.detach().float().cpu())
+        self.level_weight = None
+        return True
 
     def level_weights(self) -> torch.Tensor | None:
         return None if self.level_weight is None else torch.softmax(self.level_weight, dim=0)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
+        if self.frozen is not None:  # inference: one fused multiply-add pass per level
+            out = feats[0] * self.frozen[0]
+            for f, wi in zip(feats[1:], self.frozen[1:]):
+                up = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                out = torch.add(out, up, alpha=wi)
+            return self.classifier(self.conv(out))
         w = self.level_weights()
         out = feats[0] if w is None else feats[0] * w[0]
         for i in range(1, len(feats)):

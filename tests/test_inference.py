@@ -1,0 +1,196 @@
+"""Inference: exact preparation (folding), exact fast post-processing and the Predictor API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from eseg_cli import EsegError, build_model
+from eseg_cli.engine.checkpoint import save_checkpoint
+from eseg_cli.inference import Predictor, prepare_model, upsample_argmax
+from eseg_cli.models import SCALES
+
+TINY = dict(width=0.25, depth=0.25, channels=16, repeats=1)
+
+
+def randomize(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics and fusion weights, so that a wrong fold shows."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            elif type(m).__name__ == "WeightedFusion" and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 2)
+            elif type(m).__name__ == "FusionHead" and m.level_weight is not None:
+                m.level_weight.copy_(torch.randn(m.level_weight.shape, generator=g))
+    return model.eval()
+
+
+# full-size scales at a small input: the prepared model's logits equal the training model's (1e-4 relative)
+@pytest.mark.parametrize("name", list(SCALES))
+def test_prepared_model_equals_training_model(name, one_thread):
+    torch.manual_seed(0)
+    model = randomize(build_model(name))
+    prepared = prepare_model(model)
+    assert prepared.prepared["folded_bn"] > 0 and prepared.prepared["frozen_fusions"] > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    x = torch.randn(1, 3, 67, 93)
+    with torch.inference_mode():
+        ref = model(x)
+        out = prepared(x.contiguous(memory_format=torch.channels_last))
+    rel = ((out - ref).abs().max() / ref.abs().max()).item()
+    assert rel < 1e-4, rel
+    # the original is untouched (still trainable, still has its BN)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("head_fusion,fusion", [("sum", "sum"), ("softmax", "softmax")])
+def test_prepared_model_other_fusion_modes(head_fusion, fusion, one_thread):
+    model = randomize(build_model("lite-s", **TINY, fusion=fusion, head_fusion=head_fusion))
+    x = torch.randn(2, 3, 40, 56)
+    with torch.inference_mode():
+        torch.testing.assert_close(prepare_model(model, channels_last=False)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def _reference(logits, size, align_corners=False):
+    full = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+    return full, full.argmax(1)
+
+
+@pytest.mark.parametrize("shape,size,align", [
+    ((1, 19, 32, 64), (128, 256), False),   # stride 4, the ESeg case
+    ((2, 7, 17, 23), (67, 93), False),      # odd sizes, batch of 2
+    ((1, 19, 16, 32), (128, 256), True),    # smp-style align_corners
+    ((1, 5, 9, 11), (72, 88), False),       # stride 8
+    ((1, 3, 5, 5), (5, 5), False),          # same size: a plain argmax
+])
+@pytest.mark.parametrize("kind", ["noise", "regions"])
+def test_upsample_argmax_equals_upsample_then_argmax(shape, size, align, kind):
+    g = torch.Generator().manual_seed(1)
+    b, c, h, w = shape
+    if kind == "noise":  # every cell on a class boundary: the slow path everywhere
+        logits = torch.randn(shape, generator=g)
+    else:  # smooth regions: mostly the fast path
+        coarse = torch.randn(b, c, max(1, h // 4), max(1, w // 4), generator=g) * 4
+        logits = F.interpolate(coarse, size=(h, w), mode="bilinear") + 0.05 * torch.randn(shape, generator=g)
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    full, ref = _reference(logits, size, align)
+    got = upsample_argmax(logits, size, align_corners=align)
+    assert got.dtype == torch.uint8 and got.shape == (b, *size)
+    diff = got.long() != ref
+    # any disagreement is a float-rounding tie: the chosen class is within 1e-5 of the maximum
+    if diff.any():
+        gap = full.gather(1, ref[:, None]) - full.gather(1, got.long()[:, None])
+        assert gap[:, 0][diff].max() < 1e-5
+    assert diff.float().mean() < 1e-4
+
+
+def test_upsample_argmax_many_classes_uses_int32():
+    logits = torch.randn(1, 300, 4, 4)
+    out = upsample_argmax(logits, (8, 8))
+    assert out.dtype == torch.int32
+    assert torch.equal(out.long(), _reference(logits, (8, 8))[1])
+
+
+# --------------------------------------------------------------------------- Predictor
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return randomize(build_model("lite-s", num_classes=19, **TINY))
+
+
+def test_predictor_accepts_every_input_type_at_odd_sizes(tiny_model, tmp_path, one_thread):
+    p = Predictor(tiny_model, device="cpu")
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    path = tmp_path / "img.png"
+    Image.fromarray(arr).save(path)
+    outs = [p.predict(arr), p.predict(Image.fromarray(arr)), p.predict(path), p.predict(str(path))]
+    for o in outs:
+        assert o.shape == (37, 53) and o.dtype == np.uint8 and o.max() < 19
+        np.testing.assert_array_equal(o, outs[0])
+    # the same as the training model run by hand: normalise, forward, argmax
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = torch.from_numpy(((arr / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        ref = tiny_model(x)
+    agree = (ref.argmax(1)[0].numpy() == outs[0]).mean()
+    assert agree > 0.999
+    proba = p.predict_proba(arr)
+    assert proba.shape == (19, 37, 53) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=1e-5)
+    assert (proba.argmax(0) == outs[0]).mean() > 0.999
+    # grayscale and RGBA images become RGB
+    gray = tmp_path / "g.png"
+    Image.fromarray(arr[:, :, 0]).save(gray)
+    assert p.predict(gray).shape == (37, 53)
+    assert p.predict(Image.fromarray(arr).convert("RGBA")).shape == (37, 53)
+    assert p.predict(np.zeros((1, 1, 3), np.uint8)).shape == (1, 1)
+
+
+def test_predict_batch_matches_single_predictions(tiny_model, one_thread):
+    p = Predictor(tiny_model, device="cpu")
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(33, 47, 3)] * 3 + [(20, 31, 3), (33, 47, 3)]]
+    outs = p.predict_batch(imgs, batch_size=2)
+    assert [o.shape for o in outs] == [i.shape[:2] for i in imgs]
+    for img, o in zip(imgs, outs):
+        assert (p.predict(img) == o).mean() > 0.999  # batched convs may round differently at exact ties
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((4, 4, 3), np.float32), "uint8"),
+    (np.zeros((4, 4, 4), np.uint8), "HxWx3"),
+    (np.zeros((0, 4, 3), np.uint8), "empty"),
+    (42, "expected an image"),
+    ("/nonexistent/x.png", "does not exist"),
+])
+def test_predictor_rejects_bad_inputs(tiny_model, bad, match):
+    p = Predictor(tiny_model, device="cpu")
+    with pytest.raises(EsegError, match=match):
+        p.predict(bad)
+
+
+def test_predictor_rejects_a_file_that_is_not_an_image(tiny_model, tmp_path):
+    f = tmp_path / "notes.png"
+    f.write_text("not an image")
+    with pytest.raises(EsegError, match="could not be read"):
+        Predictor(tiny_model, device="cpu").predict(f)
+
+
+def test_predictor_from_checkpoint_and_run_folder(tiny_model, tmp_path, one_thread):
+    run = tmp_path / "run"
+    state = {"model": tiny_model.state_dict(), "model_config": tiny_model.config,
+             "config": {"dataset": "cityscapes"}, "step": 7, "classes": None}
+    ckpt = save_checkpoint(state, run / "checkpoints" / "best.pt")
+    arr = np.random.default_rng(2).integers(0, 256, (29, 41, 3), dtype=np.uint8)
+    ref = Predictor(tiny_model, device="cpu").predict(arr)
+    for src in (run, ckpt, str(ckpt)):
+        p = Predictor(src, device="cpu")
+        assert p.class_names[0] == "road" and p.palette[0] == (128, 64, 128)  # from the checkpoint's dataset
+        np.testing.assert_array_equal(p.predict(arr), ref)
+    with pytest.raises(EsegError, match="not found"):
+        Predictor(tmp_path / "missing.pt", device="cpu")
+
+
+def test_predictor_without_folding_and_bf16(tiny_model, one_thread):
+    arr = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    ref = Predictor(tiny_model, device="cpu").predict(arr)
+    assert (Predictor(tiny_model, device="cpu", fold=False, channels_last=False).predict(arr) == ref).mean() > 0.999
+    assert Predictor(tiny_model, device="cpu", amp="bf16").predict(arr).shape == (32, 48)
+    with pytest.raises(EsegError, match="fp16"):
+        Predictor(tiny_model, device="cpu", amp="fp16")
+
+
+def test_predictor_is_exported_lazily():
+    import eseg_cli
+
+    assert eseg_cli.Predictor is Predictor
