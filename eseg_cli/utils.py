@@ -56,10 +56,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def parse_size(text: str, what: str = "size") -> tuple[int, int]:
+#: the largest side accepted for any size (crop, image, profiling input); larger ones exhaust memory
+MAX_SIDE = 8192
+
+
+def parse_size(text: str, what: str = "size", max_side: int = MAX_SIDE) -> tuple[int, int]:
     """Parse ``"HxW"`` (or a single ``"S"`` for a square) into ``(H, W)``.
 
-    Raises :class:`~eseg_cli.errors.EsegError` naming ``what`` for anything else.
+    Raises :class:`~eseg_cli.errors.EsegError` naming ``what`` for anything else, and for sides above
+    ``max_side`` (checked before anything of that size is allocated).
     """
     from eseg_cli.errors import EsegError
 
@@ -72,4 +77,14 @@ def parse_size(text: str, what: str = "size") -> tuple[int, int]:
         nums = nums * 2
     if len(nums) != 2 or min(nums) <= 0:
         raise EsegError(f"{what} must look like HEIGHTxWIDTH with positive integers (e.g. 1024x2048), got {text!r}")
+    check_size(nums, what, max_side)
     return nums[0], nums[1]
+
+
+def check_size(hw, what: str = "size", max_side: int = MAX_SIDE) -> None:
+    """Refuse a size ``(H, W)`` with a side above ``max_side`` before anything that large is allocated."""
+    from eseg_cli.errors import EsegError
+
+    if max(int(v) for v in hw) > max_side:
+        raise EsegError(f"{what} {int(hw[0])}x{int(hw[1])} is too large: at most {max_side} pixels per side "
+                        "(larger sizes exhaust memory)")

@@ -12,7 +12,6 @@ from torch import nn
 from eseg_cli.engine.losses import OhemCrossEntropy, build_loss
 from eseg_cli.engine.metrics import ConfusionMatrix
 
-
 # ------------------------------------------------------------------ ConfusionMatrix: out-of-range predictions
 
 def test_all_255_prediction_scores_zero_not_class_0():

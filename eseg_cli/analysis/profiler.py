@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from eseg_cli.errors import EsegError
+from eseg_cli.utils import check_size
 
 # fvcore traces through torch.jit, which warns on every call in recent torch
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
@@ -40,6 +41,7 @@ def count_flops(model: nn.Module, resolution: tuple[int, int], batch: int = 1) -
     from fvcore.nn import FlopCountAnalysis
 
     model = model.eval()
+    check_size(resolution, "resolution")
     x = torch.zeros(batch, 3, *resolution, device=next(model.parameters()).device)
     with torch.no_grad():
         fca = FlopCountAnalysis(model, (x,))
@@ -106,6 +108,7 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
 
         model = copy.deepcopy(model)
         fold_batchnorm(model)
+    check_size(resolution, "resolution")
     x = torch.randn(1, 3, *resolution, device=dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

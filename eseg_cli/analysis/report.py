@@ -71,6 +71,7 @@ def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
         if not p.exists():
             raise EsegError(f"--results {p} does not exist; pass an `eseg ablate` output folder or eval JSON")
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl"))
+        before = len(out["ablate"]) + len(out["eval"])
         if p.is_dir() and any(f.name == "results.jsonl" for f in files):
             out["ablate"].extend(read_results(p))
         for f in files:
@@ -79,6 +80,11 @@ def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
                     out["ablate"].extend(read_results(f))
                 continue
             out["eval"].extend(_eval_records(f))
+        if len(out["ablate"]) + len(out["eval"]) == before:
+            # silently ignoring it would print tables without the numbers the user asked for
+            what = "is not a results file" if p.is_file() else "holds no results"
+            raise EsegError(f"--results {p} {what}: expected an `eseg ablate` output folder (results.jsonl) or an "
+                            "evaluation JSON with an mIoU and a model name (eval.json of a run folder)")
     return out
 
 

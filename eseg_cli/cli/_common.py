@@ -112,6 +112,23 @@ class EsegTyper(typer.Typer):
         return decorator
 
 
+def parse_sets(items: list[str]) -> dict:
+    """``["batch_size=2", "crop_size=[128,128]"]`` -> ``{"batch_size": 2, "crop_size": [128, 128]}``."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EsegError(f"--set {item!r}: use KEY=VALUE, e.g. --set batch_size=2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise EsegError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())}); "
+                            "quote strings, write lists as [a, b]") from None
+    return out
+
+
 def print_json(obj: Any) -> None:
     """Machine output: one JSON document on stdout, nothing else."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

@@ -10,25 +10,7 @@ from rich import box
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, err_console, print_json
-
-
-def parse_sets(items: list[str]) -> dict:
-    """``["batch_size=2", "crop_size=[128,128]"]`` -> ``{"batch_size": 2, "crop_size": [128, 128]}``."""
-    import yaml
-
-    from eseg_cli.errors import EsegError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise EsegError(f"--set {item!r}: use KEY=VALUE, e.g. --set batch_size=2")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise EsegError(f"--set {item!r}: the value is not valid YAML ({e})") from None
-    return out
+from eseg_cli.cli._common import console, err_console, parse_sets, print_json
 
 
 @app.command("ablate", rich_help_panel="Paper workbench")

@@ -118,6 +118,9 @@ def _table(r: dict) -> None:
     t.add_row("fwIoU", f"{r['fwIoU']:.2f}", "")
     console.print(t)
     console.print("[dim]'-': class absent from prediction and ground truth, left out of the mean[/]")
+    if r.get("invalid_predictions"):
+        console.print(f"[yellow]{r['invalid_predictions']} pixels were predicted as no class (an id outside "
+                      f"0..{len(r['per_class']) - 1}); they count as wrong[/]")
     files = r.get("files") or {}
     if files:
         console.print(f"[dim]written: {files.get('json')}, {files.get('confusion_csv')}[/]")

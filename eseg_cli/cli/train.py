@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import confirm_overwrite, err_console, print_json
+from eseg_cli.cli._common import confirm_overwrite, err_console, parse_sets, print_json
 
 
 @app.command("train", rich_help_panel="Train and evaluate")
@@ -44,6 +44,8 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any config key: --set key=value (YAML value), "
                                                                  "repeatable."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Read every image/label pair before training "
+                               "(cached by file size and time)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Reuse an existing --run-dir without asking."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -63,7 +65,6 @@ def train_cmd(
       [cyan]eseg train -s lite-s --set ema_decay=0.999 --set amp=bf16[/]
     """
     import torch
-    import yaml
 
     from eseg_cli.engine import load_config, train
     from eseg_cli.errors import EsegError
@@ -81,18 +82,14 @@ def train_cmd(
         summary = train({}, resume, resume=True, progress=progress, log=_say)
         _report(summary, json_out)
         return
-    overrides: dict = {}
-    for item in set_ or []:
-        if "=" not in item:
-            raise EsegError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    overrides: dict = parse_sets(set_ or [])
     flags = dict(
         data_root=str(data_root) if data_root else None, steps=steps, batch_size=batch_size,
         crop_size=list(parse_size(crop, "--crop")) if crop else None, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, warmup_steps=warmup_steps, loss=loss, amp=amp, ema_decay=ema,
         clip_grad=clip_grad, pretrained=str(pretrained) if pretrained else None, workers=workers,
-        eval_interval=eval_interval, log_interval=log_interval, seed=seed, device=device)
+        eval_interval=eval_interval, log_interval=log_interval, seed=seed, device=device,
+        check_data=None if check else False)
     overrides.update({k: v for k, v in flags.items() if v is not None})  # flags beat --set, unset flags don't
     cfg = load_config(dataset, scale, overrides, recipe=recipe)
     if run_dir is None:

@@ -131,7 +131,24 @@ class SegmentationDataset(Dataset):
         if img.shape[:2] != mask.shape:
             raise EsegError(f"{lp}: label is {mask.shape[1]}x{mask.shape[0]} but its image {ip.name} is "
                             f"{img.shape[1]}x{img.shape[0]}; labels must match their images pixel for pixel")
+        self.check_label_values(mask, lp)
         return img, mask
+
+    def check_label_values(self, mask: np.ndarray, path: Path) -> None:
+        """Refuse (naming ``path``) a mapped label with values that are neither a class index nor the ignore
+        index; otherwise the loss fails with an IndexError (a device assert on CUDA) far from the cause."""
+        n = self.num_classes
+        if n >= 256 or mask.size == 0:
+            return
+        top = int(mask.max())
+        if top < n:
+            return
+        vals = np.unique(mask)
+        bad = vals[(vals >= n) & (vals != self.ignore_index)]
+        if bad.size:
+            raise EsegError(f"{path}: label values {bad.tolist()[:8]} are outside 0..{n - 1} (and "
+                            f"{self.ignore_index} = ignore) for the {n} classes of {self.name}; fix the label, or "
+                            "prepare the dataset (labelIds must be converted to trainIds)")
 
     def _reseed_in_worker(self) -> None:
         # albumentations keeps its own generators, which forked DataLoader workers would all inherit in the

@@ -32,7 +32,7 @@ from eseg_cli.data.classes import (
     cityscapes_id_to_trainid_lut,
 )
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_bytes
+from eseg_cli.utils import MAX_SIDE, atomic_write_bytes
 
 Progress = Callable[[int, int], None]
 CITYSCAPES_SPLITS = ("train", "val", "test")  # train_extra has only gtCoarse
@@ -44,11 +44,11 @@ IMG_SUFFIX = "_leftImg8bit.png"
 # ----------------------------------------------------------------------------------------------------------
 
 def _image_size(path: Path, what: str = "image") -> tuple[int, int]:
-    """(width, height) of an image after checking that the file is intact."""
+    """(width, height) of an image after decoding it completely (``verify()`` alone passes truncated JPEGs)."""
     try:
         with Image.open(path) as im:
             size = im.size
-            im.verify()  # walks the chunks and checks CRCs: catches truncated and corrupt files
+            im.load()  # decodes every pixel: truncated and corrupt files raise here
         return size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise EsegError(f"{path}: unreadable or corrupt {what} ({e}); re-extract or replace the file") from None
@@ -128,24 +128,40 @@ def polygons_to_trainids(path: Path) -> np.ndarray:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise EsegError(f"{path}: unreadable or corrupt polygon file ({type(e).__name__}: {e}); "
                         "re-extract gtFine") from None
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or not isinstance(objects, list):
+        raise EsegError(f"{path}: malformed polygon file (imgHeight/imgWidth {h}x{w} must be 1..{MAX_SIDE}, "
+                        "'objects' a list); re-extract gtFine")
     out = Image.new("L", (w, h), CITYSCAPES_NAME_TO_LABEL["unlabeled"].train_id)
     draw = ImageDraw.Draw(out)
-    for obj in objects:
-        if obj.get("deleted"):
-            continue
-        name = obj.get("label", "")
-        if name not in CITYSCAPES_NAME_TO_LABEL and name.endswith("group"):
-            name = name[: -len("group")]
-        if name not in CITYSCAPES_NAME_TO_LABEL:
-            raise EsegError(f"{path}: unknown label {obj.get('label')!r}; only the 35 official Cityscapes "
-                            "labels are accepted (fix or remove the object)")
-        lab = CITYSCAPES_NAME_TO_LABEL[name]
-        if lab.id < 0:
-            continue
-        pts = [tuple(p) for p in obj.get("polygon", [])]
-        if len(pts) >= 2:
-            draw.polygon(pts, fill=lab.train_id, outline=lab.train_id)
+    for k, obj in enumerate(objects):
+        try:
+            _draw_object(draw, obj)
+        except EsegError as e:
+            raise EsegError(f"{path}: {e}") from None
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise EsegError(f"{path}: object {k} is malformed ({type(e).__name__}: {e}); each object needs a "
+                            "'label' and a 'polygon' list of [x, y] points; fix or re-extract gtFine") from None
     return np.asarray(out)
+
+
+def _draw_object(draw, obj: dict) -> None:
+    """Draw one polygon object in its trainId (nothing for deleted objects and labels with id < 0)."""
+    if obj.get("deleted"):
+        return
+    name = obj.get("label", "")
+    if name not in CITYSCAPES_NAME_TO_LABEL and name.endswith("group"):
+        name = name[: -len("group")]
+    if name not in CITYSCAPES_NAME_TO_LABEL:
+        raise EsegError(f"unknown label {obj.get('label')!r}; only the 35 official Cityscapes "
+                        "labels are accepted (fix or remove the object)")
+    lab = CITYSCAPES_NAME_TO_LABEL[name]
+    if lab.id < 0:
+        return
+    pts = [(float(p[0]), float(p[1])) for p in obj.get("polygon", [])]
+    if any(len(p) != 2 for p in obj.get("polygon", [])):
+        raise ValueError("a polygon point is not [x, y]")
+    if len(pts) >= 2:
+        draw.polygon(pts, fill=lab.train_id, outline=lab.train_id)
 
 
 def _city_label_sources(img: Path, root: Path, split: str) -> tuple[Path | None, Path | None, Path]:

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from eseg_cli.data.classes import CITYSCAPES_CLASSES, IGNORE_INDEX, cityscapes_trainid_to_labelid_lut
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_json, chmod_default
+from eseg_cli.utils import atomic_write_json, check_size, chmod_default
 
 #: Bumped whenever the drawing changes, so cached default sets are regenerated.
 GENERATOR_VERSION = 3
@@ -717,6 +717,7 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
     h, w = (int(size[0]), int(size[1]))
     if h < 32 or w < 32:
         raise EsegError(f"--size must be at least 32x32 for street scenes, got {h}x{w}")
+    check_size((h, w), "size")
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise EsegError(f"--num-train/--num-val must be >= 0 and not both 0 (got {num_train}, {num_val})")
     root = Path(out_dir)
@@ -738,6 +739,13 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
             p.name not in ("leftImg8bit", "gtFine") for p in root.iterdir()):
         raise EsegError(f"{root} is a non-empty folder that is not a synthetic set; choose an empty or new "
                         "--out (or pass --force to write into it anyway)")
+    if not force and not meta.is_file():
+        # a real dataset in the Cityscapes layout (cities other than the generator's one): never add to it
+        real = [c for sub in ("leftImg8bit", "gtFine") for c in sorted((root / sub).glob("*/*"))
+                if c.is_dir() and c.name != "synthetic"]
+        if real:
+            raise EsegError(f"{root} holds a real dataset ({real[0]} is not from the generator); choose an "
+                            "empty or new --out")
     jobs = [(str(root), int(seed), split, i, (h, w), force)
             for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
     t0 = time.perf_counter()

@@ -64,11 +64,37 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_e
     ckpt = load_checkpoint(path, map_location)
     if not ckpt.get("model_config"):
         raise EsegError(f"checkpoint {path} has no model_config; it was not written by eseg train")
-    model = build_from_config(ckpt["model_config"])
+    try:
+        model = build_from_config(ckpt["model_config"])
+    except EsegError as e:
+        raise EsegError(f"checkpoint {path}: its model_config cannot build a model ({e})") from None
     weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    model.load_state_dict(weights)
+    load_weights(model, weights, f"checkpoint {path}")
     model.eval()
     return model, ckpt
+
+
+def load_weights(model, weights: dict, where: str) -> None:
+    """``model.load_state_dict(weights)``; a mismatch (a config that disagrees with the weights) is an
+    :class:`EsegError` naming ``where`` and the first differing entries, not a page of tensor names."""
+    if not isinstance(weights, dict):
+        raise EsegError(f"{where}: the weights are not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) (first: {shapes[0]})")
+        if missing:
+            parts.append(f"{len(missing)} weight(s) missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected weight(s) (first: {unexpected[0]})")
+        raise EsegError(f"{where}: the recorded model config does not match the weights: {'; '.join(parts)}; "
+                        "the file was edited or mixed from two runs")
+    model.load_state_dict(weights)
 
 
 def rng_state() -> dict:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from eseg_cli.errors import EsegError
+from eseg_cli.utils import check_size
 
 RECIPES_PACKAGE = "eseg_cli.recipes"
 DATASETS = ("cityscapes", "ade20k", "synthetic", "folder")
@@ -74,6 +75,7 @@ class TrainConfig:
     eval_interval: int = 2000
     checkpoint_interval: int = 1000
     max_val_images: Optional[int] = None  # evaluate on the first N val images during training
+    check_data: bool = True  # read every image/label pair before training (cached; see eseg_cli.data.check)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,6 +144,23 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
     for key in _POSITIVE:
         if getattr(cfg, key) <= 0:
             raise EsegError(f"{where}: '{key}' must be positive, got {getattr(cfg, key)!r}")
+    if cfg.num_classes is not None and cfg.num_classes < 1:
+        raise EsegError(f"{where}: 'num_classes' must be a positive integer (or null: from the dataset), "
+                        f"got {cfg.num_classes!r}")
+    if cfg.max_val_images is not None and cfg.max_val_images < 1:
+        raise EsegError(f"{where}: 'max_val_images' must be positive (or null: all), got {cfg.max_val_images!r}")
+    for key in ("crop_size", "val_resize"):
+        if getattr(cfg, key) is not None:
+            check_size(getattr(cfg, key), f"{where}: '{key}'")
+    if not all(isinstance(k, str) for k in cfg.model):
+        raise EsegError(f"{where}: 'model' must map model option names to values, got {cfg.model!r}")
+    if cfg.model:
+        from eseg_cli.models.registry import check_model_options
+
+        try:
+            check_model_options(cfg.scale, cfg.model)
+        except EsegError as e:
+            raise EsegError(f"{where}: 'model': {e}") from None
     if cfg.warmup_steps < 0 or cfg.workers < 0:
         raise EsegError(f"{where}: 'warmup_steps' and 'workers' must be >= 0")
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:

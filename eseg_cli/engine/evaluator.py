@@ -243,6 +243,17 @@ def _find_prediction(index: dict[str, Path], image_path: str | Path) -> Path | N
     return None
 
 
+def _read_prediction(path: Path) -> np.ndarray:
+    """A prediction PNG as an array; a corrupt or unreadable file is an EsegError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise EsegError(f"prediction {path} cannot be read ({e}); write it again or remove it") from None
+
+
 def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Path | None, split: str = "val",
                       ids: str = "auto", out_dir: str | Path | None = None, progress=None) -> dict:
     """Score saved prediction PNGs against the ground truth of ``dataset``/``split``.
@@ -251,8 +262,6 @@ def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Pa
     ``<city>_<seq>_<frame>``). ``ids``: ``trainid``, ``labelid`` (Cityscapes labelIds, mapped to trainIds) or
     ``auto`` (labelIds when a Cityscapes-layout prediction holds values >= 19 other than 255).
     """
-    from PIL import Image
-
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise EsegError(f"--predictions {pred_dir} is not a folder of PNG files")
@@ -274,11 +283,11 @@ def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Pa
     labelids = lut is not None and ids == "labelid"
     if lut is not None and ids == "auto":  # decided once for the whole folder, not per image
         labelids = any(bool(((a >= ds.num_classes) & (a != 255)).any())
-                       for a in (np.array(Image.open(p)) for p, _ in found))
+                       for a in (_read_prediction(p) for p, _ in found))
     tick = progress(len(ds)) if progress else None
     for i, (p, _img) in enumerate(found):
         _, target = ds[i]
-        pred = torch.from_numpy(np.array(Image.open(p)).astype(np.int64))
+        pred = torch.from_numpy(_read_prediction(p).astype(np.int64))
         if pred.dim() == 3:
             raise EsegError(f"prediction {p} is a colour image; give single-channel label PNGs (trainIds or labelIds)")
         if pred.shape != target.shape:

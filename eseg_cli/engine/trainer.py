@@ -72,6 +72,41 @@ def build_train_data(cfg: TrainConfig):
             build_dataset(cfg.dataset, root, cfg.val_split, transform=val_tf), root)
 
 
+def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Callable[[str], None]) -> None:
+    """Find problems in the data before training starts, not at the first validation hours later.
+
+    Always (headers only): ``num_classes`` agrees with the dataset; validation images can be batched with
+    ``val_batch_size``. With ``check_data``: every image/label pair is read (readability, sizes, label values;
+    see :mod:`eseg_cli.data.check`), by rank 0 only, its verdict shared with the other processes.
+    """
+    from eseg_cli.data.check import check_batchable, check_dataset
+
+    ds_classes = getattr(train_ds, "num_classes", None)
+    if cfg.num_classes and ds_classes and cfg.num_classes != ds_classes:
+        raise EsegError(f"config 'num_classes' is {cfg.num_classes} but the {cfg.dataset} dataset has {ds_classes} "
+                        "classes; remove num_classes (it comes from the dataset) or fix the dataset's class list")
+    if val_ds is not None and hasattr(val_ds, "files"):
+        check_batchable(val_ds, cfg.val_batch_size)
+    if not cfg.check_data:
+        return
+    problem = None
+    if rt.is_main:
+        try:
+            t0, counts = time.perf_counter(), []
+            for ds, what in ((train_ds, "training"), (val_ds, "validation")):
+                if ds is not None and hasattr(ds, "files") and hasattr(ds, "load"):
+                    counts.append(check_dataset(ds, what=what))
+            if counts:
+                n, cached = sum(c["pairs"] for c in counts), sum(c["cached"] for c in counts)
+                say(f"Data check: {n} image/label pairs good ({cached} unchanged since the last check) in "
+                    f"{time.perf_counter() - t0:.1f} s.")
+        except EsegError as e:
+            problem = str(e)
+    problem = broadcast_object(rt, problem)
+    if problem:
+        raise EsegError(problem)
+
+
 def build_train_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from eseg_cli.models import build_model
 
@@ -198,6 +233,7 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         barrier(rt)
         if not rt.is_main:
             train_ds, val_ds, data_root = build_train_data(cfg)
+    check_train_data(cfg, rt, train_ds, val_ds, say)
     num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
     if num_classes is None:
         raise EsegError("num_classes is unknown: set it in the recipe or use a dataset that reports it")
@@ -213,7 +249,7 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         model = build_train_model(cfg, num_classes)
     model_config = dict(getattr(model, "config", {}) or {})
     if state is not None:
-        model.load_state_dict(state["model"])
+        ckpt_io.load_weights(model, state["model"], f"checkpoint {last_path}")
     if rt.distributed and dev.type == "cuda":
         from timm.layers import convert_sync_batchnorm
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from eseg_cli.errors import EsegError
 from eseg_cli.models.bifpn import BiFPNDecoder
 from eseg_cli.models.encoders import efficientnet_encoder, load_encoder_weights, timm_encoder
@@ -66,6 +68,8 @@ def _make_builder(name: str):
         return build_eseg(name, num_classes, **kwargs)
 
     builder.__name__ = name.replace("-", "_")
+    sig = inspect.signature(build_eseg)  # the options it accepts, so the registry can check them by name
+    builder.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "scale"])
     builder.__doc__ = f"{SCALES[name].display_name} (Table 3: {SCALES[name]})."
     return builder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -29,6 +30,17 @@ def _ensure_loaded() -> None:
     from eseg_cli.models import deeplab, eseg  # noqa: F401
 
 
+def _resolve(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _MODELS and f"eseg-{key}" in _MODELS:
+        key = f"eseg-{key}"
+    if key not in _MODELS:
+        close = difflib.get_close_matches(key, list(_MODELS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise EsegError(f"unknown model {name!r}.{hint} Available: {', '.join(_MODELS)}")
+    return key
+
+
 def build_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``build_model("eseg-s", num_classes=19)``.
 
@@ -37,13 +49,23 @@ def build_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
     ``max_level``, ``fusion``, ``head_fusion``, ``channels``, ``repeats`` ...).
     """
     _ensure_loaded()
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _MODELS and f"eseg-{key}" in _MODELS:
-        key = f"eseg-{key}"
-    if key not in _MODELS:
-        close = difflib.get_close_matches(key, list(_MODELS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise EsegError(f"unknown model {name!r}.{hint} Available: {', '.join(_MODELS)}")
+    key = _resolve(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise EsegError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_model_options(key, kwargs)
     return _MODELS[key](num_classes=num_classes, **kwargs)
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """Refuse keyword arguments that the builder of model ``name`` does not take (before building anything)."""
+    _ensure_loaded()
+    key = _resolve(name)
+    params = inspect.signature(_MODELS[key]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if n != "num_classes" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for k in options:
+        if k not in valid:
+            close = difflib.get_close_matches(str(k), valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise EsegError(f"unknown model option '{k}' for {key}{hint}; its options: {', '.join(valid)}")
