@@ -39,7 +39,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise EsegError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+        first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
+        raise EsegError(f"checkpoint {path} could not be read ({type(e).__name__}: {first}); is it a complete "
+                        "eseg checkpoint?") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise EsegError(f"checkpoint {path} has no 'model' entry; is it an eseg checkpoint?")
     return ckpt

@@ -186,6 +186,8 @@ def read_recipe(path: str | Path | Traversable) -> dict:
     """Load a recipe YAML file into a dict (clear errors for missing files and bad YAML)."""
     if isinstance(path, str):
         path = Path(path)
+    if path.is_dir():
+        raise EsegError(f"recipe {path} is a folder; give a recipe YAML file")
     if not path.is_file():
         raise EsegError(f"recipe {path} not found; give a YAML file of config keys, or copy one of the built-in "
                         f"recipes ({', '.join(builtin_recipes())}) from the recipes/ folder of the project")
