@@ -316,6 +316,15 @@ def train_synthetic_labelids_not_converted(tmp, base):
 
 
 @case
+def train_worker_error_is_reduced_to_its_cause(tmp, base):
+    # no up-front check: the bad label is met inside a DataLoader worker process
+    root = folder_set(tmp / "ds")
+    _png(root / "masks" / "train" / "im0.png", np.full((32, 32), 9, np.uint8))
+    _png(root / "masks" / "train" / "im1.png", np.full((32, 32), 9, np.uint8))
+    return train("--dataset", "folder", "--data-root", root, "--no-check", "--workers", "1"), "masks/train/im"
+
+
+@case
 def train_resume_without_checkpoint(tmp, base):
     (tmp / "run").mkdir()
     return ["train", "--resume", str(tmp / "run")], "last.pt"
