@@ -525,10 +525,28 @@ def eval_out_is_a_file(tmp, base):
 
 
 @case
+def eval_save_predictions_is_a_file(tmp, base):
+    (tmp / "preds").write_text("a file")
+    return ev("--checkpoint", base["ckpt"], "--out", tmp / "o", "--save-predictions", tmp / "preds"), \
+        str(tmp / "preds")
+
+
+@case
 def eval_results_exist_without_yes(tmp, base):
     (tmp / "o").mkdir()
     (tmp / "o" / "eval.json").write_text("{}")
     return ev("--checkpoint", base["ckpt"], "--out", tmp / "o"), "eval.json"
+
+
+@case
+def eval_variable_size_images_in_batches(tmp, base):
+    root = tmp / "cs"
+    copy_syn(base, root)
+    img = sorted((root / "leftImg8bit" / "val").rglob("*.png"))[1]
+    lab = sorted((root / "gtFine" / "val").rglob("*_labelTrainIds.png"))[1]
+    _png(img, np.zeros((40, 64, 3), np.uint8))
+    _png(lab, np.zeros((40, 64), np.uint8))
+    return ev("--checkpoint", base["ckpt"], "--data-root", root, "--batch-size", "2", "--out", tmp / "o"), img.name
 
 
 @case
@@ -721,6 +739,13 @@ def browse_folder_classes_not_utf8(tmp, base):
 
 
 @case
+def browse_out_inside_a_file(tmp, base):
+    (tmp / "f").write_text("a file")
+    return ["browse", "synthetic", "--root", str(base["syn"]), "--out", str(tmp / "f" / "p.png"), "-n", "1"], \
+        str(tmp / "f")
+
+
+@case
 def browse_out_is_a_folder(tmp, base):
     (tmp / "p.png").mkdir()
     return ["browse", "synthetic", "--root", str(base["syn"]), "--out", str(tmp / "p.png"), "--yes", "-n", "1"], \
@@ -788,6 +813,29 @@ def report_out_exists_without_yes(tmp, base):
     (tmp / "rep").mkdir()
     (tmp / "rep" / "tables.md").write_text("old")
     return ["report", "--no-measure", "--no-figures", "--out", str(tmp / "rep")], "tables.md"
+
+
+@case
+def report_out_is_a_file(tmp, base):
+    (tmp / "rep").write_text("a file")
+    return ["report", "--no-measure", "--no-figures", "--out", str(tmp / "rep"), "--yes"], str(tmp / "rep")
+
+
+@case
+def plot_out_is_a_file(tmp, base):
+    (tmp / "figs").write_text("a file")
+    return ["plot", "--no-measure", "--only", "figure1", "--out", str(tmp / "figs"), "--yes"], str(tmp / "figs")
+
+
+@case
+def ablate_out_is_a_file(tmp, base):
+    (tmp / "ab").write_text("a file")
+    return ["ablate", "levels", "--cell", "p2-p9", "--resolution", "64x64", "--out", str(tmp / "ab")], str(tmp / "ab")
+
+
+@case
+def ablate_unknown_cell(tmp, base):
+    return ["ablate", "levels", "--cell", "p1-p99", "--out", str(tmp / "ab")], "p1-p99"
 
 
 @case

@@ -73,7 +73,8 @@ def image_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def check_batchable(ds, batch_size: int, what: str = "validation") -> None:
+def check_batchable(ds, batch_size: int, what: str = "validation",
+                    fix: str = "set val_batch_size to 1, or val_resize to one size") -> None:
     """Refuse ``batch_size`` > 1 when the images of ``ds`` differ in size (they cannot be stacked into one
     batch). Reads headers only; a transform that resizes every image to one size makes any size fine."""
     if batch_size <= 1 or len(ds) < 2 or _resizes(ds):
@@ -85,8 +86,7 @@ def check_batchable(ds, batch_size: int, what: str = "validation") -> None:
             first = (ip, hw)
         elif hw != first[1]:
             raise EsegError(f"the {what} images differ in size ({first[0].name} is {first[1][1]}x{first[1][0]}, "
-                            f"{ip} is {hw[1]}x{hw[0]}), so a {what} batch size of {batch_size} cannot stack them; "
-                            f"set val_batch_size to 1, or val_resize to one size")
+                            f"{ip} is {hw[1]}x{hw[0]}), so a {what} batch size of {batch_size} cannot stack them; {fix}")
 
 
 def _resizes(ds) -> bool:

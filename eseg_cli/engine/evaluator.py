@@ -192,6 +192,9 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if num_classes != ds.num_classes:
         raise EsegError(f"the checkpoint predicts {num_classes} classes but {dataset} has {ds.num_classes}; "
                         "pick the dataset the model was trained on")
+    from eseg_cli.data.check import check_batchable
+
+    check_batchable(ds, batch_size, "evaluation", "use a batch size of 1, or resize to one size")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     on_pred = None
     if save_predictions:
