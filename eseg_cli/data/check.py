@@ -86,7 +86,8 @@ def check_batchable(ds, batch_size: int, what: str = "validation",
             first = (ip, hw)
         elif hw != first[1]:
             raise EsegError(f"the {what} images differ in size ({first[0].name} is {first[1][1]}x{first[1][0]}, "
-                            f"{ip} is {hw[1]}x{hw[0]}), so a {what} batch size of {batch_size} cannot stack them; {fix}")
+                            f"{ip} is {hw[1]}x{hw[0]}), so a {what} batch size of {batch_size} cannot stack "
+                            f"them; {fix}")
 
 
 def _resizes(ds) -> bool:
