@@ -1,11 +1,11 @@
-"""Training-pipeline loading speed (images/s) with N DataLoader workers, at the dataset's default crop.
+"""Training-pipeline loading speed (images/s) with N DataLoader workers, at the crop of the dataset's recipe.
 
-    python benchmarks/data_loading.py                       # default synthetic set, crop 256x512, 2 workers
+    python benchmarks/data_loading.py                       # default synthetic set, its recipe's crop, 2 workers
     python benchmarks/data_loading.py --full-res            # Cityscapes-sized 1024x2048 PNGs, crop 512x1024
     python benchmarks/data_loading.py --dataset cityscapes --root data/cityscapes --workers 4
 
-The pipeline is the recipe's train transform (random scale 0.5-2.0, pad, random crop, flip, colour jitter,
-normalize). ``--full-res`` generates a small synthetic set at Cityscapes resolution in a temporary folder,
+The pipeline is the recipe's train transform (random scale in its scale_range, pad, random crop, flip, colour
+jitter, normalize). ``--full-res`` generates a small synthetic set at Cityscapes resolution in a temporary folder,
 so the cost of decoding full-size frames is measured without the real dataset.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 
 from eseg_cli.data import build_dataset, build_transforms
 from eseg_cli.data.benchmark import loading_throughput
-from eseg_cli.data.datasets import dataset_class
+from eseg_cli.engine import load_config
 from eseg_cli.utils import parse_size
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--root", default=None, help="dataset root (synthetic: the default set if omitted)")
-    ap.add_argument("--crop", default=None, help="HxW (default: the dataset's default crop)")
+    ap.add_argument("--crop", default=None, help="HxW (default: the crop of the dataset's recipe)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batches", type=int, default=30)
@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    root, crop = args.root, parse_size(args.crop) if args.crop else dataset_class(args.dataset).default_crop
+    recipe = load_config(args.dataset)  # the dataset's training crop and scale range
+    root, crop = args.root, parse_size(args.crop) if args.crop else tuple(recipe.crop_size)
     tmp = None
     if args.full_res:
         from eseg_cli.data.synthetic import generate
@@ -42,7 +43,8 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="eseg-bench-")
         generate(tmp.name, num_train=24, num_val=0, size=(1024, 2048), seed=0, workers=args.workers)
         root, crop = tmp.name, (parse_size(args.crop) if args.crop else (512, 1024))
-    ds = build_dataset(args.dataset, root, "train", build_transforms(True, crop_size=crop))
+    tf = build_transforms(True, crop_size=crop, scale_range=tuple(recipe.scale_range))
+    ds = build_dataset(args.dataset, root, "train", tf)
     res = loading_throughput(ds, batch_size=args.batch_size, workers=args.workers, batches=args.batches,
                              warmup=args.warmup)
     res.update(dataset=args.dataset, crop=list(crop), images=len(ds),

@@ -39,6 +39,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """Where eseg keeps what it can remake (the built-in synthetic set, params/FLOPs measurements):
+    ``$ESEG_CACHE_DIR``, or ``~/.cache/eseg``."""
+    return Path(os.environ.get("ESEG_CACHE_DIR") or Path.home() / ".cache" / "eseg")
+
+
 def chmod_default(path: str | os.PathLike) -> None:
     """Give a file made by ``mkstemp`` (mode 0600) the usual permissions: 0666 minus the umask."""
     umask = os.umask(0)

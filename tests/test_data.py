@@ -151,7 +151,7 @@ def test_train_transform_fixed_crop_and_ignore_padding():
 
 
 def test_train_transform_scales_and_stacks():
-    t = build_transforms(True, crop_size=(32, 48), seed=1)
+    t = build_transforms(True, crop_size=(32, 48), scale_range=(0.5, 2.0), seed=1)
     rng = np.random.default_rng(0)
     outs = [t(image=rng.integers(0, 255, (h, w, 3), dtype=np.uint8), mask=rng.integers(0, 19, (h, w), dtype=np.uint8))
             for h, w in ((30, 40), (64, 128), (100, 60))]
@@ -174,13 +174,14 @@ def test_val_transform_normalizes_and_resizes():
 
 def test_bad_crop_is_an_eseg_error():
     with pytest.raises(EsegError, match="crop_size"):
-        build_transforms(True, crop_size=(0, 10))
+        build_transforms(True, crop_size=(0, 10), scale_range=(0.5, 2.0))
 
 
 def test_dataloader_workers_draw_different_augmentations(tmp_path):
     """Forked workers must not replay one albumentations random stream (same augmentations everywhere)."""
     generate(tmp_path, num_train=1, num_val=0, size=(32, 64), seed=0)
-    ds = build_dataset("synthetic", tmp_path, "train", build_transforms(True, crop_size=(24, 24), seed=0))
+    tf = build_transforms(True, crop_size=(24, 24), scale_range=(0.5, 2.0), seed=0)
+    ds = build_dataset("synthetic", tmp_path, "train", tf)
     ds.files = ds.files * 4
     torch.manual_seed(0)
     batches = [x for x, _ in torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2)]
@@ -248,7 +249,8 @@ def test_synthetic_not_solvable_by_colour_alone():
 
 def test_synthetic_dataset_reads_generated_root(tmp_path):
     generate(tmp_path, num_train=2, num_val=1, size=(64, 128), seed=0)
-    ds = build_dataset("synthetic", tmp_path, "train", build_transforms(True, crop_size=(64, 64), seed=0))
+    tf = build_transforms(True, crop_size=(64, 64), scale_range=(0.5, 2.0), seed=0)
+    ds = build_dataset("synthetic", tmp_path, "train", tf)
     img, mask = ds[1]
     assert img.shape == (3, 64, 64) and mask.dtype == torch.int64
     assert ds.classes == CITYSCAPES_CLASSES and len(ds) == 2
@@ -290,7 +292,8 @@ def test_preview_grid_writes_png(tmp_path):
     from eseg_cli.data.preview import overlay, preview_grid
 
     generate(tmp_path / "s", num_train=3, num_val=0, size=(64, 128), seed=0)
-    ds = build_dataset("synthetic", tmp_path / "s", "train", build_transforms(True, crop_size=(64, 128), seed=0))
+    tf = build_transforms(True, crop_size=(64, 128), scale_range=(0.5, 2.0), seed=0)
+    ds = build_dataset("synthetic", tmp_path / "s", "train", tf)
     res = preview_grid(ds, 2, tmp_path / "p.png", title="t")
     im = Image.open(res["path"])
     assert im.format == "PNG" and im.width > 300 and len(res["indices"]) == 2 and res["classes"]

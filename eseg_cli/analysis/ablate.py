@@ -4,22 +4,22 @@
 level range and fusion modes. Every finished cell is one row in ``<out_dir>/results.jsonl``; rerunning
 skips the cells whose row (same settings) is already there, so an interrupted ablation resumes.
 
-Params/FLOPs measurements are cached in ``$ESEG_CACHE_DIR/measurements.json`` (default
-``~/.cache/eseg``), keyed by model configuration and resolution, so that ``eseg report`` is quick.
+Params/FLOPs measurements are cached in ``measurements.json`` of :func:`eseg_cli.utils.cache_dir`
+(``$ESEG_CACHE_DIR`` or ``~/.cache/eseg``), keyed by model configuration and resolution, so that ``eseg report``
+is quick.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_json, atomic_write_text
+from eseg_cli.utils import atomic_write_json, atomic_write_text, cache_dir
 
 RESULTS_FILE = "results.jsonl"
 
@@ -85,9 +85,8 @@ def cells_for(kind: str, scale: str = "eseg-s") -> list[Cell]:
 # ----------------------------------------------------------------------------- measurement cache
 
 def cache_path() -> Path:
-    """``$ESEG_CACHE_DIR/measurements.json`` (default ``~/.cache/eseg/measurements.json``)."""
-    root = os.environ.get("ESEG_CACHE_DIR") or Path.home() / ".cache" / "eseg"
-    return Path(root) / "measurements.json"
+    """The measurement cache: ``measurements.json`` in :func:`eseg_cli.utils.cache_dir`."""
+    return cache_dir() / "measurements.json"
 
 
 def _cache_key(model: str, kwargs: dict, num_classes: int, resolution: tuple[int, int]) -> str:
@@ -106,6 +105,12 @@ def _load_cache() -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         return {}  # a damaged cache is only a cache: measure again
+
+
+def cached_measurement(model: str, kwargs: dict | None = None, *, resolution: tuple[int, int] = (1024, 2048),
+                       num_classes: int = 19) -> dict | None:
+    """The cached result of :func:`measure` for these settings, or None when it was never measured."""
+    return _load_cache().get(_cache_key(model, dict(kwargs or {}), num_classes, resolution))
 
 
 def measure(model: str, kwargs: dict | None = None, *, resolution: tuple[int, int] = (1024, 2048),

@@ -7,11 +7,11 @@ import statistics
 import threading
 import time
 import warnings
-from contextlib import nullcontext
 
 import torch
 from torch import nn
 
+from eseg_cli.engine import precision
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import check_size
 
@@ -114,8 +114,7 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     fn = torch.compile(model) if compile else model
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
-    autocast = torch.autocast(dev.type, dtype=dtype) if dtype else nullcontext()
+    autocast = precision.autocast(dev, amp)
 
     def sync():
         if dev.type == "cuda":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from eseg_cli.analysis import paper
-from eseg_cli.analysis.ablate import cells_for, measure, read_results
+from eseg_cli.analysis.ablate import cached_measurement, cells_for, measure, read_results
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_text
 
@@ -167,9 +167,7 @@ def make_measurer(measure_missing: bool = True, ablate_rows: list[dict] | None =
         k = json.dumps([model, kwargs, f"{resolution[0]}x{resolution[1]}", num_classes], sort_keys=True)
         if k in by_cfg:
             return by_cfg[k]
-        from eseg_cli.analysis.ablate import _cache_key, _load_cache
-
-        cached = _load_cache().get(_cache_key(model, kwargs, num_classes, resolution))
+        cached = cached_measurement(model, kwargs, resolution=resolution, num_classes=num_classes)
         if cached:
             return cached
         return measure(model, kwargs, resolution=resolution, num_classes=num_classes) if measure_missing else None

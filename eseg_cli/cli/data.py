@@ -101,11 +101,14 @@ def _preview_path(root, out: Optional[Path], split: str) -> Path:
 
 
 def _browse_dataset(name: str, root, split: str, augment: bool, crop, seed: int = 0):
+    """The dataset with the augmentations its recipe trains with (``crop`` replaces the recipe's crop)."""
     from eseg_cli.data import build_dataset, build_transforms
-    from eseg_cli.data.datasets import dataset_class
+    from eseg_cli.engine import load_config
 
-    crop = crop or dataset_class(name).default_crop
-    return build_dataset(name, root, split, build_transforms(augment, crop_size=crop, seed=seed))
+    cfg = load_config(name)
+    tf = build_transforms(augment, crop_size=tuple(crop or cfg.crop_size), scale_range=tuple(cfg.scale_range),
+                          hflip=cfg.hflip, photometric=cfg.photometric, seed=seed)
+    return build_dataset(name, root, split, tf)
 
 
 _PREVIEW = typer.Option(None, "--preview", min=1, help="Also write a grid of N augmented training samples "

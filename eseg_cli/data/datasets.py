@@ -45,7 +45,8 @@ def list_datasets() -> list[str]:
 
 
 def dataset_class(name: str) -> type[SegmentationDataset]:
-    """The registered class for ``name`` (for its ``classes``, ``palette``, ``default_crop``)."""
+    """The registered class for ``name`` (for its ``classes``, ``palette`` and registered ``name``), spelled
+    loosely: any case, with or without ``-``/``_``, ``ade`` for ``ade20k``."""
     key = str(name).strip().lower().replace("-", "").replace("_", "")
     key = {"ade": "ade20k"}.get(key, key)
     if key not in _DATASETS:
@@ -102,8 +103,6 @@ class SegmentationDataset(Dataset):
     classes: list[str] = []
     palette: list[tuple[int, int, int]] = []
     ignore_index = IGNORE_INDEX
-    #: the recipe's default training crop (H, W)
-    default_crop: tuple[int, int] = (512, 512)
 
     def __init__(self, files: list[tuple[Path, Path]], transform=None):
         self.files = files
@@ -192,7 +191,6 @@ class CityscapesDataset(SegmentationDataset):
 
     classes = CITYSCAPES_CLASSES
     palette = CITYSCAPES_PALETTE
-    default_crop = (512, 1024)
 
     def __init__(self, root, split: str = "train", transform=None):
         root = Path(root)
@@ -226,7 +224,6 @@ class CityscapesDataset(SegmentationDataset):
 class SyntheticDataset(CityscapesDataset):
     """The generated street scenes (Cityscapes layout and trainIds). ``root=None``: the default set."""
 
-    default_crop = (256, 512)
 
     def __init__(self, root=None, split: str = "train", transform=None):
         from eseg_cli.data.synthetic import ensure_default
@@ -246,7 +243,6 @@ class ADE20KDataset(SegmentationDataset):
 
     classes = ADE20K_CLASSES
     palette = ADE20K_PALETTE
-    default_crop = (512, 512)
     reduce_zero_label = True
     SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from eseg_cli import utils
 from eseg_cli.data.classes import CITYSCAPES_CLASSES, IGNORE_INDEX, cityscapes_trainid_to_labelid_lut
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_json, check_size, chmod_default
@@ -783,18 +784,13 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
     return summary
 
 
-def default_cache_dir() -> Path:
-    """``$ESEG_CACHE`` or ``~/.cache/eseg``."""
-    return Path(os.environ.get("ESEG_CACHE", Path.home() / ".cache" / "eseg"))
-
-
 def ensure_default(cache_dir=None, params: SyntheticParams = DEFAULT, workers: int | None = None) -> Path:
     """Return the root of the default synthetic set, generating it once into the cache if needed.
 
     The set is generated into a temporary sibling folder and renamed into place, so an interrupted run
     never leaves a half-made set behind that would later be taken as complete.
     """
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    base = Path(cache_dir) if cache_dir is not None else utils.cache_dir()
     root = base / params.tag()
     if (root / "synthetic.json").is_file():
         return root

@@ -13,14 +13,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.0), hflip: bool = True,
+def build_transforms(train: bool, *, crop_size=None, scale_range=None, hflip: bool = True,
                      photometric: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      ignore_index: int = IGNORE_INDEX, resize=None, seed: int | None = None) -> A.Compose:
     """The recipe's pipelines as one albumentations ``Compose``.
 
     train: [resize] -> random scale in ``scale_range`` -> pad to ``crop_size`` (image 0, mask
     ``ignore_index``) -> random crop of exactly ``crop_size`` -> horizontal flip -> photometric jitter ->
-    normalize -> tensors. The fixed crop makes every sample the same size, so batches stack.
+    normalize -> tensors. ``crop_size`` and ``scale_range`` are required (the recipe's ``crop_size`` and
+    ``scale_range``). The fixed crop makes every sample the same size, so batches stack.
     val: [resize the image (not the mask) to ``resize`` = (H, W)] -> normalize -> tensors. The mask keeps
     its size so that scores are computed on the original labels: the evaluator resizes the predictions back.
 
@@ -36,6 +37,8 @@ def build_transforms(train: bool, *, crop_size=(512, 1024), scale_range=(0.5, 2.
         else:
             ops.append(ResizeImage(rh, rw))
     if train:
+        if crop_size is None or scale_range is None:
+            raise TypeError("training transforms need crop_size and scale_range (the recipe's)")
         ch, cw = _pair(crop_size, "crop_size")
         lo, hi = float(scale_range[0]), float(scale_range[1])
         if not 0 < lo <= hi:

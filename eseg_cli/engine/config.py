@@ -1,9 +1,11 @@
-"""Training configuration: YAML recipes give every default, CLI flags override them, the result is validated.
+"""Training configuration: YAML recipes give every default, overrides (CLI flags) replace them, the result is
+validated.
 
-A recipe is ``recipes/<dataset>.yaml`` (shipped inside the package as ``eseg_cli.recipes``): top-level keys
-are :class:`TrainConfig` fields, and an optional ``scales:`` mapping holds per-scale overrides
-(``scales: {lite-s: {batch_size: 8}}``). Resolution order:
-dataclass defaults < recipe < recipe's ``scales[scale]`` < overrides.
+The recipes ship inside the package as ``eseg_cli.recipes`` (the project's ``recipes/`` folder): ``base.yaml``
+holds what every dataset shares and ``<dataset>.yaml`` what is that dataset's; a recipe may add a ``scales:``
+mapping of per-scale overrides (``scales: {lite-s: {batch_size: 8}}``). Resolution order: ``base.yaml`` < the
+dataset's recipe < a user's recipe file (``--recipe``) < overrides, each recipe followed by its ``scales[scale]``.
+:class:`TrainConfig` holds the types and the checks, and no default of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -20,72 +22,76 @@ from typing import Any, Optional
 
 import yaml
 
+from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import check_size
 
 RECIPES_PACKAGE = "eseg_cli.recipes"
-DATASETS = ("cityscapes", "ade20k", "synthetic", "folder")
+BASE_RECIPE = "base"  # recipes/base.yaml: the settings every dataset shares
+DEFAULT_DATASET = "synthetic"  # what trains when no dataset is named: the built-in set
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (saved as ``config.yaml`` in the run folder)."""
+    """Every setting of a training run (saved as ``config.yaml`` in the run folder).
+
+    Each field's value comes from the recipes (``recipes/base.yaml`` says what each one means); ``scale`` and
+    ``dataset`` are stored as their registered names (``eseg-lite-s``, ``ade20k``).
+    """
 
     # model
-    scale: str = "lite-s"
-    model: dict = field(default_factory=dict)  # extra build_model kwargs (width, channels, fusion, ...)
-    pretrained: Optional[str] = None  # local path of backbone weights
+    scale: str
+    model: dict
+    pretrained: Optional[str]
     # data
-    dataset: str = "synthetic"
-    data_root: Optional[str] = None  # None with dataset=synthetic: the cached default set
-    train_split: str = "train"
-    val_split: str = "val"
-    num_classes: Optional[int] = None  # None: from the dataset
-    crop_size: list = field(default_factory=lambda: [512, 1024])  # [H, W]
-    scale_range: list = field(default_factory=lambda: [0.5, 2.0])
-    hflip: bool = True
-    photometric: bool = True
-    val_resize: Optional[list] = None  # [H, W] to resize val images (None: full size, the paper's protocol);
-    # labels keep their size and predictions are resized back to it
-    batch_size: int = 8  # per process
-    val_batch_size: int = 1
-    workers: int = 2
+    dataset: str
+    data_root: Optional[str]
+    train_split: str
+    val_split: str
+    num_classes: Optional[int]
+    crop_size: list
+    scale_range: list
+    hflip: bool
+    photometric: bool
+    val_resize: Optional[list]
+    batch_size: int
+    val_batch_size: int
+    workers: int
     # optimisation
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    steps: int = 40000
-    warmup_steps: int = 1000
-    warmup_factor: float = 0.001  # lr at step 0 = lr * warmup_factor
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    loss: str = "ohem"  # ohem | ce
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 50000  # per image (so the loss does not depend on the number of processes)
-    clip_grad: Optional[float] = None  # max grad norm
-    amp: Optional[str] = None  # None | bf16 | fp16
-    ema_decay: Optional[float] = None  # e.g. 0.9998; None disables EMA
-    channels_last: bool = False
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    steps: int
+    warmup_steps: int
+    warmup_factor: float
+    min_lr_ratio: float
+    loss: str
+    ohem_thresh: float
+    ohem_min_kept: int
+    clip_grad: Optional[float]
+    amp: Optional[str]
+    ema_decay: Optional[float]
+    channels_last: bool
     # bookkeeping
-    seed: int = 0
-    deterministic: bool = True
-    device: str = "auto"  # auto | cpu | cuda[:N] | xla
-    log_interval: int = 50
-    eval_interval: int = 2000
-    checkpoint_interval: int = 1000
-    max_val_images: Optional[int] = None  # evaluate on the first N val images during training
-    check_data: bool = True  # read every image/label pair before training (cached; see eseg_cli.data.check)
+    seed: int
+    deterministic: bool
+    device: str
+    log_interval: int
+    eval_interval: int
+    checkpoint_interval: int
+    max_val_images: Optional[int]
+    check_data: bool
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 _CHOICES = {
-    "dataset": DATASETS,
     "optimizer": ("sgd", "adamw"),
     "loss": ("ohem", "ce"),
-    "amp": (None, "bf16", "fp16"),
+    "amp": (None, *AMP_DTYPES),
 }
 _PAIRS = ("crop_size", "scale_range", "val_resize")
 _POSITIVE = ("batch_size", "val_batch_size", "steps", "log_interval", "eval_interval", "checkpoint_interval", "lr")
@@ -130,7 +136,13 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise EsegError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(types_)}")
         values[key] = _check_type(key, value, types_[key], where)
+    missing = [k for k in types_ if k not in values]
+    if missing:
+        raise EsegError(f"{where}: no value for {', '.join(repr(k) for k in missing)}; every key needs one "
+                        f"(recipes/{BASE_RECIPE}.yaml gives those every dataset shares)")
     cfg = TrainConfig(**values)
+    cfg.scale = _canonical(model_name_of, cfg.scale, "scale", where)
+    cfg.dataset = _canonical(dataset_name_of, cfg.dataset, "dataset", where)
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             shown = ", ".join("null" if c is None else c for c in choices)
@@ -170,15 +182,17 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
 
 
 def builtin_recipes() -> list[str]:
-    """Names of the recipes shipped with the package (one per dataset)."""
-    return sorted(p.name[: -len(".yaml")] for p in files(RECIPES_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    """Names of the dataset recipes shipped with the package (``base`` is laid under each of them)."""
+    return sorted(p.name[: -len(".yaml")] for p in files(RECIPES_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml") and p.name != f"{BASE_RECIPE}.yaml")
 
 
 def builtin_recipe(name: str) -> Traversable:
     """The shipped recipe ``name`` (e.g. ``"cityscapes"``), read through :mod:`importlib.resources`."""
     path = files(RECIPES_PACKAGE) / f"{name}.yaml"
     if not path.is_file():
-        raise EsegError(f"no built-in recipe {name!r}; the built-in recipes are {', '.join(builtin_recipes())}")
+        raise EsegError(f"no built-in recipe for {name!r} (there are {', '.join(builtin_recipes())}); give a recipe "
+                        "file of your own")
     return path
 
 
@@ -204,37 +218,61 @@ def read_recipe(path: str | Path | Traversable) -> dict:
     return data
 
 
-def _scale_key(scale: str) -> str:
-    from eseg_cli.models import resolve_scale
+def model_name_of(name: str) -> str:
+    """The registered model ``name`` stands for (``"S"``, ``"lite-s"`` -> ``"eseg-s"``, ``"eseg-lite-s"``)."""
+    from eseg_cli.models import model_name
 
+    return model_name(name)
+
+
+def dataset_name_of(name: str) -> str:
+    """The registered dataset ``name`` stands for (``"ade"``, ``"ADE20K"`` -> ``"ade20k"``)."""
+    from eseg_cli.data.datasets import dataset_class
+
+    return dataset_class(name).name
+
+
+def _canonical(resolve, value: str, key: str, where: str) -> str:
     try:
-        return resolve_scale(scale).name.split("eseg-", 1)[1]
-    except EsegError:
-        return str(scale).lower()  # another registered model name (e.g. deeplab); no per-scale block
+        return resolve(value)
+    except EsegError as e:
+        raise EsegError(f"{where}: '{key}': {e}") from None
 
 
-def load_config(dataset: str | None = "synthetic", scale: str = "lite-s", overrides: dict | None = None,
+def load_config(dataset: str | None = None, scale: str | None = None, overrides: dict | None = None,
                 recipe: str | Path | None = None) -> TrainConfig:
-    """Resolve the configuration for ``scale`` on ``dataset``: recipe, its per-scale block, then ``overrides``.
+    """Resolve the configuration of ``scale`` on ``dataset``, each layer replacing the keys it gives:
+    ``base.yaml``, the dataset's recipe, its ``scales`` block for ``scale``, then the file ``recipe`` and its own
+    ``scales`` block (a user's recipe may be a whole copy or just the keys it changes), then ``overrides``
+    (entries whose value is None are ignored: unset flags).
 
-    ``recipe`` replaces ``recipes/<dataset>.yaml``. ``overrides`` with value None are ignored (unset CLI flags).
+    ``dataset`` defaults to the ``dataset`` of ``recipe``, else the built-in synthetic set; ``scale`` to the
+    recipes' ``scale``. Names may be spelled loosely (``"ade"``, ``"S"``); the config stores the registered ones.
     """
-    dataset = dataset or "synthetic"
-    if dataset not in DATASETS:
-        raise EsegError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    path = Path(recipe) if recipe else builtin_recipe(dataset)
-    data = read_recipe(path)
-    per_scale = data.pop("scales", {}) or {}
-    if not isinstance(per_scale, dict):
-        raise EsegError(f"recipe {path}: 'scales' must map scale names to overrides")
-    merged = {"dataset": dataset, **data, "scale": scale}
-    key = _scale_key(scale)
-    for name, block in per_scale.items():
-        if _scale_key(str(name)) == key:
-            if not isinstance(block, dict):
-                raise EsegError(f"recipe {path}: 'scales.{name}' must be a mapping of config keys")
-            merged.update(block)
-    cfg = validate(merged, where=f"recipe {path}")
+    user = read_recipe(Path(recipe)) if recipe else {}
+    dataset = dataset_name_of(dataset or user.get("dataset") or DEFAULT_DATASET)
+    layers = [(builtin_recipe(BASE_RECIPE), read_recipe(builtin_recipe(BASE_RECIPE)))]
+    if not recipe or dataset in builtin_recipes():
+        layers.append((builtin_recipe(dataset), read_recipe(builtin_recipe(dataset))))
+    if recipe:
+        layers.append((Path(recipe), user))
+    merged: dict = {}
+    for _path, data in layers:
+        merged.update({k: v for k, v in data.items() if k != "scales"})
+    merged["dataset"] = dataset
+    if scale is not None:
+        merged["scale"] = scale
+    key = _canonical(model_name_of, merged["scale"], "scale", "options" if scale is not None else "recipe")
+    for path, data in layers:
+        per_scale = data.get("scales") or {}
+        if not isinstance(per_scale, dict):
+            raise EsegError(f"recipe {path}: 'scales' must map scale names to overrides")
+        for name, block in per_scale.items():
+            if _canonical(model_name_of, str(name), f"scales.{name}", f"recipe {path}") == key:
+                if not isinstance(block, dict):
+                    raise EsegError(f"recipe {path}: 'scales.{name}' must be a mapping of config keys")
+                merged.update(block)
+    cfg = validate(merged, where=f"recipe {layers[-1][0]}")
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
     if over:
         cfg = validate({**cfg.to_dict(), **over}, where="options")
@@ -242,13 +280,11 @@ def load_config(dataset: str | None = "synthetic", scale: str = "lite-s", overri
 
 
 def as_config(config: dict | TrainConfig) -> TrainConfig:
-    """Accept a :class:`TrainConfig`, or a plain dict read as overrides of the recipe of its ``dataset``
-    (default synthetic) and ``scale`` (default lite-s): ``{"steps": 100}`` is the synthetic recipe for 100 steps."""
+    """Accept a :class:`TrainConfig`, or a plain dict read as overrides of the recipes for its ``dataset`` and
+    ``scale`` (when given): ``{"steps": 100}`` is the synthetic recipe for 100 steps."""
     if isinstance(config, TrainConfig):
         return config
     if not isinstance(config, dict):
         raise EsegError(f"config must be a dict or TrainConfig, got {type(config).__name__}")
     rest = dict(config)
-    dataset = rest.pop("dataset", None) or "synthetic"
-    scale = rest.pop("scale", None) or "lite-s"
-    return load_config(dataset, scale, rest)
+    return load_config(rest.pop("dataset", None), rest.pop("scale", None), rest)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from eseg_cli.engine.metrics import ConfusionMatrix
+from eseg_cli.engine.precision import autocast
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_json, atomic_write_text
 
@@ -19,8 +20,7 @@ MODES = ("whole", "slide", "msflip")
 
 
 def _forward(model: nn.Module, x: torch.Tensor, amp: str | None) -> torch.Tensor:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(x.device, amp):
         return model(x).float()
 
 

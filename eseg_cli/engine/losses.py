@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eseg_cli.data.classes import IGNORE_INDEX
+
 
 class OhemCrossEntropy(nn.Module):
     """Cross-entropy over the hard pixels only.
 
-    A pixel is hard when the softmax probability of its true class is below ``thresh`` (0.7). At least
+    A pixel is hard when the softmax probability of its true class is below ``thresh``. At least
     ``min_kept`` pixels *per image* are kept: if an image has fewer hard pixels, its threshold rises to its
     ``min_kept``-th smallest true-class probability; if it has fewer than ``min_kept`` valid (non-ignored)
     pixels, all of them are kept (as mmseg's ``OHEMPixelSampler`` and HRNet-OCR do).
@@ -25,9 +27,11 @@ class OhemCrossEntropy(nn.Module):
 
     Written with static shapes (a threshold and a mask, no boolean indexing) so it compiles on XLA without
     host syncs.
+
+    The values (the paper's 0.7, and ``min_kept``) come from the recipes' ``ohem_thresh`` and ``ohem_min_kept``.
     """
 
-    def __init__(self, thresh: float = 0.7, min_kept: int = 50000, ignore_index: int = 255):
+    def __init__(self, thresh: float, min_kept: int, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
@@ -56,7 +60,7 @@ class OhemCrossEntropy(nn.Module):
 class CrossEntropy(nn.Module):
     """Plain cross-entropy averaged over the valid pixels; 0 when every pixel is ignored."""
 
-    def __init__(self, ignore_index: int = 255):
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.ignore_index = ignore_index
 
@@ -66,10 +70,13 @@ class CrossEntropy(nn.Module):
         return pixel_loss.sum() / valid.sum().clamp(min=1.0)
 
 
-def build_loss(name: str, *, ohem_thresh: float = 0.7, ohem_min_kept: int = 50000,
-               ignore_index: int = 255) -> nn.Module:
-    """``"ohem"`` -> :class:`OhemCrossEntropy`, ``"ce"`` -> :class:`CrossEntropy` (both ignore ``ignore_index``)."""
+def build_loss(name: str, *, ohem_thresh: float | None = None, ohem_min_kept: int | None = None,
+               ignore_index: int = IGNORE_INDEX) -> nn.Module:
+    """``"ohem"`` -> :class:`OhemCrossEntropy` (``ohem_thresh`` and ``ohem_min_kept`` required), ``"ce"`` ->
+    :class:`CrossEntropy`; both ignore ``ignore_index``."""
     if name == "ohem":
+        if ohem_thresh is None or ohem_min_kept is None:
+            raise ValueError("the ohem loss needs ohem_thresh and ohem_min_kept (the recipes give them)")
         return OhemCrossEntropy(ohem_thresh, ohem_min_kept, ignore_index)
     if name == "ce":
         return CrossEntropy(ignore_index)

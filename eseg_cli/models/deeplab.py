@@ -1,6 +1,6 @@
 """DeepLabV3+ (Table 8's baseline decoder) in the project's encoder -> decoder -> head layout.
 
-One recipe for every encoder, the one that lands closest to Table 8 (see ``PAPER.md``):
+One recipe for every encoder, the one that lands closest to Table 8 (reports/README.md gives the numbers):
 
 - ASPP on the encoder's last feature: a 1x1 branch, three *regular* 3x3 atrous branches (rates 6/12/18
   at output stride 16, 3/6/9 at output stride 32, i.e. the same receptive field in pixels), image
@@ -24,24 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import eseg_cli.models.eseg  # noqa: F401  (registered first, so the registry lists the ESeg family first)
 from eseg_cli.errors import EsegError
 from eseg_cli.models.encoders import efficientnet_encoder, load_encoder_weights, timm_encoder
 from eseg_cli.models.layers import ConvBN, SeparableConv
 from eseg_cli.models.registry import register_model
+from eseg_cli.models.scales import EFFICIENTNET_SCALING
 from eseg_cli.models.segmentor import Segmentor
 
 # ASPP rates per output stride: the DeepLab paper's 6/12/18 at stride 16, halved at stride 32.
 ASPP_RATES: dict[int, tuple[int, ...]] = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
-
-# EfficientNet encoders built by this project (so DeepLab rows share ESeg's exact encoder), by the
-# width/depth pair of their timm namesakes.
-_EFFICIENTNETS: dict[str, tuple[float, float]] = {
-    "efficientnet_b0": (1.0, 1.0), "efficientnet_b1": (1.0, 1.1), "efficientnet_b2": (1.1, 1.2),
-    "efficientnet_b3": (1.2, 1.4), "efficientnet_b4": (1.4, 1.8), "efficientnet_b5": (1.6, 2.2),
-    "efficientnet_b6": (1.8, 2.6), "efficientnet_b7": (2.0, 3.1),
-}
-
 
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 and an image-pooling branch, concatenated
@@ -99,8 +90,9 @@ class DeepLabV3PlusDecoder(nn.Module):
 
 def _encoder(name: str, output_stride: int, drop_path_rate: float) -> nn.Module:
     key = name.strip().lower().replace("-", "_")
-    if key in ("b1", "efficientnet_b1") or key in _EFFICIENTNETS:
-        width, depth = _EFFICIENTNETS.get(key, _EFFICIENTNETS["efficientnet_b1"])
+    key = {"b1": "efficientnet_b1"}.get(key, key)
+    if key in EFFICIENTNET_SCALING:  # this project's EfficientNet, so DeepLab rows share ESeg's exact encoder
+        width, depth = EFFICIENTNET_SCALING[key]
         return efficientnet_encoder(width, depth, output_stride=output_stride, drop_path_rate=drop_path_rate)
     return timm_encoder(name, output_stride=output_stride, drop_path_rate=drop_path_rate)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import nn
 
 from eseg_cli.errors import EsegError
+from eseg_cli.models.scales import normalize_name
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,26 +31,28 @@ def _ensure_loaded() -> None:
     from eseg_cli.models import deeplab, eseg  # noqa: F401
 
 
-def _resolve(name: str) -> str:
-    key = str(name).strip().lower().replace("_", "-")
+def model_name(name: str) -> str:
+    """The registered name ``name`` stands for: any case, ``_`` for ``-``, and ``eseg-`` optional for the ESeg
+    scales (``"S"``, ``"lite_s"`` -> ``"eseg-s"``, ``"eseg-lite-s"``). Raises :class:`EsegError` listing the
+    registered names otherwise."""
+    _ensure_loaded()
+    key = normalize_name(name)
     if key not in _MODELS and f"eseg-{key}" in _MODELS:
         key = f"eseg-{key}"
     if key not in _MODELS:
         close = difflib.get_close_matches(key, list(_MODELS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise EsegError(f"unknown model {name!r}.{hint} Available: {', '.join(_MODELS)}")
+        raise EsegError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
     return key
 
 
 def build_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``build_model("eseg-s", num_classes=19)``.
 
-    Scale names are accepted in any case and with or without the ``eseg-`` prefix (``"S"``,
-    ``"lite-s"``). Keyword arguments go to the builder (``pretrained=PATH``, ``min_level``,
-    ``max_level``, ``fusion``, ``head_fusion``, ``channels``, ``repeats`` ...).
+    ``name`` is read by :func:`model_name` (``"S"`` and ``"lite-s"`` work). Keyword arguments go to the builder
+    (``pretrained=PATH``, ``min_level``, ``max_level``, ``fusion``, ``head_fusion``, ``channels``, ``repeats`` ...).
     """
-    _ensure_loaded()
-    key = _resolve(name)
+    key = model_name(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise EsegError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_model_options(key, kwargs)
@@ -58,8 +61,7 @@ def build_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
 
 def check_model_options(name: str, options: dict) -> None:
     """Refuse keyword arguments that the builder of model ``name`` does not take (before building anything)."""
-    _ensure_loaded()
-    key = _resolve(name)
+    key = model_name(name)
     params = inspect.signature(_MODELS[key]).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return

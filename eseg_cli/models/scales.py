@@ -26,17 +26,37 @@ class Scale:
         return "ESeg-" + "-".join(p.capitalize() if p == "lite" else p.upper() for p in parts[1:])
 
 
+# EfficientNet's compound scaling (width, depth) of B0..B7, as timm's ``efficientnet_bX`` builds them. ESeg-S/M/L
+# and ESeg-Lite-L take theirs from here, and so do the EfficientNet encoders of DeepLabV3+ (Table 8).
+EFFICIENTNET_SCALING: dict[str, tuple[float, float]] = {
+    "efficientnet_b0": (1.0, 1.0), "efficientnet_b1": (1.0, 1.1), "efficientnet_b2": (1.1, 1.2),
+    "efficientnet_b3": (1.2, 1.4), "efficientnet_b4": (1.4, 1.8), "efficientnet_b5": (1.6, 2.2),
+    "efficientnet_b6": (1.8, 2.6), "efficientnet_b7": (2.0, 3.1),
+}
+
+
+def _like(b: int) -> dict:
+    """Width and depth of EfficientNet-B``b``, with a note saying so."""
+    width, depth = EFFICIENTNET_SCALING[f"efficientnet_b{b}"]
+    return dict(width=width, depth=depth, note=f"EfficientNet-B{b} width/depth")
+
+
 SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
         Scale("eseg-lite-s", True, 0.4, 0.6, 64, 1),
         Scale("eseg-lite-m", True, 0.6, 1.0, 80, 2),
-        Scale("eseg-lite-l", True, 1.0, 1.0, 96, 3, note="EfficientNet-B0 width/depth"),
-        Scale("eseg-s", False, 1.0, 1.1, 96, 4, note="EfficientNet-B1 width/depth"),
-        Scale("eseg-m", False, 1.4, 1.8, 192, 5, note="EfficientNet-B4 width/depth"),
-        Scale("eseg-l", False, 2.0, 3.1, 288, 6, note="EfficientNet-B7 width/depth"),
+        Scale("eseg-lite-l", True, channels=96, repeats=3, **_like(0)),
+        Scale("eseg-s", False, channels=96, repeats=4, **_like(1)),
+        Scale("eseg-m", False, channels=192, repeats=5, **_like(4)),
+        Scale("eseg-l", False, channels=288, repeats=6, **_like(7)),
     )
 }
+
+
+def normalize_name(name: str) -> str:
+    """The one spelling rule for model and scale names: case-insensitive, ``_`` or a space for ``-``."""
+    return str(name).strip().lower().replace("_", "-").replace(" ", "-")
 
 
 def resolve_scale(name: str) -> Scale:
@@ -44,10 +64,9 @@ def resolve_scale(name: str) -> Scale:
 
     Raises :class:`EsegError` listing the valid names otherwise.
     """
-    key = str(name).strip().lower().replace("_", "-").replace(" ", "-")
-    if not key.startswith("eseg-"):
-        key = "eseg-" + key
+    key = normalize_name(name)
+    key = key if key in SCALES else f"eseg-{key}"
     if key not in SCALES:
         valid = ", ".join(s.split("eseg-", 1)[1] for s in SCALES)
-        raise EsegError(f"unknown scale {name!r}; choose one of: {valid} (case-insensitive, e.g. --scale lite-s)")
+        raise EsegError(f"unknown scale {name!r}; choose one of: {valid} (case-insensitive, e.g. lite-s)")
     return SCALES[key]
