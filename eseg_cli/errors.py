@@ -1,7 +1,9 @@
 """User-facing errors.
 
 Library code raises :class:`EsegError` for bad input (a missing file, a wrong field, a size that
-cannot work). The CLI turns it into a one-line message and exit code 2, without a traceback.
+cannot work), in the library's own terms: an argument or config key is named in quotes (``'data_root'``) and
+listed in ``fields``. The CLI turns the error into a one-line message and exit code 2, without a traceback, and
+writes each such name as the command's flag for it (``--data-root``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,17 @@ import errno
 
 
 class EsegError(Exception):
-    """An error caused by the user's input; the message names the culprit and what to do."""
+    """An error caused by the user's input; the message names the culprit and what to do.
+
+    ``field`` names the argument (or arguments, a tuple) at fault, as the message quotes it: ``EsegError("'size'
+    must be at least 32x32", field="size")``.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, field: str | tuple[str, ...] | None = None):
+        super().__init__(message)
+        self.fields: tuple[str, ...] = (field,) if isinstance(field, str) else tuple(field or ())
 
 
 # what to do about common operating-system errors (the message itself names the file)

@@ -26,8 +26,15 @@ def _offsets(ax, gid):
     return sorted(map(tuple, np.asarray(coll.get_offsets()).tolist()))
 
 
+def _label_boxes(fig) -> list:
+    """Window extents of every text label in the figure's axes."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for ax in fig.axes for t in ax.texts if t.get_text()]
+
+
 def _no_overlap(fig):
-    boxes = plot.label_boxes(fig)
+    boxes = _label_boxes(fig)
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b), (a, b)
     return boxes

@@ -105,15 +105,6 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
     return artists
 
 
-def label_boxes(fig) -> list:
-    """Window extents of every text label in the figure's axes (for overlap checks)."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    from matplotlib.text import Text
-
-    return [Text.get_window_extent(t, renderer) for ax in fig.axes for t in ax.texts if t.get_text()]
-
-
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     import io
 

@@ -99,7 +99,7 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
     except RuntimeError:
         raise EsegError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EsegError("--device cuda was asked for but no CUDA GPU is available")
+        raise EsegError("'device' is cuda but no CUDA GPU is available", field="device")
     model = model.eval().to(dev)
     if fuse_bn:
         import copy

@@ -69,7 +69,8 @@ def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise EsegError(f"--results {p} does not exist; pass an `eseg ablate` output folder or eval JSON")
+            raise EsegError(f"'results' {p} does not exist; give an ablation's output folder or evaluation JSON",
+                            field="results")
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl"))
         before = len(out["ablate"]) + len(out["eval"])
         if p.is_dir() and any(f.name == "results.jsonl" for f in files):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
@@ -56,9 +57,31 @@ def _is_input_error(e: BaseException) -> bool:
     return False
 
 
-def describe_error(e: BaseException) -> tuple[str, int]:
-    """``(one-line message, exit code)`` for an exception that escaped a command."""
-    msg = _worker_root_cause(str(e)).strip()
+def option_flags(fn) -> dict[str, str]:
+    """A command function's options by parameter name: ``{"data_root": "--data-root", ...}`` (long form)."""
+    flags = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        infos = [p.default, *getattr(p.annotation, "__metadata__", ())]
+        for info in infos:
+            decls = [d for d in getattr(info, "param_decls", None) or () if d.startswith("-")] \
+                if isinstance(info, typer.models.OptionInfo) else []
+            if decls:
+                flags[name] = next((d.split("/")[0] for d in decls if d.startswith("--")), decls[0])
+    return flags
+
+
+def in_cli_terms(e: EsegError, flags: dict[str, str]) -> str:
+    """The message of a library error with each of its quoted ``fields`` written as the command's flag."""
+    msg = str(e)
+    for field in e.fields:
+        if field in flags:
+            msg = msg.replace(f"'{field}'", flags[field])
+    return msg
+
+
+def describe_error(e: BaseException, flags: dict[str, str] | None = None) -> tuple[str, int]:
+    """``(one-line message, exit code)`` for an exception that escaped a command whose options are ``flags``."""
+    msg = _worker_root_cause(in_cli_terms(e, flags or {}) if isinstance(e, EsegError) else str(e)).strip()
     if isinstance(e, EsegError):
         return " ".join(msg.split("\n")), e.exit_code
     kind = type(e).__name__
@@ -79,14 +102,15 @@ def describe_error(e: BaseException) -> tuple[str, int]:
             "traceback and report it", 1)
 
 
-def run_guarded(fn, *a, **k):
-    """Call a command function; any exception becomes one red line on stderr and exit code 2 (input) or 1 (bug)."""
+def run_guarded(fn, *a, flags: dict[str, str] | None = None, **k):
+    """Call a command function; any exception becomes one red line on stderr and exit code 2 (input) or 1 (bug).
+    ``flags`` (see :func:`option_flags`) turn the names that library errors quote into the command's flags."""
     try:
         return fn(*a, **k)
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise
     except Exception as e:  # noqa: BLE001 - the top of the command: every exception is reported here
-        msg, code = describe_error(e)
+        msg, code = describe_error(e, flags)
         if debug_enabled():
             traceback.print_exc(file=sys.stderr)
         err_console.print(f"[bold red]Error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
@@ -102,9 +126,11 @@ class EsegTyper(typer.Typer):
         register = super().command(*args, **kwargs)
 
         def decorator(fn):
+            flags = option_flags(fn)
+
             @functools.wraps(fn)
             def wrapper(*a, **k):
-                return run_guarded(fn, *a, **k)
+                return run_guarded(fn, *a, flags=flags, **k)
 
             register(wrapper)
             return fn

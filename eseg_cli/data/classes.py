@@ -90,16 +90,12 @@ def cityscapes_id_to_trainid_lut() -> np.ndarray:
 
 
 def cityscapes_trainid_to_labelid_lut() -> np.ndarray:
-    """A 256-entry uint8 lookup table trainId -> labelId (255 -> 0 'unlabeled')."""
+    """A 256-entry uint8 lookup table trainId -> labelId (255 -> 0 'unlabeled'): ``lut[mask]`` turns a trainId
+    mask into the official labelIds (the Cityscapes test server's format)."""
     lut = np.zeros(256, dtype=np.uint8)
     for t, i in TRAINID_TO_LABELID.items():
         lut[t] = i
     return lut
-
-
-def trainid_to_labelid(mask: np.ndarray) -> np.ndarray:
-    """Map a trainId mask (values 0..18, 255) to official labelIds for the Cityscapes test server."""
-    return cityscapes_trainid_to_labelid_lut()[np.asarray(mask, dtype=np.uint8)]
 
 
 ADE20K_CLASSES: list[str] = [

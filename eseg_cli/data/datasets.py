@@ -204,7 +204,7 @@ class CityscapesDataset(SegmentationDataset):
         self.root, self.split = root, split
         self._lut = cityscapes_id_to_trainid_lut()
         super().__init__(_pair_files(images, self._label_path,
-                                     "run `eseg prepare-data cityscapes --root ROOT` or add the gtFine files"),
+                                     "prepare the labels (eseg prepare-data cityscapes) or add the gtFine files"),
                          transform)
 
     def _label_path(self, ip: Path) -> Path:
@@ -231,8 +231,8 @@ class SyntheticDataset(CityscapesDataset):
             root = ensure_default()
         root = Path(root)
         if not (root / "leftImg8bit").is_dir():
-            raise EsegError(f"{root} holds no synthetic set; create it with "
-                            f"`eseg prepare-data synthetic --out {root}` (or pass no root for the default set)")
+            raise EsegError(f"{root} holds no synthetic set; generate one there (eseg prepare-data synthetic), or "
+                            "give no root for the built-in set")
         super().__init__(root, split, transform)
 
 

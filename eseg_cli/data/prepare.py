@@ -206,8 +206,8 @@ def scan_cityscapes(root, splits=None) -> list[tuple[str, Path, Path | None, Pat
     ``(split, image, labelIds or None, polygons or None, output)`` rows. Raises on any mismatch."""
     root = Path(root)
     if not root.is_dir():
-        raise EsegError(f"--root {root} does not exist or is not a folder; point it at the Cityscapes root "
-                        "(the folder holding leftImg8bit/ and gtFine/)")
+        raise EsegError(f"'root' {root} does not exist or is not a folder; point it at the Cityscapes root "
+                        "(the folder holding leftImg8bit/ and gtFine/)", field="root")
     for sub in ("leftImg8bit", "gtFine"):
         if not (root / sub).is_dir():
             raise EsegError(f"{root / sub} not found: a Cityscapes root holds leftImg8bit/ and gtFine/ "
@@ -299,8 +299,8 @@ def scan_ade20k(root) -> tuple[Path, list[tuple[str, Path, Path]]]:
     """Locate ``ADEChallengeData2016`` under ``root`` and pair images with annotations."""
     root = Path(root)
     if not root.is_dir():
-        raise EsegError(f"--root {root} does not exist or is not a folder; point it at ADEChallengeData2016 "
-                        "or the folder holding it")
+        raise EsegError(f"'root' {root} does not exist or is not a folder; point it at ADEChallengeData2016 "
+                        "or the folder holding it", field="root")
     base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
     present = [s for s in ADE_SPLITS if (base / "images" / s).is_dir() or (base / "annotations" / s).is_dir()]
     if not present:

@@ -42,7 +42,7 @@ def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: in
     from matplotlib.patches import Patch
 
     if n < 1:
-        raise EsegError(f"--preview must be at least 1, got {n}")
+        raise EsegError(f"'n' must be at least 1, got {n}", field="n")
     if len(dataset) == 0:
         raise EsegError("the dataset is empty; nothing to preview")
     rng = np.random.default_rng(seed)

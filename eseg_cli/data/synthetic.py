@@ -367,7 +367,7 @@ def _draw_building(scene: Scene, cam: Camera, rng, x, z0, z1, height):
     scene.polygons(windows, BUILDING, glass, tex_smooth(0.3, 0.04))
 
 
-def _draw_street_side(scene: Scene, cam: Camera, rng, x_front, sign, objects):
+def _draw_street_side(scene: Scene, cam: Camera, rng, x_front, sign):
     """Buildings (with gaps: trees, walls), plus walls/fences/hedges at the front line."""
     z = rng.uniform(3, 8)
     while z < 250:
@@ -592,8 +592,8 @@ def render_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.nd
     _draw_sky_and_far(scene, cam, rng)
     _draw_ground(scene, cam, rng, (road_l, road_r, side_l, side_r, strip_l, strip_r))
     front_l, front_r = road_l - side_l - strip_l, road_r + side_r + strip_r
-    _draw_street_side(scene, cam, rng, front_l, -1, None)
-    _draw_street_side(scene, cam, rng, front_r, 1, None)
+    _draw_street_side(scene, cam, rng, front_l, -1)
+    _draw_street_side(scene, cam, rng, front_r, 1)
 
     # everything standing in the street, drawn far to near
     items: list[tuple[float, Callable[[], None]]] = []

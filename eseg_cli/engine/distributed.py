@@ -39,14 +39,14 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         try:
             import torch_xla
         except ImportError:
-            raise EsegError("--device xla needs torch-xla (pip install torch-xla, matching your torch); "
-                            "on a CPU host set PJRT_DEVICE=CPU") from None
+            raise EsegError("'device' xla needs torch-xla (pip install torch-xla, matching your torch); "
+                            "on a CPU host set PJRT_DEVICE=CPU", field="device") from None
         return torch_xla.device()
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise EsegError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+            raise EsegError(f"'device' {name}: no CUDA GPU is visible; use 'device' cpu", field="device")
         return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
     if name == "cpu":
         return torch.device("cpu")

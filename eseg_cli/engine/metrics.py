@@ -58,9 +58,6 @@ class ConfusionMatrix:
         idx = torch.where(valid, target * cols + pred, torch.full_like(target, n * cols))
         self.counts += torch.bincount(idx, minlength=n * cols + 1)[: n * cols].reshape(n, cols)
 
-    def reset(self) -> None:
-        self.counts.zero_()
-
     def all_reduce(self) -> None:
         """Sum the matrix over processes (no-op without an initialised process group)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

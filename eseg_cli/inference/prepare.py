@@ -14,19 +14,8 @@ import copy
 import torch
 from torch import nn
 
-from eseg_cli.errors import EsegError
+from eseg_cli.engine.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
 from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def amp_dtype(amp: str | None) -> torch.dtype | None:
-    """``None``/``"bf16"``/``"fp16"`` -> the autocast dtype (``None``: full precision)."""
-    if amp in (None, "", "none", "fp32"):
-        return None
-    if amp not in AMP_DTYPES:
-        raise EsegError(f"amp must be bf16 or fp16, got {amp!r}")
-    return AMP_DTYPES[amp]
 
 
 def default_channels_last(device: torch.device) -> bool:

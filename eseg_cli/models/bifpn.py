@@ -151,7 +151,7 @@ class BiFPNDecoder(nn.Module):
     """Laterals + extra levels + ``repeats`` BiFPN layers.
 
     - one 1x1 conv + BN lateral per backbone level used (shared by the top-down and bottom-up nodes
-      that use it; EfficientDet-style separate laterals overshoot the paper's FLOPs, see PAPER.md);
+      that use it; EfficientDet-style separate laterals overshoot the paper's FLOPs);
     - the first extra level is a 2x average pool of its own 1x1 conv + BN on the backbone's top
       feature, each further one a 2x average pool of the level below.
     """
