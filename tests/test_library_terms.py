@@ -9,6 +9,7 @@ from eseg_cli.cli import app
 from eseg_cli.data.prepare import scan_cityscapes
 from eseg_cli.errors import EsegError
 
+
 def test_library_names_the_argument_and_the_cli_its_flag(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(EsegError, match=r"^'root' .*nowhere does not exist") as e:
