@@ -76,6 +76,6 @@ def test_table8_flops_within_5_percent(name, kw, paper_b):
 
 @SLOW
 def test_r50_os16_deviation_is_the_documented_one():
-    # not tuned for: the one recipe (models/deeplab.py, reports/README.md) gives ~405.8B against the paper's 324.3B (+25%)
+    # not tuned for: the one recipe (models/deeplab.py) gives ~405.8B against the paper's 324.3B (+25%)
     flops = _flops_b("deeplabv3plus", {"encoder": "resnet50", "output_stride": 16})
     assert 0.20 < flops / 324.3 - 1 < 0.30
