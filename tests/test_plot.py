@@ -27,10 +27,13 @@ def _offsets(ax, gid):
 
 
 def _label_boxes(fig) -> list:
-    """Window extents of every text label in the figure's axes."""
+    """Window extents of every text label in the figure's axes (the text alone: an annotation's own extent
+    includes its arrow)."""
+    from matplotlib.text import Text
+
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    return [t.get_window_extent(renderer) for ax in fig.axes for t in ax.texts if t.get_text()]
+    return [Text.get_window_extent(t, renderer) for ax in fig.axes for t in ax.texts if t.get_text()]
 
 
 def _no_overlap(fig):
