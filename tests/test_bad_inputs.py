@@ -63,7 +63,6 @@ def base(tmp_path_factory):
 def _isolated(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.chdir(tmp_path)
     cache = tmp_path_factory.getbasetemp() / "eseg-cache"
-    monkeypatch.setenv("ESEG_CACHE", str(cache))
     monkeypatch.setenv("ESEG_CACHE_DIR", str(cache))
     monkeypatch.delenv("ESEG_DEBUG", raising=False)
 

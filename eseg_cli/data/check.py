@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from eseg_cli import utils
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_json
 
@@ -28,14 +29,6 @@ SHOWN = 5
 _PARALLEL_MIN = 32
 
 _DS = None  # the dataset inside a worker process
-
-
-def _default_cache_dir() -> Path:
-    try:
-        from eseg_cli.utils import cache_dir  # one cache folder for everything, where the package has it
-    except ImportError:
-        from eseg_cli.data.synthetic import default_cache_dir as cache_dir
-    return Path(cache_dir())
 
 
 def _signature(ip: Path, lp: Path) -> list[int] | None:
@@ -100,7 +93,7 @@ def _cache_path(ds, cache_dir: Path | None) -> Path:
     key = json.dumps([type(ds).__module__, type(ds).__name__, getattr(ds, "num_classes", None),
                       getattr(ds, "ignore_index", None), str(getattr(ds, "root", "")), getattr(ds, "split", "")])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return Path(cache_dir if cache_dir is not None else _default_cache_dir()) / "datacheck" / f"{digest}.json"
+    return Path(cache_dir if cache_dir is not None else utils.cache_dir()) / "datacheck" / f"{digest}.json"
 
 
 def _read_cache(path: Path) -> dict:
