@@ -41,3 +41,18 @@ def xla(session: nox.Session) -> None:
     session.install("-e", ".[dev]", "torch==2.9.0", "torchvision==0.24.0")  # keeps the pins while resolving eseg
     session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_engine_xla.py", *session.posargs,
                 env={"PJRT_DEVICE": "CPU"})
+
+
+@nox.session(python="3.11")
+def selftrain(session: nox.Session) -> None:
+    """The self-training demonstration on 2 CPU cores: teacher on 100 labelled synthetic images, 400 more
+    pseudo-labelled, student on the union, oracle on all 500 true labels; writes reports/selftrain/."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/selftrain.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def pretrained(session: nox.Session) -> None:
+    """ESeg on the ImageNet-pretrained EfficientNet-Lite0 encoder vs the same model from scratch (synthetic set)."""
+    session.install("-e", ".[dev]")
+    session.run("bash", "benchmarks/pretrained_vs_scratch.sh", *session.posargs, external=True)

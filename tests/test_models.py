@@ -150,22 +150,6 @@ def test_wrong_channels_is_a_clear_error():
         tiny().eval()(torch.randn(1, 4, 64, 64))
 
 
-def test_pretrained_encoder_weights_from_local_file(tmp_path):
-    src = tiny()
-    path = tmp_path / "enc.pth"
-    torch.save({"state_dict": {**src.encoder.state_dict(), "classifier.weight": torch.zeros(3)}}, path)
-    dst = build_model("eseg-lite-s", num_classes=5, pretrained=str(path), **TINY)
-    for k, v in src.encoder.state_dict().items():
-        assert torch.equal(v, dst.encoder.state_dict()[k])
-    with pytest.raises(EsegError, match="does not exist"):
-        build_model("eseg-lite-s", pretrained=str(tmp_path / "nope.pth"), **TINY)
-    with pytest.raises(EsegError, match="do not match"):
-        build_model("eseg-lite-s", pretrained=str(path), **{**TINY, "width": 0.5})
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(EsegError, match="could not read"):
-        build_model("eseg-lite-s", pretrained=str(tmp_path / "junk.pth"), **TINY)
-
-
 def test_model_config_rebuilds_the_model():
     model = tiny(fusion="softmax", min_level=3)
     cfg = dict(model.config)

@@ -195,6 +195,36 @@ def ade20k_cmd(
         _print_summary(summary, "eseg prepare-data ade20k")
 
 
+@prepare_app.command("mapillary")
+def mapillary_cmd(
+    root: Path = typer.Option(..., "--root", help="The Mapillary Vistas root (training/, validation/, "
+                                                  "config_v1.2.json)."),
+    workers: Optional[int] = _WORKERS,
+    json_out: bool = _JSON,
+):
+    """Check a Mapillary Vistas v1.2 copy and report counts.
+
+    Checks [bold]training|validation/images/*.jpg[/] against [bold].../v1.2/labels/*.png[/] (or v1.2's
+    [bold].../labels[/]) and the labels in [bold]config_v1.2.json[/] (or [bold]config.json[/]): pairs, sizes,
+    values.
+
+    Train on its 65 classes with [bold]-d mapillary[/], or on Cityscapes' 19 trainIds with
+    [bold]-d mapillary-cityscapes[/] (to pretrain a Cityscapes model), so nothing is written.
+
+    Examples:
+
+      [cyan]eseg prepare-data mapillary --root data/mapillary --workers 8[/]
+    """
+    from eseg_cli.data.prepare import prepare_mapillary
+
+    with _LazyProgress("mapillary check", json_out) as prog:
+        summary = prepare_mapillary(root, workers=_workers(workers), progress=prog.update)
+    if json_out:
+        print_json(summary)
+    else:
+        _print_summary(summary, "eseg prepare-data mapillary")
+
+
 @prepare_app.command("synthetic")
 def synthetic_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to generate into (Cityscapes layout)."),

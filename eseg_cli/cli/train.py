@@ -14,7 +14,8 @@ from eseg_cli.cli._common import confirm_overwrite, err_console, parse_sets, pri
 
 @app.command("train", rich_help_panel="Train and evaluate")
 def train_cmd(
-    scale: str = typer.Option("lite-s", "--scale", "-s", help="lite-s, lite-m, lite-l, s, m or l (or a model name)."),
+    scale: Optional[str] = typer.Option(None, "--scale", "-s", help="lite-s, lite-m, lite-l, s, m or l (or a model "
+                                                                     "name); default lite-s, or --init-from's."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
                                           help="cityscapes, ade20k, synthetic or folder (default: the built-in "
                                                "synthetic set, generated on first use)."),
@@ -35,7 +36,21 @@ def train_cmd(
     amp: Optional[str] = typer.Option(None, "--amp", help="bf16 (CPU, XLA, CUDA) or fp16 (CUDA)."),
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.9998."),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Max gradient norm."),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local backbone weights (timm checkpoint)."),
+    pretrained: Optional[Path] = typer.Option(
+        None, "--pretrained", help="Local encoder weights: a .pth/.pt/.safetensors file or a Hugging Face cache "
+                                   "folder, in timm, timm TF-port or efficientnet_pytorch names (never downloads)."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="Start from another run's weights (a run folder or .pt): every tensor whose name "
+                                  "and shape match; a classifier for another class count is re-initialised."),
+    freeze_encoder: Optional[int] = typer.Option(None, "--freeze-encoder", min=0, metavar="STEPS",
+                                                 help="Keep the encoder fixed (lr 0) for the first STEPS steps."),
+    encoder_lr_mult: Optional[float] = typer.Option(None, "--encoder-lr-mult", min=0.0,
+                                                    help="The encoder's learning rate is --lr times this."),
+    extra_data: Optional[list[Path]] = typer.Option(
+        None, "--extra-data", help="Another training source in the folder-dataset layout (e.g. from `eseg "
+                                   "pseudo-label`), mixed in at --extra-ratio; repeatable."),
+    extra_ratio: float = typer.Option(0.5, "--extra-ratio", min=0.0, max=1.0,
+                                      help="Share of training samples drawn from each --extra-data source."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loader workers per process."),
     eval_interval: Optional[int] = typer.Option(None, "--eval-interval", min=1, help="Validate every N steps."),
     log_interval: Optional[int] = typer.Option(None, "--log-interval", min=1, help="Log every N steps."),
@@ -75,6 +90,7 @@ def train_cmd(
     if resume is not None:
         given = [n for n, v in (("--dataset", dataset), ("--data-root", data_root), ("--recipe", recipe),
                                 ("--steps", steps), ("--batch-size", batch_size), ("--crop", crop), ("--lr", lr),
+                                ("--extra-data", extra_data), ("--init-from", init_from), ("--scale", scale),
                                 ("--set", set_)) if v]
         if given:
             raise EsegError(f"--resume continues the run with its saved config.yaml; drop {', '.join(given)} "
@@ -88,10 +104,18 @@ def train_cmd(
         crop_size=list(parse_size(crop, "--crop")) if crop else None, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, warmup_steps=warmup_steps, loss=loss, amp=amp, ema_decay=ema,
         clip_grad=clip_grad, pretrained=str(pretrained) if pretrained else None, workers=workers,
+        init_from=str(init_from) if init_from else None, freeze_encoder_steps=freeze_encoder,
+        encoder_lr_mult=encoder_lr_mult,
         eval_interval=eval_interval, log_interval=log_interval, seed=seed, device=device,
         check_data=None if check else False)
     overrides.update({k: v for k, v in flags.items() if v is not None})  # flags beat --set, unset flags don't
-    cfg = load_config(dataset, scale, overrides, recipe=recipe)
+    if extra_data:
+        overrides["extra_data"] = [{"dataset": "folder", "root": str(d), "ratio": extra_ratio} for d in extra_data]
+    if scale is None and init_from is not None:  # the architecture of the run it starts from
+        from eseg_cli.engine.checkpoint import load_checkpoint
+
+        scale = (load_checkpoint(init_from).get("model_config") or {}).get("name")
+    cfg = load_config(dataset, scale or "lite-s", overrides, recipe=recipe)
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{cfg.scale.lower()}-{cfg.dataset}-{stamp}"

@@ -146,3 +146,38 @@ def palette_array(palette: list[tuple[int, int, int]], ignore_color=(0, 0, 0)) -
     out[:] = ignore_color
     out[: len(palette)] = np.asarray(palette, dtype=np.uint8)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mapillary Vistas v1.2 -> Cityscapes trainIds (for pretraining a Cityscapes model on Mapillary)
+# ----------------------------------------------------------------------------------------------------------
+
+# Mapillary Vistas v1.2 label name -> Cityscapes trainId; every other label is ignored (255). Cityscapes
+# counts lane markings, manholes and crosswalks as road, curbs as sidewalk, sign frames and street lights
+# as poles; it leaves parking, rail track, guard rails, bridges, tunnels, caravans, trailers and the backs
+# of traffic signs out of its 19 classes (void), so they are ignored here too.
+MAPILLARY_TO_CITYSCAPES: dict[str, int] = {
+    "construction--flat--road": 0, "construction--flat--bike-lane": 0, "construction--flat--service-lane": 0,
+    "construction--flat--crosswalk-plain": 0, "marking--crosswalk-zebra": 0, "marking--general": 0,
+    "object--manhole": 0, "object--catch-basin": 0, "object--pothole": 0,
+    "construction--flat--sidewalk": 1, "construction--flat--pedestrian-area": 1, "construction--flat--curb-cut": 1,
+    "construction--barrier--curb": 1,
+    "construction--structure--building": 2,
+    "construction--barrier--wall": 3,
+    "construction--barrier--fence": 4,
+    "object--support--pole": 5, "object--support--utility-pole": 5, "object--support--traffic-sign-frame": 5,
+    "object--street-light": 5,
+    "object--traffic-light": 6,
+    "object--traffic-sign--front": 7,
+    "nature--vegetation": 8,
+    "nature--terrain": 9, "nature--sand": 9,
+    "nature--sky": 10,
+    "human--person": 11,
+    "human--rider--bicyclist": 12, "human--rider--motorcyclist": 12, "human--rider--other-rider": 12,
+    "object--vehicle--car": 13,
+    "object--vehicle--truck": 14,
+    "object--vehicle--bus": 15,
+    "object--vehicle--on-rails": 16,
+    "object--vehicle--motorcycle": 17,
+    "object--vehicle--bicycle": 18,
+}

@@ -47,8 +47,11 @@ def list_datasets() -> list[str]:
 def dataset_class(name: str) -> type[SegmentationDataset]:
     """The registered class for ``name`` (for its ``classes``, ``palette`` and registered ``name``), spelled
     loosely: any case, with or without ``-``/``_``, ``ade`` for ``ade20k``."""
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    key = {"ade": "ade20k"}.get(key, key)
+    def norm(n: str) -> str:
+        return n.strip().lower().replace("-", "").replace("_", "")
+
+    key = {"ade": "ade20k"}.get(norm(str(name)), norm(str(name)))
+    key = {norm(k): k for k in _DATASETS}.get(key, key)
     if key not in _DATASETS:
         close = difflib.get_close_matches(key, list(_DATASETS), n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -328,3 +331,93 @@ class FolderDataset(SegmentationDataset):
 def _auto_palette(n: int) -> list[tuple[int, int, int]]:
     rng = np.random.default_rng(12345)
     return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(n)]
+
+
+def read_mapillary_config(root: Path) -> list[dict]:
+    """The ``labels`` of a Mapillary Vistas ``config_v1.2.json`` (or v1.2's ``config.json``) under ``root``."""
+    import json
+
+    for name in ("config_v1.2.json", "config.json"):
+        path = root / name
+        if path.is_file():
+            break
+    else:
+        raise EsegError(f"{root}: no config_v1.2.json or config.json; the Mapillary Vistas root holds the label "
+                        "definitions there")
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+        if not all(isinstance(lab, dict) and isinstance(lab["name"], str) for lab in labels):
+            raise TypeError("every label needs a name")
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise EsegError(f"{path}: not a Mapillary Vistas config ({type(e).__name__}: {e}); expected "
+                        '{"labels": [{"name": ..., "color": [r, g, b], "evaluate": true}, ...]}') from None
+    if not labels or len(labels) > 255:
+        raise EsegError(f"{path}: expected 1..255 labels, found {len(labels)}")
+    return labels
+
+
+def mapillary_split_dirs(root: Path, split: str) -> tuple[Path, Path]:
+    """``(images, labels)`` folders of a split: ``training|validation/images`` and ``.../v1.2/labels``
+    (the v2.0 download) or ``.../labels`` (the v1.2 download)."""
+    sub = MapillaryDataset.SPLITS.get(split)
+    if sub is None:
+        raise EsegError(f"Mapillary Vistas split must be train or val (training/validation), got {split!r}")
+    img_dir = root / sub / "images"
+    lab_dir = root / sub / "v1.2" / "labels"
+    if not lab_dir.is_dir():
+        lab_dir = root / sub / "labels"
+    for d in (img_dir, lab_dir):
+        if not d.is_dir():
+            raise EsegError(f"{d} not found: expected the Mapillary Vistas v1.2 layout {sub}/images/*.jpg and "
+                            f"{sub}/v1.2/labels/*.png under {root}")
+    return img_dir, lab_dir
+
+
+@register_dataset("mapillary")
+class MapillaryDataset(SegmentationDataset):
+    """Mapillary Vistas v1.2: its evaluated classes (65) from the dataset's config, the others ignored (255).
+
+    ``dataset: mapillary-cityscapes`` (:class:`MapillaryCityscapesDataset`) maps the labels to Cityscapes'
+    19 trainIds instead, for pretraining a Cityscapes model."""
+
+    SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+
+    def __init__(self, root, split: str = "train", transform=None):
+        root = Path(root)
+        self.root, self.split = root, split
+        self.labels = read_mapillary_config(root)
+        self._setup_classes()
+        img_dir, lab_dir = mapillary_split_dirs(root, split)
+        images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not images:
+            raise EsegError(f"{img_dir}: no images found")
+        super().__init__(_pair_files(images, lambda ip: lab_dir / f"{ip.stem}.png",
+                                     "every image needs its v1.2 label PNG"), transform)
+
+    def _setup_classes(self) -> None:
+        kept = [i for i, lab in enumerate(self.labels) if lab.get("evaluate", True)]
+        self.classes = [self.labels[i].get("readable") or self.labels[i]["name"] for i in kept]
+        self.palette = [tuple(int(c) for c in self.labels[i].get("color") or (0, 0, 0)) for i in kept]
+        self._lut = np.full(256, IGNORE_INDEX, np.uint8)
+        self._lut[kept] = np.arange(len(kept), dtype=np.uint8)
+
+    def map_label(self, label, path):
+        bad = label[label >= len(self.labels)]
+        if bad.size:
+            raise EsegError(f"{path}: label value {int(bad.max())} is outside the {len(self.labels)} labels of the "
+                            "dataset's config")
+        return self._lut[label]
+
+
+@register_dataset("mapillary-cityscapes")
+class MapillaryCityscapesDataset(MapillaryDataset):
+    """Mapillary Vistas v1.2 with its labels mapped to Cityscapes' 19 trainIds
+    (:data:`~eseg_cli.data.classes.MAPILLARY_TO_CITYSCAPES`; unmapped labels are ignored)."""
+
+    def _setup_classes(self) -> None:
+        from eseg_cli.data.classes import MAPILLARY_TO_CITYSCAPES
+
+        self.classes, self.palette = CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+        self._lut = np.full(256, IGNORE_INDEX, np.uint8)
+        for i, lab in enumerate(self.labels):
+            self._lut[i] = MAPILLARY_TO_CITYSCAPES.get(lab["name"], IGNORE_INDEX)

@@ -261,7 +261,7 @@ def prepare_cityscapes(root, splits=None, workers: int = 1, force: bool = False,
         s["skipped" if r["skipped"] else "converted"] += 1
         from_polygons += int(ids is None and not r["skipped"])
         counts += r["counts"]
-    return {
+    summary = {
         "dataset": "cityscapes",
         "root": str(Path(root)),
         "splits": per_split,
@@ -273,6 +273,23 @@ def prepare_cityscapes(root, splits=None, workers: int = 1, force: bool = False,
         "ignored_pixels": int(counts[IGNORE_INDEX]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    extra = find_train_extra(root)
+    if extra is not None:
+        summary["unlabelled"] = extra
+    return summary
+
+
+def find_train_extra(root) -> dict | None:
+    """Cityscapes ``leftImg8bit/train_extra`` (the coarse set's 19,998 images): unlabelled images for
+    self-training (``eseg pseudo-label --images ROOT/leftImg8bit/train_extra``). Counts and names only."""
+    d = Path(root) / "leftImg8bit" / "train_extra"
+    if not d.is_dir():
+        return None
+    images = sorted(d.glob(f"*/*{IMG_SUFFIX}"))
+    if not images:
+        raise EsegError(f"{d}: no <city>/*{IMG_SUFFIX} images; re-extract leftImg8bit_trainextra.zip or remove it")
+    return {"train_extra": {"images": len(images), "cities": len({p.parent.name for p in images}), "folder": str(d),
+                            "use": f"eseg pseudo-label --checkpoint TEACHER --images {d} --out DIR"}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -349,3 +366,78 @@ def prepare_ade20k(root, workers: int = 1, progress: Progress | None = None) -> 
 def default_workers() -> int:
     """Workers for preparation when not given: the CPU count, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mapillary Vistas v1.2
+# ----------------------------------------------------------------------------------------------------------
+
+def _check_mapillary(job) -> np.ndarray:
+    img, lab, n_labels = job
+    w, h = _image_size(img)
+    arr = _read_label_array(lab)
+    if arr.shape != (h, w):
+        raise EsegError(f"{lab}: label is {arr.shape[1]}x{arr.shape[0]} but its image {img.name} is {w}x{h}; "
+                        "labels must match their images")
+    if arr.size and arr.max() >= n_labels:
+        raise EsegError(f"{lab}: label value {int(arr.max())} is outside the {n_labels} labels of the dataset's "
+                        "config; re-extract the v1.2 labels")
+    return np.bincount(arr.ravel(), minlength=256)
+
+
+def scan_mapillary(root) -> tuple[list[dict], list[tuple[str, Path, Path]]]:
+    """The label definitions and ``(split, image, label)`` rows of a Mapillary Vistas v1.2 copy."""
+    from eseg_cli.data.datasets import MapillaryDataset, mapillary_split_dirs, read_mapillary_config
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EsegError(f"--root {root} does not exist or is not a folder; point it at the Mapillary Vistas root "
+                        "(the folder holding training/, validation/ and config_v1.2.json)")
+    labels = read_mapillary_config(root)
+    present = [s for s in ("training", "validation") if (root / s).is_dir()]
+    if not present:
+        raise EsegError(f"{root}: expected training/ and validation/ (the Mapillary Vistas layout)")
+    rows = []
+    for sub in present:
+        split = {v: k for k, v in MapillaryDataset.SPLITS.items() if k in ("train", "val")}[sub]
+        img_dir, lab_dir = mapillary_split_dirs(root, split)
+        imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        labs = {p.stem: p for p in lab_dir.iterdir() if p.suffix.lower() == ".png"}
+        for stem in sorted(set(imgs) - set(labs)):
+            raise EsegError(f"{imgs[stem]}: no label {stem}.png in {lab_dir}; add it or remove the image "
+                            f"({len(set(imgs) - set(labs))} image(s) without a label)")
+        for stem in sorted(set(labs) - set(imgs)):
+            raise EsegError(f"{labs[stem]}: label without an image {stem}.jpg in {img_dir} "
+                            f"({len(set(labs) - set(imgs))} such label(s))")
+        if not imgs:
+            raise EsegError(f"{img_dir}: no images found")
+        rows += [(split, imgs[k], labs[k]) for k in sorted(imgs)]
+    return labels, rows
+
+
+def prepare_mapillary(root, workers: int = 1, progress: Progress | None = None) -> dict:
+    """Check a Mapillary Vistas v1.2 copy (config, pairs, sizes, label values, readability); returns counts.
+    Labels are mapped by the dataset reader (65 classes, or Cityscapes' 19), so nothing is written."""
+    from eseg_cli.data.classes import MAPILLARY_TO_CITYSCAPES
+
+    t0 = time.perf_counter()
+    labels, rows = scan_mapillary(root)
+    results = _run([(img, lab, len(labels)) for _, img, lab in rows], _check_mapillary, workers, progress)
+    counts = np.zeros(256, np.int64)
+    per_split: dict[str, dict[str, int]] = {}
+    for (split, _, _), c in zip(rows, results, strict=True):
+        per_split.setdefault(split, {"images": 0})["images"] += 1
+        counts += c
+    evaluated = [lab for lab in labels if lab.get("evaluate", True)]
+    mapped = sum(int(counts[i]) for i, lab in enumerate(labels) if lab["name"] in MAPILLARY_TO_CITYSCAPES)
+    return {
+        "dataset": "mapillary",
+        "root": str(Path(root)),
+        "splits": per_split,
+        "files": len(rows),
+        "labels": len(labels),
+        "classes": len(evaluated),
+        "classes_seen": [lab["name"] for i, lab in enumerate(labels) if counts[i] > 0],
+        "cityscapes_mapped_pixels": round(mapped / max(int(counts.sum()), 1), 4),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

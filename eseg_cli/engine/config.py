@@ -43,11 +43,15 @@ class TrainConfig:
     scale: str
     model: dict
     pretrained: Optional[str]
+    init_from: Optional[str]
+    freeze_encoder_steps: int
+    encoder_lr_mult: float
     # data
     dataset: str
     data_root: Optional[str]
     train_split: str
     val_split: str
+    extra_data: list
     num_classes: Optional[int]
     crop_size: list
     scale_range: list
@@ -173,12 +177,40 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
             check_model_options(cfg.scale, cfg.model)
         except EsegError as e:
             raise EsegError(f"{where}: 'model': {e}") from None
-    if cfg.warmup_steps < 0 or cfg.workers < 0:
-        raise EsegError(f"{where}: 'warmup_steps' and 'workers' must be >= 0")
+    if cfg.warmup_steps < 0 or cfg.workers < 0 or cfg.freeze_encoder_steps < 0:
+        raise EsegError(f"{where}: 'warmup_steps', 'workers' and 'freeze_encoder_steps' must be >= 0")
+    if cfg.encoder_lr_mult < 0:
+        raise EsegError(f"{where}: 'encoder_lr_mult' must be >= 0, got {cfg.encoder_lr_mult!r}")
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
         raise EsegError(f"{where}: 'ema_decay' must be between 0 and 1 (e.g. 0.9998), got {cfg.ema_decay!r}")
     cfg.crop_size = [int(x) for x in cfg.crop_size]
+    cfg.extra_data = [_check_source(i, src, where) for i, src in enumerate(cfg.extra_data)]
+    if cfg.extra_data and sum(s["ratio"] for s in cfg.extra_data) >= 1:
+        raise EsegError(f"{where}: the extra_data ratios add up to {sum(s['ratio'] for s in cfg.extra_data):g}; "
+                        "they must leave the main training set a share (sum < 1)")
     return cfg
+
+
+def _check_source(i: int, src: Any, where: str) -> dict:
+    """One ``extra_data`` entry, completed with its defaults (dataset folder, split train, ratio 0.5)."""
+    key = f"extra_data[{i}]"
+    if isinstance(src, str):
+        src = {"root": src}
+    if not isinstance(src, dict) or not src.get("root"):
+        raise EsegError(f"{where}: '{key}' must be a mapping with at least 'root' (e.g. "
+                        "{dataset: folder, root: DIR, ratio: 0.5}), got {src!r}")
+    unknown = set(src) - {"dataset", "root", "ratio", "split"}
+    if unknown:
+        raise EsegError(f"{where}: '{key}' has unknown keys {sorted(unknown)}; use dataset, root, ratio, split")
+    out = {"dataset": src.get("dataset", "folder"), "root": str(src["root"]), "ratio": src.get("ratio", 0.5),
+           "split": src.get("split", "train")}
+    out["dataset"] = _canonical(dataset_name_of, str(out["dataset"]), f"{key}.dataset", where)
+    r = out["ratio"]
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+        raise EsegError(f"{where}: '{key}.ratio' must be a number between 0 and 1 (the share of training samples "
+                        f"drawn from it), got {r!r}")
+    out["ratio"] = float(r)
+    return out
 
 
 def builtin_recipes() -> list[str]:

@@ -150,7 +150,7 @@ def save_prediction(pred: torch.Tensor, image_path: str | Path, out_dir: Path, p
     return path
 
 
-def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, resize=None):
+def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, resize=None, norm=None):
     from eseg_cli.data import build_dataset, build_transforms
 
     if dataset == "synthetic" and not data_root:
@@ -159,7 +159,7 @@ def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, 
         data_root = synthetic.ensure_default()
     if not data_root:
         raise EsegError(f"--data-root is required for dataset {dataset!r}")
-    tf = build_transforms(False, resize=tuple(resize) if resize else None)
+    tf = build_transforms(False, resize=tuple(resize) if resize else None, **dict(zip(("mean", "std"), norm or ())))
     return build_dataset(dataset, data_root, split, transform=tf)
 
 
@@ -187,7 +187,10 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         data_root = cfg.get("data_root") or ckpt.get("data_root")
     if resize is None:
         resize = cfg.get("val_resize")
-    ds = _build_eval_dataset(dataset, data_root, split, resize)
+    from eseg_cli.models.pretrained import model_normalization
+
+    # the normalisation the model was trained with (its encoder weights'), recorded in its config
+    ds = _build_eval_dataset(dataset, data_root, split, resize, model_normalization(ckpt.get("model_config")))
     num_classes = model.num_classes if hasattr(model, "num_classes") else ds.num_classes
     if num_classes != ds.num_classes:
         raise EsegError(f"the checkpoint predicts {num_classes} classes but {dataset} has {ds.num_classes}; "

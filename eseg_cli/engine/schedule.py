@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -24,12 +25,17 @@ class WarmupCosine(LambdaLR):
     """``LambdaLR`` with :func:`warmup_cosine_factor`; its ``state_dict`` restores the position exactly."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                 warmup_factor: float = 0.001, min_ratio: float = 0.0):
+                 warmup_factor: float = 0.001, min_ratio: float = 0.0, frozen_steps: list[int] | None = None):
+        """``frozen_steps[i]``: parameter group ``i`` has lr 0 for its first that many steps (a frozen encoder),
+        then follows the schedule where it stands."""
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.warmup_factor, self.min_ratio = warmup_factor, min_ratio
-        super().__init__(optimizer, self._factor)
+        self.frozen_steps = list(frozen_steps or [0] * len(optimizer.param_groups))
+        super().__init__(optimizer, [partial(self._factor, frozen=f) for f in self.frozen_steps])
 
-    def _factor(self, step: int) -> float:
+    def _factor(self, step: int, frozen: int = 0) -> float:
+        if step < frozen:
+            return 0.0
         return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.warmup_factor, self.min_ratio)
 
     def state_dict(self) -> dict:

@@ -32,8 +32,9 @@ from eseg_cli.engine import checkpoint as ckpt_io
 from eseg_cli.engine.config import TrainConfig, as_config, validate
 from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, cleanup, setup
 from eseg_cli.engine.evaluator import evaluate_model
+from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
 from eseg_cli.engine.losses import build_loss
-from eseg_cli.engine.sampling import ResumableSampler, SeededDataset
+from eseg_cli.engine.sampling import MixedDataset, MixedSampler, ResumableSampler, SeededDataset
 from eseg_cli.engine.schedule import WarmupCosine
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_json, atomic_write_text
@@ -54,8 +55,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_train_data(cfg: TrainConfig):
-    """Train and val datasets for ``cfg`` through eseg_cli.data (the synthetic default is generated on first use)."""
+def build_train_data(cfg: TrainConfig, norm: tuple | None = None):
+    """Train and val datasets for ``cfg`` through eseg_cli.data (the synthetic default is generated on first use).
+
+    ``norm`` is the model's input normalisation ``(mean, std)`` (ImageNet's when None)."""
     from eseg_cli.data import build_dataset, build_transforms
 
     root = cfg.data_root
@@ -65,11 +68,29 @@ def build_train_data(cfg: TrainConfig):
         root = str(synthetic.ensure_default())
     if not root:
         raise EsegError(f"--data-root is required for dataset {cfg.dataset!r}")
+    mean_std = dict(zip(("mean", "std"), norm)) if norm else {}
     train_tf = build_transforms(True, crop_size=tuple(cfg.crop_size), scale_range=tuple(cfg.scale_range),
-                                hflip=cfg.hflip, photometric=cfg.photometric)
-    val_tf = build_transforms(False, resize=tuple(cfg.val_resize) if cfg.val_resize else None)
-    return (build_dataset(cfg.dataset, root, cfg.train_split, transform=train_tf),
-            build_dataset(cfg.dataset, root, cfg.val_split, transform=val_tf), root)
+                                hflip=cfg.hflip, photometric=cfg.photometric, **mean_std)
+    val_tf = build_transforms(False, resize=tuple(cfg.val_resize) if cfg.val_resize else None, **mean_std)
+    train_ds = build_dataset(cfg.dataset, root, cfg.train_split, transform=train_tf)
+    if cfg.extra_data:
+        train_ds = _mix_sources(train_ds, cfg, train_tf)
+    return train_ds, build_dataset(cfg.dataset, root, cfg.val_split, transform=val_tf), root
+
+
+def _mix_sources(main, cfg: TrainConfig, train_tf):
+    """The main training set and ``cfg.extra_data`` as one :class:`MixedDataset` (one shared transform)."""
+    from eseg_cli.data import build_dataset
+
+    sources, names = [main], [f"{cfg.dataset}:{cfg.train_split}"]
+    for i, src in enumerate(cfg.extra_data):
+        ds = build_dataset(src["dataset"], src["root"], src["split"], transform=train_tf)
+        if ds.num_classes != main.num_classes:
+            raise EsegError(f"extra_data[{i}] {src['root']} has {ds.num_classes} classes but the training set has "
+                            f"{main.num_classes}; a mixed source must use the same class list")
+        sources.append(ds)
+        names.append(f"{src['dataset']}:{src['root']}")
+    return MixedDataset(sources, names)
 
 
 def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Callable[[str], None]) -> None:
@@ -93,7 +114,9 @@ def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Calla
     if rt.is_main:
         try:
             t0, counts = time.perf_counter(), []
-            for ds, what in ((train_ds, "training"), (val_ds, "validation")):
+            # a mixed training set (extra_data) is checked source by source
+            parts = [(d, "training") for d in getattr(train_ds, "sources", [train_ds])] + [(val_ds, "validation")]
+            for ds, what in parts:
                 if ds is not None and hasattr(ds, "files") and hasattr(ds, "load"):
                     counts.append(check_dataset(ds, what=what))
             if counts:
@@ -107,22 +130,33 @@ def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Calla
         raise EsegError(problem)
 
 
-def build_train_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def build_train_model(cfg: TrainConfig, num_classes: int, weights=None, init: dict | None = None) -> nn.Module:
+    """The model of ``cfg``; ``weights`` (from :func:`~eseg_cli.engine.initialize.encoder_start`) replace
+    reading ``cfg.pretrained`` again; ``init`` (the ``init_from`` checkpoint) gives its architecture."""
     from eseg_cli.models import build_model
 
-    kw = dict(cfg.model)
+    kw = init_model_kwargs(cfg, init) if init is not None else dict(cfg.model)
     if cfg.pretrained:
-        kw["pretrained"] = cfg.pretrained
+        kw["pretrained"] = weights or cfg.pretrained
     return build_model(cfg.scale, num_classes=num_classes, **kw)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW; no weight decay on biases and norm weights (1-d parameters)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """SGD (momentum) or AdamW; no weight decay on biases and norm weights (1-d parameters).
+
+    With ``encoder_lr_mult`` != 1 or ``freeze_encoder_steps``, the encoder's parameters get groups of their
+    own (lr * ``encoder_lr_mult``), marked ``"encoder": True`` for the scheduler."""
+    split = (cfg.encoder_lr_mult != 1.0 or cfg.freeze_encoder_steps > 0) and hasattr(model, "encoder")
+    enc_ids = {id(p) for p in model.encoder.parameters()} if split else set()
+    groups = []
+    for is_enc in ([False, True] if split else [False]):
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad and (id(p) in enc_ids) == is_enc:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        lr = cfg.lr * (cfg.encoder_lr_mult if is_enc else 1.0)
+        groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "encoder": is_enc},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr, "encoder": is_enc}]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -221,18 +255,22 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
     seed_everything(cfg.seed, cfg.deterministic and not rt.xla)
     dev = rt.device
 
+    # pretrained encoder weights decide the input normalisation, so they are read before the data
+    init = read_init_source(cfg.init_from) if cfg.init_from and state is None and model is None else None
+    weights, norm = encoder_start(cfg, model, state, init)
+
     # data
     data_root = cfg.data_root
     if train_ds is None:
         # rank 0 generates the synthetic set first so the others find it complete
         if rt.is_main:
-            train_ds, val_ds, data_root = build_train_data(cfg)
+            train_ds, val_ds, data_root = build_train_data(cfg, norm)
             if cfg.dataset == "synthetic" and not cfg.data_root:
                 say(f"No --dataset given: training on the built-in synthetic set (Cityscapes layout, 19 classes) "
                     f"in {data_root}.")
         barrier(rt)
         if not rt.is_main:
-            train_ds, val_ds, data_root = build_train_data(cfg)
+            train_ds, val_ds, data_root = build_train_data(cfg, norm)
     check_train_data(cfg, rt, train_ds, val_ds, say)
     num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
     if num_classes is None:
@@ -245,9 +283,25 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
 
     # model
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
-    if model is None:
-        model = build_train_model(cfg, num_classes)
+    if model is None and state is not None and state.get("model_config"):
+        # the recorded model (it knows what the pretrained / init_from weights decided: encoder variant,
+        # normalisation, inherited architecture); no need for those files again
+        saved = state["model_config"]
+        clash = sorted(k for k, v in cfg.model.items() if k in saved and saved[k] != v)
+        if clash:
+            raise EsegError(f"{run_dir / 'checkpoints' / 'last.pt'}: its config says model {clash[0]}="
+                            f"{cfg.model[clash[0]]!r} but its weights were built with {saved[clash[0]]!r}; the "
+                            "checkpoint is inconsistent, start a new run")
+        model = ckpt_io.build_from_config(saved)
+    elif model is None:
+        model = build_train_model(cfg, num_classes, weights, init)
     model_config = dict(getattr(model, "config", {}) or {})
+    load_report = getattr(model, "load_report", None)
+    if load_report is not None and state is None:
+        say(load_report.table())
+    init_report = init_from_checkpoint(model, init, cfg.init_from) if init is not None else None
+    if init_report is not None:
+        say(init_report.table())
     if state is not None:
         ckpt_io.load_weights(model, state["model"], f"checkpoint {last_path}")
     if rt.distributed and dev.type == "cuda":
@@ -266,7 +320,9 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     optimizer = build_optimizer(cfg, model)
-    scheduler = WarmupCosine(optimizer, cfg.steps, cfg.warmup_steps, cfg.warmup_factor, cfg.min_lr_ratio)
+    scheduler = WarmupCosine(optimizer, cfg.steps, cfg.warmup_steps, cfg.warmup_factor, cfg.min_lr_ratio,
+                             frozen_steps=[cfg.freeze_encoder_steps if g["encoder"] else 0
+                                           for g in optimizer.param_groups])
     use_scaler = cfg.amp == "fp16" and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
@@ -299,8 +355,15 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
 
     # loaders
     seeded = SeededDataset(train_ds, cfg.seed)
-    sampler = ResumableSampler(seeded, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=cfg.seed,
+    if isinstance(train_ds, MixedDataset):  # extra sources at their sampling ratios
+        ratios = [1 - sum(x["ratio"] for x in cfg.extra_data)] + [x["ratio"] for x in cfg.extra_data]
+        sampler = MixedSampler(seeded, ratios, num_replicas=rt.world_size, rank=rt.rank, seed=cfg.seed,
                                batch_size=cfg.batch_size)
+        say("Training sources: " + ", ".join(f"{n} ({len(d)} images, {r:.0%} of samples)"
+                                             for n, d, r in zip(train_ds.names, train_ds.sources, ratios)))
+    else:
+        sampler = ResumableSampler(seeded, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=cfg.seed,
+                                   batch_size=cfg.batch_size)
     per_epoch = sampler.batches_per_epoch
     if per_epoch < 1:
         raise EsegError(f"batch_size {cfg.batch_size} is larger than each process's share of the training set")
@@ -333,6 +396,11 @@ def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, mod
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         saved = cfg.to_dict()
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+        if load_report is not None and state is None:
+            atomic_write_json(run_dir / "pretrained.json", load_report.to_dict())
+        if init_report is not None:
+            atomic_write_json(run_dir / "init_from.json", init_report.to_dict())
+            atomic_write_text(run_dir / "init_from.txt", init_report.table() + "\n")
     log_f = open(run_dir / "log.jsonl", "a") if rt.is_main else None
     val_f = open(run_dir / "val.jsonl", "a") if rt.is_main else None
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from eseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.postprocess import upsample_argmax, upsample_logits
 from eseg_cli.inference.prepare import amp_dtype, prepare_model
@@ -83,17 +82,19 @@ def _metadata(ckpt: dict, num_classes: int) -> tuple[list[str], list[tuple[int, 
     return names, [tuple(int(v) for v in c) for c in palette], dataset
 
 
-def normalization(config: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std (of 0..1 pixels) a model was trained with: the config's ``mean``/``std`` when it
-    records them, else the training pipeline's defaults (ImageNet's, :func:`build_transforms`)."""
-    cfg = config or {}
-    return tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD)
+def normalization(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std (of 0..1 pixels) a model was trained with: those its ``model_config`` records (they follow
+    its pretrained encoder weights, e.g. 0.5/0.5 for TF-ported Lite weights), else ImageNet's."""
+    from eseg_cli.models.pretrained import model_normalization
+
+    return model_normalization((ckpt or {}).get("model_config"))
 
 
 def resolve_checkpoint(checkpoint, use_ema: bool = True) -> tuple[nn.Module, dict, str]:
     """A run folder, a checkpoint file or a built model -> ``(model, checkpoint dict, source)``."""
     if isinstance(checkpoint, nn.Module):
-        return checkpoint, {"config": {}}, type(checkpoint).__name__
+        ckpt = {"config": {}, "model_config": getattr(checkpoint, "config", None)}
+        return checkpoint, ckpt, type(checkpoint).__name__
     from eseg_cli.engine.checkpoint import load_model
 
     model, ckpt = load_model(checkpoint, map_location="cpu", use_ema=use_ema)
@@ -130,7 +131,7 @@ class Predictor:
         self._amp_dtype = amp_dtype(amp)
         if self._amp_dtype is torch.float16 and self.device.type == "cpu":
             raise EsegError("fp16 autocast is not supported on CPU; use bf16 or full precision")
-        m, s = normalization(ckpt.get("config"))
+        m, s = normalization(ckpt)
         self.mean, self.std = tuple(mean or m), tuple(std or s)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise EsegError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")

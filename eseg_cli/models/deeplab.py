@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
-from eseg_cli.models.encoders import efficientnet_encoder, load_encoder_weights, timm_encoder
+from eseg_cli.models.encoders import efficientnet_encoder, timm_encoder
 from eseg_cli.models.layers import ConvBN, SeparableConv
+from eseg_cli.models.pretrained import load_encoder_weights
 from eseg_cli.models.registry import register_model
 from eseg_cli.models.scales import EFFICIENTNET_SCALING
 from eseg_cli.models.segmentor import Segmentor

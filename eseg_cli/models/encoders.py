@@ -8,10 +8,8 @@ Every encoder returns the features P2..P5 (strides 4, 8, 16, 32) as a list and e
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from eseg_cli.errors import EsegError
@@ -57,17 +55,20 @@ def efficientnet_encoder(
     act_layer: str | None = None,
     output_stride: int = 32,
     drop_path_rate: float = 0.0,
+    variant: str = "pytorch",
 ) -> nn.Module:
     """Build an EfficientNet feature extractor (P2..P5) from architecture strings through timm's builder.
 
     ``width``/``depth`` are Table 3's multipliers. ``lite=True`` switches to :data:`LITE_ARCH` with ReLU
     (the ESeg-Lite encoder); otherwise EfficientNet with SiLU ("swish"), the same network as timm's
-    ``efficientnet_bX`` without its 1280-channel head.
+    ``efficientnet_bX`` without its 1280-channel head. ``variant="tf"`` builds timm's TensorFlow-compatible
+    variant (``tf_efficientnet_bX``: SAME padding, BatchNorm eps 1e-3), the one TF-ported weights need.
     """
     from timm.layers import get_act_layer
-    from timm.models._efficientnet_builder import decode_arch_def, round_channels
+    from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, round_channels
     from timm.models.efficientnet import EfficientNetFeatures
 
+    tf = _check_variant(variant) == "tf"
     arch = arch or (LITE_ARCH if lite else EFFICIENTNET_ARCH)
     act = get_act_layer(act_layer or ("relu" if lite else "swish"))
     return EfficientNetFeatures(
@@ -76,17 +77,27 @@ def efficientnet_encoder(
         stem_size=32,
         round_chs_fn=partial(round_channels, multiplier=width, divisor=8),
         act_layer=act,
-        norm_layer=nn.BatchNorm2d,
+        norm_layer=partial(nn.BatchNorm2d, eps=BN_EPS_TF_DEFAULT) if tf else nn.BatchNorm2d,
+        pad_type="same" if tf else "",
         output_stride=output_stride,
         drop_path_rate=drop_path_rate,
     )
 
 
-def timm_encoder(name: str, *, output_stride: int = 32, **kwargs) -> nn.Module:
-    """Any timm backbone as a P2..P5 feature extractor (e.g. ``resnet50`` for Table 8).
+def _check_variant(variant: str) -> str:
+    if variant not in ("pytorch", "tf"):
+        raise EsegError(f"encoder_variant must be 'pytorch' or 'tf', got {variant!r}")
+    return variant
 
-    Nothing is downloaded: weights come from :func:`load_encoder_weights`.
+
+def timm_encoder(name: str, *, output_stride: int = 32, variant: str = "pytorch", **kwargs) -> nn.Module:
+    """Any timm backbone as a P2..P5 feature extractor (e.g. ``resnet50`` for Table 8, ``efficientnet_lite0``).
+
+    ``variant="tf"`` takes timm's TensorFlow-compatible twin of an EfficientNet (``efficientnet_lite0`` ->
+    ``tf_efficientnet_lite0``: SAME padding, BN eps 1e-3). Nothing is downloaded: weights come from
+    :func:`eseg_cli.models.pretrained.load_encoder_weights`.
     """
+    name = timm_name(name, variant)
     try:
         model = timm.create_model(name, pretrained=False, features_only=True, output_stride=output_stride, **kwargs)
     except RuntimeError as e:  # timm's "Unknown model"
@@ -101,45 +112,16 @@ def timm_encoder(name: str, *, output_stride: int = 32, **kwargs) -> nn.Module:
     )
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load backbone weights from a local file (a timm / torchvision classification checkpoint or a
-    plain state dict). Classifier-head keys that a feature extractor lacks are dropped.
-
-    Raises :class:`EsegError` if the file is missing or unreadable, or if any encoder weight is missing
-    from it or has the wrong shape. Returns the keys that were ignored.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EsegError(f"pretrained weights file {path} does not exist; pass a local .pth/.safetensors path")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise EsegError(f"could not read pretrained weights {path}: {e}") from None
-    for key in ("state_dict", "model", "model_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    # accept a whole ESeg checkpoint too: take its encoder weights
-    if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or mismatched:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if mismatched:
-            k = mismatched[0]
-            detail.append(f"{len(mismatched)} with the wrong shape (e.g. {k}: file {tuple(state[k].shape)}, "
-                          f"model {tuple(own[k].shape)})")
-        raise EsegError(f"pretrained weights {path} do not match this encoder: {'; '.join(detail)}. "
-                        "Use the checkpoint of the same backbone (e.g. timm's efficientnet_b1 for ESeg-S).")
-    encoder.load_state_dict({k: state[k] for k in own}, strict=True)
-    return {"ignored": sorted(k for k in state if k not in own)}
+def timm_name(name: str, variant: str = "pytorch") -> str:
+    """The timm model name of encoder ``name`` in ``variant`` (``tf`` adds timm's ``tf_`` prefix)."""
+    _check_variant(variant)
+    if name.startswith("tf_"):
+        if variant != "tf":
+            raise EsegError(f"encoder {name!r} is timm's TensorFlow variant; set encoder_variant to 'tf' or "
+                            f"use {name[3:]!r}")
+        return name
+    if variant == "tf":
+        if not timm.is_model("tf_" + name):
+            raise EsegError(f"timm has no TensorFlow variant of encoder {name!r} (no 'tf_{name}')")
+        return "tf_" + name
+    return name

@@ -6,8 +6,14 @@ import inspect
 
 from eseg_cli.errors import EsegError
 from eseg_cli.models.bifpn import BiFPNDecoder
-from eseg_cli.models.encoders import efficientnet_encoder, load_encoder_weights, timm_encoder
+from eseg_cli.models.encoders import efficientnet_encoder, timm_encoder
 from eseg_cli.models.heads import FusionHead
+from eseg_cli.models.pretrained import (
+    EncoderWeights,
+    load_encoder_weights,
+    model_normalization,
+    read_encoder_weights,
+)
 from eseg_cli.models.registry import register_model
 from eseg_cli.models.scales import SCALES, resolve_scale
 from eseg_cli.models.segmentor import Segmentor
@@ -17,7 +23,10 @@ def build_eseg(
     scale: str,
     num_classes: int = 19,
     *,
-    pretrained: str | None = None,
+    pretrained: str | EncoderWeights | None = None,
+    encoder_variant: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
     min_level: int = 2,
     max_level: int = 9,
     fusion: str = "fastattn",
@@ -34,22 +43,39 @@ def build_eseg(
 
     Args:
         scale: ``eseg-s`` ... or ``lite-s`` ... (see :mod:`eseg_cli.models.scales`).
-        pretrained: local path of backbone weights (timm checkpoint of the matching EfficientNet).
+        pretrained: local backbone weights of the matching EfficientNet: a file or a Hugging Face cache folder,
+            in any format :mod:`eseg_cli.models.pretrained` reads (or what its ``read_encoder_weights``
+            returned). TF-ported weights get the TF encoder variant; the load report is ``model.load_report``.
+        encoder_variant: ``pytorch`` or ``tf`` (SAME padding, BN eps 1e-3); default: what the weights need,
+            else ``pytorch``.
+        mean, std: the input normalisation; default: the weights', else ImageNet's. Recorded in the config.
         min_level, max_level: the BiFPN's level range (P2..P9 by default; P3..P7 is EfficientDet's).
         fusion: BiFPN node fusion, ``fastattn`` (default), ``softmax`` or ``sum``.
         head_fusion: how the head combines levels, ``softmax`` (default) or ``sum``.
         act: decoder activation; default ``relu`` for Lite, ``silu`` otherwise.
-        encoder: a timm backbone name to replace the EfficientNet (e.g. ``resnet50`` for Table 8).
+        encoder: a timm backbone name to replace the EfficientNet (e.g. ``resnet50`` for Table 8, or
+            ``efficientnet_lite0`` for ImageNet EfficientNet-Lite0 weights).
         width, depth, channels, repeats: override Table 3 (tiny models for tests and experiments).
     """
     s = resolve_scale(scale)
     act = act or ("relu" if s.lite else "silu")
-    if encoder:
-        enc = timm_encoder(encoder, drop_path_rate=drop_path_rate)
-    else:
-        enc = efficientnet_encoder(width or s.width, depth or s.depth, lite=s.lite, drop_path_rate=drop_path_rate)
+    weights = None
     if pretrained:
-        load_encoder_weights(enc, pretrained)
+        weights = pretrained if isinstance(pretrained, EncoderWeights) else read_encoder_weights(pretrained,
+                                                                                                 encoder_variant)
+    if encoder and encoder.startswith("tf_"):
+        encoder, encoder_variant = encoder[3:], encoder_variant or "tf"
+    variant = encoder_variant or (weights.variant if weights else "pytorch")
+    if encoder:
+        enc = timm_encoder(encoder, drop_path_rate=drop_path_rate, variant=variant)
+    else:
+        enc = efficientnet_encoder(width or s.width, depth or s.depth, lite=s.lite, drop_path_rate=drop_path_rate,
+                                   variant=variant)
+    report = load_encoder_weights(enc, weights) if weights is not None else None
+    if mean is None or std is None:
+        mean, std = (weights.mean, weights.std) if weights is not None else model_normalization(None)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise EsegError(f"mean and std must be three numbers each (std > 0), got {mean!r} and {std!r}")
     ch = channels or s.channels
     reps = repeats if repeats is not None else s.repeats
     if ch < 1 or reps < 0:
@@ -59,8 +85,10 @@ def build_eseg(
     head = FusionHead(ch, max_level - min_level + 1, num_classes, act=act, fusion=head_fusion)
     config = dict(name=s.name, num_classes=num_classes, min_level=min_level, max_level=max_level, fusion=fusion,
                   head_fusion=head_fusion, act=act, encoder=encoder, width=width, depth=depth, channels=channels,
-                  repeats=repeats)
-    return Segmentor(enc, decoder, head, num_classes=num_classes, max_level=max_level, config=config)
+                  repeats=repeats, encoder_variant=variant, mean=[float(x) for x in mean], std=[float(x) for x in std])
+    model = Segmentor(enc, decoder, head, num_classes=num_classes, max_level=max_level, config=config)
+    model.load_report = report
+    return model
 
 
 def _make_builder(name: str):

@@ -1,0 +1,81 @@
+"""``eseg pseudo-label``: a teacher checkpoint labels unlabelled images for self-training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from eseg_cli.cli import app
+from eseg_cli.cli._common import console, err_console, print_json
+
+
+@app.command("pseudo-label", rich_help_panel="Train and evaluate")
+def pseudo_label_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="The teacher: a .pt file or a run folder."),
+    images: list[str] = typer.Option(..., "--images", "-i", help="A folder (searched recursively), a glob "
+                                                                 "pattern or an image file; repeatable."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: a folder dataset (images/, masks/, "
+                                                      "classes.txt) plus pseudo_label.json."),
+    threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0,
+                                    help="Keep a pixel's class where the teacher's top probability is at least "
+                                         "this; 255 (ignore) elsewhere."),
+    mode: str = typer.Option("whole", "--mode", help="whole, slide or msflip (as in eseg eval)."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (slide; optional for msflip)."),
+    stride: Optional[str] = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop)."),
+    scales: str = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips."),
+    split: str = typer.Option("train", "--split", help="Split folder name in the output layout."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="bf16 or fp16 autocast."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Label images with a teacher for self-training; pixels below --threshold become 255 (ignore).
+
+    Resumable: run it again with the same teacher and settings and finished images are skipped.
+    Train a student on the result with [cyan]eseg train --extra-data OUT[/].
+
+    Examples:
+
+      [cyan]eseg pseudo-label -c runs/teacher -i data/cityscapes/leftImg8bit/train_extra -o data/pl[/]
+
+      [cyan]eseg pseudo-label -c best.pt -i 'frames/*.jpg' -o data/pl --mode msflip --threshold 0.7 --json[/]
+    """
+    import torch
+
+    from eseg_cli.cli.data import _LazyProgress
+    from eseg_cli.engine.pseudo_label import pseudo_label
+    from eseg_cli.errors import EsegError
+    from eseg_cli.utils import parse_size
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
+    except ValueError:
+        raise EsegError(f"--scales must be comma-separated numbers, got {scales!r}") from None
+    with _LazyProgress("pseudo-label", quiet=not progress) as prog:
+        summary = pseudo_label(checkpoint, images, out, threshold=threshold, mode=mode,
+                               crop=parse_size(crop, "--crop") if crop else None,
+                               stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
+                               flip=flip, split=split, device=device, amp=amp, use_ema=not no_ema,
+                               progress=prog.update)
+    if json_out:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"pseudo-labels in {summary['out']} (threshold {summary['threshold']}, {summary['mode']})")
+    for col in ("class", "predicted px", "kept px", "kept"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for row in summary["per_class"]:
+        frac = "-" if row["kept_fraction"] is None else f"{100 * row['kept_fraction']:.1f}%"
+        t.add_row(row["class"], str(row["predicted_pixels"]), str(row["kept_pixels"]), frac)
+    console.print(t)
+    err_console.print(f"[green]done[/]: {summary['images']} images ({summary['labelled']} labelled, "
+                      f"{summary['skipped']} already done), {100 * summary['kept_fraction']:.1f}% of pixels kept; "
+                      f"train with [cyan]--extra-data {summary['out']}[/]")
