@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from eseg_cli import build_model
 from eseg_cli.cli import app
-from eseg_cli.engine.config import validate
+from eseg_cli.engine.config import load_config
 from eseg_cli.engine.initialize import init_from_checkpoint
 from eseg_cli.engine.schedule import WarmupCosine
 from eseg_cli.engine.trainer import build_optimizer
@@ -52,8 +52,8 @@ def test_nothing_matching_or_another_encoder_variant_is_refused():
 
 def test_frozen_encoder_and_its_lr_multiplier():
     model = build_model("lite-s", num_classes=3, **TINY)
-    cfg = validate({"lr": 0.1, "warmup_steps": 0, "steps": 10, "freeze_encoder_steps": 3, "encoder_lr_mult": 0.5,
-                    "optimizer": "adamw"})
+    cfg = load_config(overrides={"lr": 0.1, "warmup_steps": 0, "steps": 10, "freeze_encoder_steps": 3,
+                                 "encoder_lr_mult": 0.5, "optimizer": "adamw"})
     opt = build_optimizer(cfg, model)
     enc = {id(p) for p in model.encoder.parameters()}
     assert all((id(p) in enc) == g["encoder"] for g in opt.param_groups for p in g["params"])

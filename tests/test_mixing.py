@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
-from eseg_cli.engine.config import validate
+from eseg_cli.engine.config import load_config
 from eseg_cli.engine.sampling import MixedDataset, MixedSampler
 from eseg_cli.errors import EsegError
 
@@ -58,13 +58,13 @@ def test_mixing_sampler_resumes_and_splits_over_processes():
 
 
 def test_extra_data_config_is_checked():
-    cfg = validate({"extra_data": [{"root": "pl"}, {"dataset": "synthetic", "root": "x", "ratio": 0.25}]})
+    cfg = load_config(overrides={"extra_data": [{"root": "pl"}, {"dataset": "synthetic", "root": "x", "ratio": 0.25}]})
     assert cfg.extra_data[0] == {"dataset": "folder", "root": "pl", "ratio": 0.5, "split": "train"}
     for bad, msg in [([{"root": "a", "ratio": 1.5}], "ratio"), ([{"ratio": 0.5}], "root"),
                      ([{"root": "a", "ratio": 0.6}, {"root": "b", "ratio": 0.5}], "add up"),
                      ([{"root": "a", "dataset": "imagenet"}], "dataset"), ([{"root": "a", "rate": 0.1}], "unknown")]:
         with pytest.raises(EsegError, match=msg):
-            validate({"extra_data": bad})
+            load_config(overrides={"extra_data": bad})
 
 
 def _folder(root, n, num_classes=19, size=(64, 128), seed=0):

@@ -115,7 +115,7 @@ def train_cmd(
         from eseg_cli.engine.checkpoint import load_checkpoint
 
         scale = (load_checkpoint(init_from).get("model_config") or {}).get("name")
-    cfg = load_config(dataset, scale or "lite-s", overrides, recipe=recipe)
+    cfg = load_config(dataset, scale, overrides, recipe=recipe)
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{cfg.scale.lower()}-{cfg.dataset}-{stamp}"
