@@ -149,7 +149,7 @@ def read_results(path: str | Path) -> list[dict]:
     files = [path] if path.is_file() else sorted(path.rglob(RESULTS_FILE)) if path.is_dir() else []
     if not files:
         raise EsegError(f"{path} is neither a {RESULTS_FILE} file nor a folder containing one; "
-                        "pass the output folder of `eseg ablate`")
+                        "give the output folder of an ablation")
     rows = []
     for f in files:
         for i, line in enumerate(f.read_text().splitlines(), 1):
@@ -243,7 +243,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
                             f"choose from {', '.join(c.name for c in all_cells)}")
         all_cells = [c for c in all_cells if c.name in cells]
     if train and steps < 1:
-        raise EsegError(f"--steps must be >= 1, got {steps}")
+        raise EsegError(f"'steps' must be >= 1, got {steps}", field="steps")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE

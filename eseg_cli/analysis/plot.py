@@ -211,7 +211,7 @@ def read_profiles(paths) -> list[dict]:
         try:
             data = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise EsegError(f"--profile {p} is not a readable `eseg profile --json` output: {e}") from None
+            raise EsegError(f"'profiles' {p} is not readable profiler JSON: {e}", field="profiles") from None
         for r in data if isinstance(data, list) else [data]:
             if isinstance(r, dict) and r.get("fps") and r.get("model"):
                 rows.append(r)
@@ -290,7 +290,7 @@ def find_runs(paths) -> list[Path]:
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise EsegError(f"--results {p} does not exist; pass a run folder or a folder of runs")
+            raise EsegError(f"'results' {p} does not exist; give a run folder or a folder of runs", field="results")
         if p.is_dir():
             runs |= {f.parent for pat in ("log.jsonl", "val.jsonl") for f in p.rglob(pat)}
     return sorted(runs)
@@ -333,7 +333,8 @@ def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None
     where ``data`` maps each run label to ``{"log": df, "val": df}``."""
     plt = _mpl()
     if not run_dirs:
-        raise EsegError("no training runs found (folders with log.jsonl); pass --results RUN_DIR or a folder of runs")
+        raise EsegError("no training runs found (folders with log.jsonl) among the runs given; give a run folder or a "
+                        "folder of runs")
     fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=DPI)
     data = {}
     for run in run_dirs:
@@ -417,5 +418,5 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
             summary["files"] += [str(p) for p in paths]
             summary["points"]["curves"] = [str(r) for r in runs_found]
         else:
-            summary["skipped"]["curves"] = "no run folders (with log.jsonl) under --results"
+            summary["skipped"]["curves"] = "no run folders (with log.jsonl) among the results given"
     return summary

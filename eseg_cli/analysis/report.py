@@ -84,8 +84,9 @@ def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
         if len(out["ablate"]) + len(out["eval"]) == before:
             # silently ignoring it would print tables without the numbers the user asked for
             what = "is not a results file" if p.is_file() else "holds no results"
-            raise EsegError(f"--results {p} {what}: expected an `eseg ablate` output folder (results.jsonl) or an "
-                            "evaluation JSON with an mIoU and a model name (eval.json of a run folder)")
+            raise EsegError(f"'results' {p} {what}: expected an ablation's output folder (results.jsonl) or an "
+                            "evaluation JSON with an mIoU and a model name (eval.json of a run folder)",
+                            field="results")
     return out
 
 

@@ -104,13 +104,14 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
     """
     h, w = (int(size[0]), int(size[1]))
     if h < 32 or w < 32:
-        raise EsegError(f"--size must be at least 32x32 for street scenes, got {h}x{w}")
+        raise EsegError(f"'size' must be at least 32x32 for street scenes, got {h}x{w}", field="size")
     check_size((h, w), "size")
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
-        raise EsegError(f"--num-train/--num-val must be >= 0 and not both 0 (got {num_train}, {num_val})")
+        raise EsegError(f"'num_train' and 'num_val' must be >= 0 and not both 0 (got {num_train}, {num_val})",
+                        field=("num_train", "num_val"))
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
-        raise EsegError(f"{root} exists and is not a folder; choose another --out")
+        raise EsegError(f"{root} exists and is not a folder; choose another output folder")
     params = SyntheticParams(num_train, num_val, (h, w), int(seed))
     meta = root / "synthetic.json"
     if meta.is_file() and not force:
@@ -122,18 +123,18 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
             same = False
         if not same:
             raise EsegError(f"{root} already holds a synthetic set made with other parameters ({meta}); "
-                            "pass --force to regenerate it, or choose another --out")
+                            "use 'force' to regenerate it, or choose another output folder", field="force")
     elif root.is_dir() and not meta.is_file() and not force and any(
             p.name not in ("leftImg8bit", "gtFine") for p in root.iterdir()):
         raise EsegError(f"{root} is a non-empty folder that is not a synthetic set; choose an empty or new "
-                        "--out (or pass --force to write into it anyway)")
+                        "output folder (or use 'force' to write into it anyway)", field="force")
     if not force and not meta.is_file():
         # a real dataset in the Cityscapes layout (cities other than the generator's one): never add to it
         real = [c for sub in ("leftImg8bit", "gtFine") for c in sorted((root / sub).glob("*/*"))
                 if c.is_dir() and c.name != "synthetic"]
         if real:
             raise EsegError(f"{root} holds a real dataset ({real[0]} is not from the generator); choose an "
-                            "empty or new --out")
+                            "empty or new output folder")
     jobs = [(str(root), int(seed), split, i, (h, w), force)
             for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
     t0 = time.perf_counter()
