@@ -43,10 +43,40 @@ def _no_overlap(fig):
     return boxes
 
 
+def _marker_points(ax):
+    """Every scatter marker of ``ax`` in display coordinates, with its data coordinates."""
+    out = []
+    for coll in ax.collections:
+        for x, y in np.asarray(coll.get_offsets()).tolist():
+            out.append(((x, y), ax.transData.transform((x, y))))
+    return out
+
+
+def _assert_labels_nearest_their_points(fig, ax):
+    """Each label's anchor (the point of its text box closest to its own point) is nearer its own marker
+    than any other marker of the axes."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    markers = _marker_points(ax)
+    assert ax.texts
+    for t in ax.texts:
+        bb = Text.get_window_extent(t, renderer)
+        own = ax.transData.transform(t.xy)
+        anchor = np.array(plot.label_anchor((bb.x0, bb.y0, bb.x1, bb.y1), own))
+        nearest = min(markers, key=lambda m: float(((m[1] - anchor) ** 2).sum()))
+        assert np.allclose(nearest[0], t.xy), (t.get_text(), t.xy, nearest[0])
+
+
+def _bar_widths(ax, gid):
+    return [p.get_width() for p in ax.patches if p.get_gid() == gid]
+
+
 def test_figure1_plots_table4(tmp_path):
     t4 = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)["table4"]
     fig, pts, paths = plot.plot_figure1(t4, tmp_path / "fig")
-    ax = fig.axes[0]
+    ax, bx = fig.axes
     with_flops = t4[t4["FLOPs B (paper)"].notna() & (t4["mIoU note"] == "")]
     peers = with_flops[~with_flops.Model.str.startswith("ESeg")]
     eseg = with_flops[with_flops.Model.str.startswith("ESeg")]
@@ -54,40 +84,110 @@ def test_figure1_plots_table4(tmp_path):
     assert _offsets(ax, "eseg") == sorted(zip(eseg["FLOPs B (paper)"], eseg["mIoU (paper)"]))
     extra = with_flops[with_flops["mIoU w/ extra (paper)"].notna()]
     assert len(_offsets(ax, "eseg+data")) + len(_offsets(ax, "peer+data")) == len(extra)
-    # the measured ESeg FLOPs are the table's measured column (here the fake ablation's)
-    assert _offsets(ax, "eseg measured") == sorted(zip(eseg["FLOPs B (total)"], eseg["mIoU (paper)"]))
+    assert not [c for c in ax.collections if c.get_gid() == "eseg measured"]  # no Cityscapes mIoU measured here
+    # panel (b): the measured FLOPs are bars of their own, never hidden under the paper's markers
+    assert _bar_widths(bx, "flops paper") == list(eseg["FLOPs B (paper)"])
+    assert _bar_widths(bx, "flops total") == list(eseg["FLOPs B (total)"])
+    assert _bar_widths(bx, "flops conv") == list(eseg["FLOPs B (conv)"])
     assert ax.get_xscale() == "log"
     boxes = _no_overlap(fig)
-    assert len(boxes) == len(pts[pts.kind != "eseg measured"])  # every paper point is labelled
+    assert len([t for t in ax.texts]) == len(pts)  # every point of panel (a) is labelled
+    assert len(boxes) >= len(pts)
+    _assert_labels_nearest_their_points(fig, ax)
     assert {p.suffix for p in paths} == {".png", ".svg"} and all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_figure4_paper_points_and_measured_fps(tmp_path):
+def test_figure1_shows_a_measured_cityscapes_miou(tmp_path):
+    (tmp_path / "ev.json").write_text(json.dumps({"model": "eseg-s", "dataset": "cityscapes", "mIoU": 77.5}))
+    t4 = report.build_tables([fake_results(tmp_path / "abl"), tmp_path / "ev.json"], measure_missing=False)["table4"]
+    fig, pts, _ = plot.plot_figure1(t4)
+    assert _offsets(fig.axes[0], "eseg measured") == [(10.0, 77.5)]  # fvcore FLOPs of the fake ablation
+    _assert_labels_nearest_their_points(fig, fig.axes[0])
+
+
+def test_figure4_paper_panel_and_measured_panel(tmp_path):
     prof = tmp_path / "p.json"
     prof.write_text(json.dumps([{"model": "eseg-lite-s", "fps": 3.5, "device": "cpu (x86_64, 2 threads)",
                                  "latency_resolution": "1024x2048"},
-                                {"model": "eseg-lite-m", "fps": 2.0, "device": "cpu (x86_64, 2 threads)"}]))
+                                {"model": "eseg-lite-m", "fps": 2.0, "device": "cpu (x86_64, 2 threads)"},
+                                {"model": "eseg-lite-l", "fps": 1.25, "device": "cpu (x86_64, 2 threads)"}]))
     pts = plot.figure4_points(paper.load("figure4"), plot.read_profiles([prof]))
-    fig, pts, paths = plot.plot_figure4(pts, tmp_path, resolution="1024x2048")
-    ax = fig.axes[0]
+    fig, pts, paths = plot.plot_figure4(pts, tmp_path)
+    ax, bx = fig.axes
     f4 = paper.load("figure4")
     ref = f4[f4.model.str.startswith("ESeg")]
     assert _offsets(ax, "eseg") == sorted(zip(ref.fps.astype(float), ref.miou.astype(float)))
-    assert _offsets(ax, "measured") == [(3.5, 76.0)]  # at ESeg-Lite-S's paper mIoU; Lite-M has none
-    assert "cpu (x86_64, 2 threads)" in ax.get_title()
+    assert not [c for c in ax.collections if c.get_gid() == "measured"]  # never on the paper's axis
+    assert sorted(_bar_widths(bx, "measured")) == [1.25, 2.0, 3.5]  # Lite-M included
+    assert [t.get_text() for t in bx.get_yticklabels()] == ["ESeg-Lite-L", "ESeg-Lite-M", "ESeg-Lite-S"]
+    assert "cpu (x86_64, 2 threads)" in bx.get_title() and "1024x2048" in bx.get_title()
     _no_overlap(fig)
+    _assert_labels_nearest_their_points(fig, ax)
+
+
+def test_benchmark_json_rows_are_read(tmp_path):
+    (tmp_path / "peers.json").write_text(json.dumps({"results": [{"model": "fasterseg", "fps": 9.0, "device": "d"}]}))
+    (tmp_path / "lite.json").write_text(json.dumps([{"model": "eseg-lite-s", "fps": 4.0, "device": "d"}]))
+    rows = plot.read_benchmarks(tmp_path)
+    assert sorted((r["model"], r["fps"]) for r in rows) == [("eseg-lite-s", 4.0), ("fasterseg", 9.0)]
+    assert plot.read_benchmarks(tmp_path / "absent") == []
 
 
 def test_training_curves_plot_the_run_logs(tmp_path):
-    run = tmp_path / "runs" / "a"
+    run = tmp_path / "runs" / "a-0123456789ab"
     run.mkdir(parents=True)
-    (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 / s}) + "\n" for s in (1, 2, 3)))
+    (run / "config.yaml").write_text("scale: lite-s\ndataset: synthetic\nsteps: 3\n")
+    (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 / s, "lr": 0.1 * s}) + "\n"
+                                           for s in (1, 2, 3)))
     (run / "val.jsonl").write_text(json.dumps({"step": 3, "mIoU": 12.5}) + "\n")
     fig, data, paths = plot.plot_training_curves(plot.find_runs([tmp_path]), tmp_path)
-    loss_ax, miou_ax = fig.axes
+    loss_ax, lr_ax, miou_ax = fig.axes
     assert list(loss_ax.lines[0].get_ydata()) == [3.0, 1.5, 1.0]
+    assert list(lr_ax.lines[0].get_ydata()) == pytest.approx([0.1, 0.2, 0.3])
     assert list(miou_ax.lines[0].get_xdata()) == [3] and list(miou_ax.lines[0].get_ydata()) == [12.5]
+    assert list(data) == ["a"]  # the ablation's hash suffix is not part of the legend
+    for ax in fig.axes:
+        assert "lite-s, on synthetic, 3 steps" in ax.get_title()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
     assert len(paths) == 2
+
+
+def test_confusion_heatmap_is_row_normalised(tmp_path):
+    csv = tmp_path / "eval_confusion.csv"
+    csv.write_text("true\\pred,road,sky,car\nroad,8,2,0\nsky,1,3,0\ncar,0,0,0\n")
+    cm = plot.read_confusion(csv)
+    fig, norm, paths = plot.plot_confusion(cm, tmp_path, title="t")
+    img = fig.axes[0].images[0].get_array()
+    assert np.allclose(img[0], [0.8, 0.2, 0.0]) and np.allclose(img[1], [0.25, 0.75, 0.0])
+    assert np.isnan(np.asarray(img.filled(np.nan) if hasattr(img, "filled") else img)[2]).all()  # never seen
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["road", "sky", "car"]
+    assert {p.suffix for p in paths} == {".png", ".svg"}
+    csv.write_text("t,a,b\nx,1,2\n")
+    with pytest.raises(plot.EsegError, match="square"):
+        plot.read_confusion(csv)
+
+
+def test_per_class_iou_bars():
+    per_class = {"road": {"IoU": 90.0}, "sky": {"IoU": 45.5}, "train": {"IoU": None}}
+    fig, iou, _ = plot.plot_per_class_iou(per_class, miou=67.75)
+    ax = fig.axes[0]
+    assert _bar_widths(ax, "iou") == [90.0, 45.5, 0.0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["road", "sky", "train"]
+    assert "n/a" in [t.get_text() for t in ax.texts]
+
+
+def test_prediction_grid_marks_errors():
+    img = np.full((4, 6, 3), 200, np.uint8)
+    gt = np.zeros((4, 6), np.uint8)
+    gt[0, 0] = 255
+    pred = gt.copy()
+    pred[3, 5] = 1
+    emap = plot.error_map(img, gt, pred)
+    assert tuple(emap[3, 5]) == (230, 30, 30) and tuple(emap[0, 0]) == (0, 0, 0) and emap[1, 1].max() < 100
+    fig, accs, _ = plot.plot_predictions([{"name": "x", "image": img, "gt": gt, "pred": pred}],
+                                         [(128, 64, 128), (70, 70, 70)])
+    assert len(fig.axes) == 4 and accs == [pytest.approx(100 * 22 / 23)]
 
 
 def test_place_labels_never_overlaps_crowded_points():

@@ -26,6 +26,7 @@ def fake_results(folder, miou=True):
         rows.append({"ablation": "decoder", "cell": c.name, "model": c.model, "model_kwargs": c.kwargs,
                      "resolution": "1024x2048", "num_classes": 19, "params": 1e6 * (i + 1),
                      "flops": 1e10 * (i + 1), "flops_conv": 0.9e10 * (i + 1), "miou": 50.0 + i if miou else None,
+                     "final_miou": 50.0 + i if miou else None, "best_miou": 60.0 + i if miou else None,
                      "pixacc": 90.0, "train": {"dataset": "synthetic", "steps": 10}, "finished_at": "2026"})
     for name in ("eseg-lite-s", "eseg-lite-m", "eseg-lite-l", "eseg-m", "eseg-l"):
         rows.append({"ablation": "other", "cell": "x", "model": name, "model_kwargs": {}, "resolution": "1024x2048",
@@ -47,11 +48,13 @@ def test_no_runs_no_measuring_keeps_every_paper_row(tmp_path):
 def test_ablation_results_fill_table8_and_the_measured_columns(tmp_path):
     t = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)
     t8 = t["table8"]
-    assert list(t8["mIoU (measured)"]) == [50.0, 51.0, 52.0, 53.0, 54.0, 55.0]
+    # the FINAL mIoU (not the best validation), last, under a header naming the dataset and schedule
+    col = "mIoU measured: synthetic, 10 steps (final)"
+    assert list(t8.columns)[-1] == col and list(t8.columns)[2] == "mIoU (paper)"
+    assert list(t8[col]) == [50.0, 51.0, 52.0, 53.0, 54.0, 55.0]
     assert list(t8["FLOPs B (total)"]) == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
     assert t8["Δ FLOPs % (total)"][0] == round(100 * (10 - 34.5) / 34.5, 1)
-    assert t8["Δ mIoU"].isna().all()  # trained on synthetic data: not comparable with Cityscapes
-    assert t8["measured on"][0] == "synthetic, 10 steps"
+    assert "Δ mIoU" not in t8  # trained on synthetic data: not comparable with Cityscapes
     # ESeg-S's measurement (the b1-bifpn cell) fills Tables 3 and 4 too
     t4 = t["table4"].set_index("Model")
     assert t4.loc["ESeg-S", "FLOPs B (total)"] == 10.0 and t4.loc["ESeg-M", "Params M (measured)"] == 2.0
@@ -82,9 +85,41 @@ def test_written_files_hold_the_tables(tmp_path):
     back = pd.read_csv(tmp_path / "out" / "tables" / "table8.csv")
     pd.testing.assert_frame_equal(back, tables["table8"], check_dtype=False)
     md = (tmp_path / "out" / "tables" / "table4.md").read_text()
-    assert md.count("\n|") == 2 + 21 and "| Naive-Student | 80.7 |" in md
+    lines = md.splitlines()
+    assert len([ln for ln in lines if ln.startswith("|")]) == 2 + 21
+    row = next(ln for ln in lines if ln.startswith("| Naive-Student"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["Naive-Student", "80.7"] and "3246.0" in cells  # fixed decimals: 3246 -> 3246.0
     tex = (tmp_path / "out" / "tables" / "table8.tex").read_text()
-    assert r"$\Delta$ FLOPs \% (total)" in tex and r"\bottomrule" in tex and "-71" in tex
+    assert r"$\Delta$ FLOPs \% (total)" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert "-71.0" in tex and r"\resizebox{\textwidth}{!}" in tex  # 11 columns: scaled to the page
+
+
+def test_every_column_has_fixed_decimals():
+    df = pd.DataFrame({"Model": ["a", "b"], "mIoU (paper)": [80.0, 19.74], "Params M (measured)": [20.0, 1.234],
+                       "Δ mIoU": [-1.0, 2.26], "Decoder channels": [64.0, 96.0], "x": [None, 1.0]})
+    shown = report.format_frame(df)
+    assert list(shown["mIoU (paper)"]) == ["80.0", "19.7"]
+    assert list(shown["Params M (measured)"]) == ["20.00", "1.23"]
+    assert list(shown["Δ mIoU"]) == ["-1.0", "+2.3"]
+    assert list(shown["Decoder channels"]) == ["64", "96"] and list(shown["x"]) == ["-", "1.00"]
+    first = [c.strip() for c in report.to_markdown(df).splitlines()[2].strip("|").split("|")]
+    assert first == ["a", "80.0", "20.00", "-1.0", "64", "-"]
+
+
+def test_terminal_tables_are_narrow_unless_wide(tmp_path):
+    from rich.console import Console
+
+    tables = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)
+    for name, df in tables.items():
+        console = Console(width=130, record=True)
+        console.print(report.to_rich(report.narrow(name, df), name))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 130
+        # every narrow header is printed whole, not folded into pieces
+        assert all(w in text for c in report.narrow(name, df).columns for w in c.split())
+    t8 = report.narrow("table8", tables["table8"])
+    assert "mIoU measured: synthetic, 10 steps (final)" in t8.columns and "FLOPs B (total)" not in t8.columns
 
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path):
@@ -93,7 +128,8 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path):
     res = runner.invoke(app, ["report", "--results", str(abl), "--out", str(out), "--no-measure", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["tables"]["table8"][2]["mIoU (measured)"] == 52.0 and (out / "tables.md").is_file()
+    assert data["tables"]["table8"][2]["mIoU measured: synthetic, 10 steps (final)"] == 52.0
+    assert (out / "tables.md").is_file() and (out / "report.html").is_file()
     res = runner.invoke(app, ["report", "--results", str(abl), "--out", str(out), "--no-measure"])
     assert res.exit_code == 2 and "--yes" in res.output
     res = runner.invoke(app, ["report", "--results", str(tmp_path / "nope"), "--out", str(out), "--yes"])

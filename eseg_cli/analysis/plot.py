@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from eseg_cli.errors import EsegError
@@ -41,7 +43,9 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
     the axes. Returns the annotation artists.
 
     Positions are tried at growing distances in ten directions around the point, then anywhere on a
-    grid over the axes, nearest first; a thin leader line joins a label placed away from its point.
+    grid over the axes, nearest first; a position is only taken if the label's anchor is nearer to its own
+    point than to any other marker (:func:`label_anchor`), so no label reads as another point's. A thin
+    leader line joins a label placed away from its point.
     Only if the axes have no free room at all does a label overlap (beside its point).
     """
     from matplotlib.text import Text
@@ -59,16 +63,34 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
         bb = a.get_window_extent(renderer)
         taken.append((bb.x0, bb.y0, bb.x1, bb.y1))
 
-    def free(b):
-        if b[0] < ab.x0 + pad or b[2] > ab.x1 - pad or b[1] < ab.y0 + pad or b[3] > ab.y1 - pad:
-            return False
-        return not any(b[0] < o[2] + pad and o[0] < b[2] + pad and b[1] < o[3] + pad and o[1] < b[3] + pad
-                       for o in taken)
+    markers = np.asarray([*pts, *extra], dtype=float).reshape(-1, 2)
 
-    def box(ax_, ay, w, h, ha, va):
-        x0 = ax_ if ha == "left" else ax_ - w if ha == "right" else ax_ - w / 2
-        y0 = ay if va == "bottom" else ay - h if va == "top" else ay - h / 2
-        return (x0, y0, x0 + w, y0 + h)
+    def ok(boxes: np.ndarray, own, strict: bool) -> np.ndarray:
+        """Which candidate boxes (N x 4) are inside the axes, clear of every taken box and (``strict``) read as
+        the label of ``own``: no other marker nearer to the label's anchor (:func:`label_anchor`)."""
+        inside = (boxes[:, 0] >= ab.x0 + pad) & (boxes[:, 2] <= ab.x1 - pad) & \
+                 (boxes[:, 1] >= ab.y0 + pad) & (boxes[:, 3] <= ab.y1 - pad)
+        t = np.asarray(taken, dtype=float).reshape(-1, 4)
+        hit = (boxes[:, None, 0] < t[None, :, 2] + pad) & (t[None, :, 0] < boxes[:, None, 2] + pad) & \
+              (boxes[:, None, 1] < t[None, :, 3] + pad) & (t[None, :, 1] < boxes[:, None, 3] + pad)
+        good = inside & ~hit.any(axis=1)
+        if strict and len(markers):
+            anchor = np.stack([np.clip(own[0], boxes[:, 0], boxes[:, 2]), np.clip(own[1], boxes[:, 1], boxes[:, 3])], 1)
+            d_own = ((anchor - np.asarray(own)) ** 2).sum(1)
+            others = markers[~np.all(np.isclose(markers, own), axis=1)]
+            if len(others):
+                d_other = ((anchor[:, None, :] - others[None, :, :]) ** 2).sum(2).min(1)
+                good &= d_other > d_own
+        return good
+
+    def boxes_for(cands, px_x, px_y, w, h) -> np.ndarray:
+        ox = np.array([c[0] for c in cands], float) * px + px_x
+        oy = np.array([c[1] for c in cands], float) * px + px_y
+        ha = np.array([c[2] for c in cands])
+        va = np.array([c[3] for c in cands])
+        x0 = np.where(ha == "left", ox, np.where(ha == "right", ox - w, ox - w / 2))
+        y0 = np.where(va == "bottom", oy, np.where(va == "top", oy - h, oy - h / 2))
+        return np.stack([x0, y0, x0 + w, y0 + h], 1)
 
     artists = []
     for (x, y), (px_x, px_y), label in zip(zip(xs, ys, strict=True), pts, labels, strict=True):
@@ -87,22 +109,32 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
         grid = [(gx, gy) for gx in range(-int(ab.width / px), int(ab.width / px) + 1, step)
                 for gy in range(-int(ab.height / px), int(ab.height / px) + 1, step)]
         candidates += [(gx, gy, "center", "center") for gx, gy in sorted(grid, key=lambda g: g[0] ** 2 + g[1] ** 2)]
+        boxes = boxes_for(candidates, px_x, px_y, w, h)
         chosen = None
-        for ox, oy, ha, va in candidates:
-            b = box(px_x + ox * px, px_y + oy * px, w, h, ha, va)
-            if free(b):
-                chosen = (ox, oy, ha, va, b)
+        own = (float(px_x), float(px_y))
+        for strict in (True, False):  # where no free spot reads as its own, a free one (with a leader line)
+            good = np.flatnonzero(ok(boxes, own, strict))
+            if len(good):
+                i = int(good[0])
+                chosen = (*candidates[i], tuple(boxes[i]))
                 break
         if chosen is None:  # no room anywhere: keep the label beside its point rather than drop it
-            chosen = (7, 0, "left", "center", box(px_x + 7 * px, px_y, w, h, "left", "center"))
+            chosen = (7, 0, "left", "center", tuple(boxes_for([(7, 0, "left", "center")], px_x, px_y, w, h)[0]))
         ox, oy, ha, va, b = chosen
-        far = (ox * ox + oy * oy) ** 0.5 > 12
+        reads_as_own = bool(ok(np.asarray([b]), own, True)[0]) or not len(markers)
+        far = (ox * ox + oy * oy) ** 0.5 > 12 or not reads_as_own
         t = ax.annotate(label, (x, y), xytext=(ox, oy), textcoords="offset points", ha=ha, va=va,
                         fontsize=fontsize, color=color, zorder=5,
                         arrowprops=dict(arrowstyle="-", lw=0.5, color="0.55", shrinkA=0, shrinkB=3) if far else None)
         taken.append(b)
         artists.append(t)
     return artists
+
+
+def label_anchor(box, point) -> tuple[float, float]:
+    """Where a label attaches to its point: the point of the label's box ``(x0, y0, x1, y1)`` closest to
+    ``point`` (display coordinates)."""
+    return (min(max(point[0], box[0]), box[2]), min(max(point[1], box[1]), box[3]))
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -128,50 +160,65 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 def figure1_points(table4: pd.DataFrame) -> pd.DataFrame:
     """The points of Figure 1 from Table 4's DataFrame (as built by ``report.table4``).
 
-    Kinds: ``eseg`` (paper FLOPs, paper mIoU), ``eseg+data`` and ``peer+data`` (extra data),
-    ``peer``, and ``eseg measured`` (this build's fvcore FLOPs, at the measured mIoU where there is
-    one, else the paper's). Rows without FLOPs in the paper cannot be placed and are left out.
+    Kinds: ``eseg`` and ``peer`` (paper FLOPs, paper mIoU), ``eseg+data`` and ``peer+data`` (extra data),
+    ``eseg measured`` (this build's fvcore FLOPs at a Cityscapes mIoU measured here; only where one was).
+    Rows without FLOPs in the paper cannot be placed and are left out, and so are multi-scale numbers.
     """
     rows = []
     for r in table4.to_dict("records"):
         name, fl, miou = r["Model"], r["FLOPs B (paper)"], r["mIoU (paper)"]
-        if fl is None or (isinstance(fl, float) and math.isnan(fl)):
+        if _missing(fl) or r["mIoU note"]:
             continue
         is_eseg = name.startswith("ESeg")
-        if r["mIoU note"]:  # multi-scale numbers are not comparable on this plot
-            continue
         rows.append({"label": name, "flops_b": float(fl), "miou": float(miou), "kind": "eseg" if is_eseg else "peer"})
         extra = r["mIoU w/ extra (paper)"]
-        if extra is not None and not (isinstance(extra, float) and math.isnan(extra)):
+        if not _missing(extra):
             rows.append({"label": f"{name} +data", "flops_b": float(fl), "miou": float(extra),
                          "kind": "eseg+data" if is_eseg else "peer+data"})
-        meas = r.get("FLOPs B (total)")
-        if is_eseg and meas is not None and not (isinstance(meas, float) and math.isnan(meas)):
-            m_miou = r.get("mIoU (measured)")
-            has_m = m_miou is not None and not (isinstance(m_miou, float) and math.isnan(m_miou))
-            rows.append({"label": f"{name} (this build)", "flops_b": float(meas),
-                         "miou": float(m_miou) if has_m else float(miou), "kind": "eseg measured"})
+        meas, m_miou = r.get("FLOPs B (total)"), r.get("mIoU (measured)")
+        if is_eseg and not _missing(meas) and not _missing(m_miou):
+            rows.append({"label": f"{name} (here)", "flops_b": float(meas), "miou": float(m_miou),
+                         "kind": "eseg measured"})
     return pd.DataFrame(rows, columns=["label", "flops_b", "miou", "kind"])
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def figure1_flops(table4: pd.DataFrame) -> pd.DataFrame:
+    """Figure 1's panel (b): ESeg's FLOPs as the paper gives them and as measured here (fvcore total and
+    convolutions only), one row per ESeg model of Table 4."""
+    rows = []
+    for r in table4.to_dict("records"):
+        if r["Model"].startswith("ESeg") and not _missing(r["FLOPs B (paper)"]):
+            rows.append({"model": r["Model"], "paper": float(r["FLOPs B (paper)"]),
+                         "total": None if _missing(r.get("FLOPs B (total)")) else float(r["FLOPs B (total)"]),
+                         "conv": None if _missing(r.get("FLOPs B (conv)")) else float(r["FLOPs B (conv)"])})
+    return pd.DataFrame(rows, columns=["model", "paper", "total", "conv"])
 
 
 _STYLE = {
     "eseg": dict(marker="o", s=46, color="tab:red", label="ESeg (paper)", zorder=4),
     "eseg+data": dict(marker="*", s=90, color="tab:red", label="ESeg +extra data (paper)", zorder=4),
-    "eseg measured": dict(marker="o", s=46, facecolors="none", edgecolors="tab:red", linewidths=1.2,
-                          label="ESeg, FLOPs measured here (fvcore total)", zorder=4),
+    "eseg measured": dict(marker="o", s=60, facecolors="none", edgecolors="black", linewidths=1.4,
+                          label="ESeg measured here (fvcore FLOPs, Cityscapes mIoU)", zorder=5),
     "peer": dict(marker="s", s=30, color="tab:blue", label="others (paper, Table 4)", zorder=3),
     "peer+data": dict(marker="*", s=70, color="tab:blue", label="others +extra data (paper)", zorder=3),
 }
+_FLOPS_BARS = (("paper", "paper (TensorFlow count)", "tab:red"), ("total", "measured here, fvcore total", "0.35"),
+               ("conv", "measured here, convolutions only", "0.7"))
 
 
 def plot_figure1(table4: pd.DataFrame, out_dir: str | Path | None = None):
-    """Figure 1: FLOPs (log x, billions at 1024x2048) vs Cityscapes val mIoU. Returns ``(fig, points,
-    paths)``; ``paths`` is empty when ``out_dir`` is None."""
+    """Figure 1 in two panels: (a) FLOPs (log x, billions at 1024x2048) vs Cityscapes val mIoU, the paper's
+    points (and any mIoU measured here on Cityscapes); (b) ESeg's FLOPs, paper vs measured here, as bars so
+    the measured values are never hidden under the paper's markers. Returns ``(fig, points, paths)``."""
     plt = _mpl()
     pts = figure1_points(table4)
     if pts.empty:
         raise EsegError("Table 4 has no rows with FLOPs to plot; check eseg_cli/resources/paper/table4.csv")
-    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=DPI)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 6.5), dpi=DPI, gridspec_kw={"width_ratios": [2.1, 1]})
     for kind, style in _STYLE.items():
         sub = pts[pts.kind == kind]
         if len(sub):
@@ -180,23 +227,34 @@ def plot_figure1(table4: pd.DataFrame, out_dir: str | Path | None = None):
     ax.plot(es.flops_b, es.miou, color="tab:red", lw=1.2, zorder=2)
     ed = pts[pts.kind == "eseg+data"].sort_values("flops_b")
     ax.plot(ed.flops_b, ed.miou, color="tab:red", lw=1, ls="--", zorder=2)
-    for m in pts[pts.kind == "eseg measured"].itertuples():  # tie each measured point to its paper point
-        src = es[es.label == m.label.removesuffix(" (this build)")]
-        if len(src):
-            ax.plot([src.flops_b.iloc[0], m.flops_b], [src.miou.iloc[0], m.miou], color="tab:red", lw=0.6,
-                    ls=":", zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs (billions of multiply-adds at 1024x2048, log scale)")
     ax.set_ylabel("Cityscapes val mIoU (%)")
-    ax.set_title("Figure 1: FLOPs vs accuracy on Cityscapes (paper values; hollow = this build's FLOPs)")
+    ax.set_title("(a) FLOPs vs accuracy on Cityscapes (the paper's numbers)", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     lo, hi = pts.flops_b.min(), pts.flops_b.max()
     ax.set_xlim(lo / 1.8, hi * 2.2)
     ax.set_ylim(pts.miou.min() - 1.0, pts.miou.max() + 0.8)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
-    lab = pts[pts.kind != "eseg measured"]
-    meas = pts[pts.kind == "eseg measured"]
-    place_labels(ax, list(lab.flops_b), list(lab.miou), list(lab.label), avoid=list(zip(meas.flops_b, meas.miou)))
+    fl = figure1_flops(table4)
+    height = 0.26
+    for j, (col, label, color) in enumerate(_FLOPS_BARS):
+        ys = [i + (j - 1) * height for i in range(len(fl))]
+        vals = [0 if _missing(v) else v for v in fl[col]]
+        bx.barh(ys, vals, height=height * 0.95, color=color, label=label, gid=f"flops {col}")
+        for y, v in zip(ys, fl[col], strict=True):
+            bx.text((0 if _missing(v) else v) * 1.01 + 1, y, "not measured" if _missing(v) else f"{v:.1f}",
+                    va="center", fontsize=7)
+    bx.set_yticks(range(len(fl)), list(fl.model))
+    bx.invert_yaxis()
+    bx.set_xlim(0, (max(fl[["paper", "total", "conv"]].max(skipna=True).max(), 1)) * 1.25)
+    bx.set_xlabel("FLOPs (billions of multiply-adds at 1024x2048)")
+    bx.set_title("(b) ESeg's FLOPs: the paper vs measured here", fontsize=10)
+    bx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False)
+    bx.grid(True, axis="x", alpha=0.25)
+    fig.suptitle("Figure 1: FLOPs vs accuracy", fontsize=11)
+    fig.tight_layout()  # before placing labels: they are laid out in the final axes
+    place_labels(ax, list(pts.flops_b), list(pts.miou), list(pts.label))
     paths = _save(fig, Path(out_dir), "figure1") if out_dir is not None else []
     return fig, pts, paths
 
@@ -218,68 +276,104 @@ def read_profiles(paths) -> list[dict]:
     return rows
 
 
-def figure4_points(paper_points: pd.DataFrame, measured: list[dict], measured_miou: dict[str, float] | None = None
-                   ) -> pd.DataFrame:
-    """Figure 4's points: the paper's (``figure4.csv``) and this device's measured FPS.
-
-    A measured model is placed at its measured mIoU (``measured_miou[key]``) when given, else at the
-    paper's mIoU for it; models with neither are left out (they have no y value).
-    """
-    rows = [{"label": r["model"], "key": r["key"], "fps": float(r["fps"]), "miou": float(r["miou"]),
-             "kind": "eseg" if r["model"].startswith("ESeg") else "peer", "device": "paper"}
-            for r in paper_points.to_dict("records")]
-    paper_miou = {r["key"]: float(r["miou"]) for r in paper_points.to_dict("records") if r["key"]}
-    for m in measured:
-        key = m["model"]
-        miou = (measured_miou or {}).get(key, paper_miou.get(key))
-        if miou is None:
+def read_benchmarks(folder: str | Path) -> list[dict]:
+    """FPS rows from the benchmark JSON files in ``folder`` (``reports/benchmarks/*.json``): any object with
+    ``model`` and ``fps``, alone, in a list, or under a ``results``/``rows`` key. Missing folder: none."""
+    folder = Path(folder)
+    rows: list[dict] = []
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
             continue
-        from eseg_cli.models import SCALES
+        if isinstance(data, dict):
+            data = data.get("results") or data.get("rows") or [data]
+        rows += [r for r in data if isinstance(r, dict) and r.get("model") and r.get("fps")]
+    return rows
 
-        name = SCALES[key].display_name if key in SCALES else key
-        rows.append({"label": f"{name} ({m.get('device', 'this device')})", "key": key, "fps": float(m["fps"]),
-                     "miou": float(miou), "kind": "measured", "device": m.get("device", "")})
-    return pd.DataFrame(rows, columns=["label", "key", "fps", "miou", "kind", "device"])
+
+def _display_name(key: str) -> str:
+    from eseg_cli.models import SCALES
+
+    return SCALES[key].display_name if key in SCALES else key
+
+
+def figure4_points(paper_points: pd.DataFrame, measured: list[dict]) -> pd.DataFrame:
+    """Figure 4's points: the paper's (``figure4.csv``: FPS on the paper's GPU and Cityscapes mIoU) and this
+    project's measured FPS (kind ``measured``, no mIoU: nothing here was trained on Cityscapes). The latest
+    row per model and device wins."""
+    rows = [{"label": r["model"], "key": r["key"], "fps": float(r["fps"]), "miou": float(r["miou"]),
+             "kind": "eseg" if r["model"].startswith("ESeg") else "peer", "device": "paper", "resolution": ""}
+            for r in paper_points.to_dict("records")]
+    latest: dict[tuple, dict] = {}
+    for m in measured:
+        latest[(m["model"], m.get("device", ""))] = m
+    for (key, device), m in latest.items():
+        rows.append({"label": _display_name(key), "key": key, "fps": float(m["fps"]), "miou": float("nan"),
+                     "kind": "measured", "device": device or "this device",
+                     "resolution": str(m.get("latency_resolution") or m.get("resolution") or "")})
+    return pd.DataFrame(rows, columns=["label", "key", "fps", "miou", "kind", "device", "resolution"])
 
 
 def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, resolution: str | None = None):
-    """Figure 4: FPS (log x) vs Cityscapes mIoU for the real-time family. Returns ``(fig, points, paths)``."""
+    """Figure 4 in two panels that are never compared on one axis: (a) the paper's FPS (its GPU) vs
+    Cityscapes mIoU; (b) the FPS measured here, one bar per model, device and resolution named.
+    Returns ``(fig, points, paths)``."""
     plt = _mpl()
     if points.empty:
         raise EsegError("no Figure 4 points to plot; check eseg_cli/resources/paper/figure4.csv")
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=DPI)
-    styles = {"eseg": dict(marker="o", s=50, color="tab:red", label="ESeg-Lite (paper)"),
-              "peer": dict(marker="s", s=36, color="tab:blue", label="real-time peers (paper)"),
-              "measured": dict(marker="D", s=40, facecolors="none", edgecolors="tab:green", linewidths=1.3,
-                               label="measured here (paper mIoU)")}
-    for kind, st in styles.items():
-        sub = points[points.kind == kind]
-        if len(sub):
-            ax.scatter(sub.fps, sub.miou, gid=kind, zorder=4, **st)
-    devices = sorted({d for d in points[points.kind == "measured"].device if d})
-    ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
+    paper_pts = points[points.kind != "measured"]
+    meas = points[points.kind == "measured"].sort_values(["device", "fps"])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=DPI, gridspec_kw={"width_ratios": [1.15, 1]})
+    styles = {"eseg": dict(marker="o", s=50, color="tab:red", label="ESeg-Lite (paper)"),
+              "peer": dict(marker="s", s=36, color="tab:blue", label="real-time peers (paper)")}
+    for kind, st in styles.items():
+        sub = paper_pts[paper_pts.kind == kind]
+        if len(sub):
+            ax.scatter(sub.fps, sub.miou, gid=kind, zorder=4, **st)
+    ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(int(v))[0] in "25" else ""))
-    ax.set_xlabel("inference speed (frames per second, log scale)")
+    ax.set_xlabel("frames per second on the paper's GPU (as the paper reports them; log scale)")
     ax.set_ylabel("Cityscapes val mIoU (%)")
-    title = "Figure 4: speed vs accuracy, real-time family"
-    if devices:
-        title += f"\nmeasured on {', '.join(devices)}" + (f" at {resolution}" if resolution else "")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("(a) the paper: speed vs accuracy, real-time family", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.set_xlim(points.fps.min() / 2.5, points.fps.max() * 3)
-    ax.set_ylim(points.miou.min() - 1.5, points.miou.max() + 1.5)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
-    place_labels(ax, list(points.fps), list(points.miou), [_short(r) for r in points.to_dict("records")])
+    if len(paper_pts):
+        ax.set_xlim(paper_pts.fps.min() / 1.6, paper_pts.fps.max() * 1.6)
+        ax.set_ylim(paper_pts.miou.min() - 1.5, paper_pts.miou.max() + 1.5)
+        ax.legend(loc="lower left", fontsize=8)
+    if len(meas):
+        labels = [f"{r['label']}" + (f" ({r['device']})" if meas.device.nunique() > 1 else "")
+                  for r in meas.to_dict("records")]
+        bx.barh(range(len(meas)), meas.fps.to_numpy(), color="tab:green", height=0.6, gid="measured")
+        bx.set_yticks(range(len(meas)), labels, fontsize=8)
+        for i, v in enumerate(meas.fps):
+            bx.text(v * 1.08, i, f"{v:.3g} FPS", va="center", fontsize=8)
+        bx.set_xscale("log")
+        bx.xaxis.set_major_formatter(plain)
+        bx.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        bx.set_xlim(meas.fps.min() / 2, meas.fps.max() * 4)
+        devices = ", ".join(sorted(set(meas.device)))
+        res = resolution or ", ".join(sorted({r for r in meas.resolution if r})) or "?"
+        bx.set_title(f"(b) measured here: {devices}\nbatch 1 at {res}; no Cityscapes mIoU (not trained here)",
+                     fontsize=9)
+        bx.set_xlabel("frames per second on this project's device (log scale)")
+        bx.grid(True, axis="x", which="both", alpha=0.25)
+    else:
+        bx.axis("off")
+        bx.text(0.5, 0.5, "(b) no FPS measured here yet:\neseg plot --measure-fps, or the benchmark's JSON",
+                ha="center", va="center", fontsize=9, transform=bx.transAxes)
+    fig.suptitle("Figure 4: inference speed of the real-time family", fontsize=11)
+    fig.tight_layout()
+    if len(paper_pts):
+        place_labels(ax, list(paper_pts.fps), list(paper_pts.miou),
+                     [f"{r['label']} {r['fps']:.3g} FPS" for r in paper_pts.to_dict("records")],
+                     avoid_artists=[ax.get_legend()])
     paths = _save(fig, Path(out_dir), "figure4") if out_dir is not None else []
     return fig, points, paths
-
-
-def _short(r: dict) -> str:
-    return r["label"].split(" (")[0] + (" (here)" if r["kind"] == "measured" else "") + f" {r['fps']:.3g} FPS"
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -323,34 +417,84 @@ def read_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+_HASH_SUFFIX = re.compile(r"-[0-9a-f]{12}$")  # `eseg ablate` names run folders <cell>-<signature>
+
+
 def _run_label(run_dir: Path, runs: list[Path]) -> str:
-    names = [r.name for r in runs]
-    return run_dir.name if names.count(run_dir.name) == 1 else f"{run_dir.parent.name}/{run_dir.name}"
+    names = [_HASH_SUFFIX.sub("", r.name) for r in runs]
+    name = _HASH_SUFFIX.sub("", run_dir.name)
+    return name if names.count(name) == 1 else f"{run_dir.parent.name}/{name}"
+
+
+def run_setting(run_dir: Path) -> dict:
+    """Model, dataset and steps of a run folder (from its ``config.yaml``; missing values are None)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    return {"model": cfg.get("scale"), "dataset": cfg.get("dataset"), "steps": cfg.get("steps")}
+
+
+def _setting_text(s: dict) -> str:
+    return f"{s['model'] or '?'} on {s['dataset'] or '?'}, {s['steps'] or '?'} steps"
 
 
 def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None):
-    """Loss and validation mIoU vs step for every run (one line per run). Returns ``(fig, data, paths)``
-    where ``data`` maps each run label to ``{"log": df, "val": df}``."""
+    """Training loss, learning rate and validation mIoU vs step for every run (one line per run), step ticks
+    on integers, model/dataset/steps in the titles (or in the legend when runs differ). Returns
+    ``(fig, data, paths)`` where ``data`` maps each run label to ``{"log": df, "val": df, "setting": dict}``."""
     plt = _mpl()
+    from matplotlib.ticker import MaxNLocator
+
     if not run_dirs:
         raise EsegError("no training runs found (folders with log.jsonl) among the runs given; give a run folder or a "
                         "folder of runs")
-    fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=DPI)
+    fig, (ax_l, ax_r, ax_m) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=DPI)
     data = {}
+    settings = {}
+    for run in run_dirs:
+        settings[run] = run_setting(run)
+    # what every run shares goes in the titles; what differs goes in each run's legend entry
+    same = {k: len({str(s[k]) for s in settings.values()}) == 1 for k in ("model", "dataset", "steps")}
+    first = next(iter(settings.values()))
+    shared = ", ".join(f"{first[k] or '?'}" + (" steps" if k == "steps" else "") if k != "dataset"
+                       else f"on {first[k] or '?'}" for k in ("model", "dataset", "steps") if same[k])
     for run in run_dirs:
         label = _run_label(run, run_dirs)
+        differ = [f"{settings[run][k] or '?'}" + (" steps" if k == "steps" else "") if k != "dataset"
+                  else f"on {settings[run][k] or '?'}" for k in ("model", "dataset", "steps") if not same[k]]
+        if differ:
+            label += f" ({', '.join(differ)})"
         d = read_run(run)
-        data[label] = d
-        if not d["log"].empty and "loss" in d["log"]:
-            ax_l.plot(d["log"].step, d["log"].loss, label=label, lw=1.3)
-        if not d["val"].empty and "mIoU" in d["val"]:
-            ax_m.plot(d["val"].step, d["val"].mIoU, marker="o", ms=3.5, label=label, lw=1.3)
-    ax_l.set(xlabel="step", ylabel="training loss (mean over the log interval)", title="Training loss")
-    ax_m.set(xlabel="step", ylabel="validation mIoU (%)", title="Validation mIoU")
-    for ax in (ax_l, ax_m):
+        data[label] = {**d, "setting": settings[run]}
+        log, val = d["log"], d["val"]
+        if not log.empty and "loss" in log:
+            ax_l.plot(log.step, log.loss, label=label, lw=1.3)
+        if not log.empty and "lr" in log:
+            ax_r.plot(log.step, log.lr, label=label, lw=1.3)
+        if not val.empty and "mIoU" in val:
+            ax_m.plot(val.step, val.mIoU, marker="o", ms=3.5, label=label, lw=1.3)
+    suffix = f"\n{shared}" if shared else ""
+    ax_l.set(xlabel="step", ylabel="training loss (mean over the log interval)", title="Training loss" + suffix)
+    ax_r.set(xlabel="step", ylabel="learning rate", title="Learning rate" + suffix)
+    ax_m.set(xlabel="step", ylabel="validation mIoU (%)", title="Validation mIoU" + suffix)
+    # one step range for all three panels (a validation every N steps is read against the same axis)
+    steps = [float(x) for ax in (ax_l, ax_r, ax_m) for line in ax.lines for x in line.get_xdata()]
+    lo, hi = (min(steps), max(steps)) if steps else (0.0, 1.0)
+    lo = min(lo, 0.0)
+    pad = max((hi - lo) * 0.03, 0.5)
+    for ax in (ax_l, ax_r, ax_m):
+        ax.title.set_fontsize(10)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7, loc="best")
+    ax_r.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if ax_m.lines:
+        ax_m.legend(fontsize=7, loc="best")
+    elif ax_l.lines:
+        ax_l.legend(fontsize=7, loc="best")
     fig.tight_layout()
     paths = _save(fig, Path(out_dir), "training_curves") if out_dir is not None else []
     return fig, data, paths
@@ -401,15 +545,10 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
             # kept beside the figure so later runs can reuse it: --profile <out>/fps_measured.json
             summary["files"].append(str(atomic_write_json(out_dir / "fps_measured.json", now)))
             measured += now
-        res_txt = {r.get("latency_resolution") for r in measured if r.get("latency_resolution")}
-        fig, pts, paths = plot_figure4(figure4_points(paper.load("figure4"), measured), out_dir,
-                                       resolution=", ".join(sorted(res_txt)) or None)
+        fig, pts, paths = plot_figure4(figure4_points(paper.load("figure4"), measured), out_dir)
         plt.close(fig)
         summary["files"] += [str(p) for p in paths]
         summary["points"]["figure4"] = json.loads(pts.to_json(orient="records"))
-        without = sorted({m["model"] for m in measured} - set(pts.key))
-        if without:
-            summary["skipped"]["figure4"] = f"no mIoU (paper or measured) to place: {', '.join(without)}"
     if "curves" in which:
         runs_found = find_runs(results)
         if runs_found:
@@ -420,3 +559,123 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
         else:
             summary["skipped"]["curves"] = "no run folders (with log.jsonl) among the results given"
     return summary
+
+
+# ----------------------------------------------------------------------------- per-run figures
+
+def read_confusion(path: str | Path) -> pd.DataFrame:
+    """``eval_confusion.csv`` (rows: true class, columns: predicted class, pixel counts) as a DataFrame."""
+    path = Path(path)
+    try:
+        cm = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError) as e:
+        raise EsegError(f"{path} is not a readable confusion-matrix CSV (as `eseg eval` writes): {e}") from None
+    if cm.shape[0] != cm.shape[1] or not cm.shape[0]:
+        raise EsegError(f"{path}: a confusion matrix must be square, got {cm.shape[0]}x{cm.shape[1]}")
+    cm.index.name = "true"
+    return cm
+
+
+def row_normalize(cm: pd.DataFrame) -> pd.DataFrame:
+    """Each true-class row as fractions of its pixels (rows without pixels stay NaN: the class never occurs)."""
+    sums = cm.sum(axis=1).replace(0, float("nan"))
+    return cm.div(sums, axis=0)
+
+
+def plot_confusion(cm: pd.DataFrame, out_dir: str | Path | None = None, *, title: str = "Confusion matrix",
+                   stem: str = "confusion"):
+    """A row-normalised confusion-matrix heatmap (a cell: the share of a true class's pixels predicted as a
+    class). Returns ``(fig, normalised DataFrame, paths)``."""
+    plt = _mpl()
+    norm = row_normalize(cm)
+    n = len(norm)
+    size = max(5.0, 0.34 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=DPI)
+    im = ax.imshow(norm.to_numpy(dtype=float), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(n), [str(c) for c in norm.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(n), [str(c) for c in norm.index], fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    if n <= 25:  # the diagonal in numbers where they still fit
+        for i in range(n):
+            v = norm.iat[i, i]
+            if not math.isnan(v):
+                ax.text(i, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if v > 0.6 else "0.1")
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cb.set_label("share of the true class's pixels (row-normalised)")
+    fig.tight_layout()
+    paths = _save(fig, Path(out_dir), stem) if out_dir is not None else []
+    return fig, norm, paths
+
+
+def plot_per_class_iou(per_class: dict, out_dir: str | Path | None = None, *, title: str = "Per-class IoU",
+                       stem: str = "per_class_iou", miou: float | None = None):
+    """Horizontal bars of each class's IoU (%), in class order; classes without an IoU (absent from both
+    prediction and ground truth) are listed as "n/a". Returns ``(fig, Series, paths)``."""
+    plt = _mpl()
+    iou = pd.Series({name: (v.get("IoU") if isinstance(v, dict) else v) for name, v in per_class.items()},
+                    dtype=float)
+    if iou.empty:
+        raise EsegError("no per-class IoU to plot")
+    fig, ax = plt.subplots(figsize=(7.5, 0.26 * len(iou) + 1.4), dpi=DPI)
+    y = range(len(iou))
+    ax.barh(list(y), iou.fillna(0).to_numpy(), color="tab:blue", height=0.7, gid="iou")
+    for i, v in enumerate(iou):
+        ax.text((0 if math.isnan(v) else v) + 1, i, "n/a" if math.isnan(v) else f"{v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(list(y), list(iou.index), fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("IoU (%)")
+    if miou is not None:
+        ax.axvline(miou, color="tab:red", lw=1, ls="--", label=f"mIoU {miou:.2f}")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    paths = _save(fig, Path(out_dir), stem) if out_dir is not None else []
+    return fig, iou, paths
+
+
+def error_map(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """The image dimmed to grey where the prediction is right, red where it is wrong, black where ignored."""
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2) * 0.45
+    out = grey.copy()
+    wrong = (pred != gt) & (gt != ignore_index)
+    out[wrong] = (230, 30, 30)
+    out[gt == ignore_index] = 0
+    return out.astype(np.uint8)
+
+
+def plot_predictions(samples: list[dict], palette, out_dir: str | Path | None = None, *, title: str = "",
+                     ignore_index: int = 255, stem: str = "predictions"):
+    """A grid, one row per sample: image, ground truth, prediction (class colours) and errors (red: wrong
+    pixel, black: ignored). ``samples``: ``{"name", "image" HxWx3 uint8, "gt" HxW, "pred" HxW}``.
+    Returns ``(fig, per-sample pixel accuracy list, paths)``."""
+    from eseg_cli.data.classes import palette_array
+
+    plt = _mpl()
+    if not samples:
+        raise EsegError("no samples to draw")
+    pal = palette_array(palette)
+    h, w = samples[0]["gt"].shape
+    fig, axes = plt.subplots(len(samples), 4, figsize=(12, 3 * len(samples) * h / w + 0.6), dpi=DPI, squeeze=False)
+    accs = []
+    for row, s in zip(axes, samples, strict=True):
+        gt, pred = np.asarray(s["gt"]), np.asarray(s["pred"])
+        valid = gt != ignore_index
+        acc = float((pred[valid] == gt[valid]).mean() * 100) if valid.any() else float("nan")
+        accs.append(acc)
+        tiles = [s["image"], pal[gt.clip(0, 255)], pal[pred.clip(0, 255)],
+                 error_map(s["image"], gt, pred, ignore_index)]
+        names = ["image", "ground truth", "prediction", f"errors (red), pixel acc {acc:.1f}%"]
+        for ax, tile, name in zip(row, tiles, names, strict=True):
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_title(f"{s['name']}: {name}" if name == "image" else name, fontsize=7)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, Path(out_dir), stem) if out_dir is not None else []
+    return fig, accs, paths

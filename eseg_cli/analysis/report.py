@@ -268,7 +268,7 @@ def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
     trained = {}
     for r in results["ablate"]:
         # tiny test models (extra model_kwargs) are not Table 8's cells
-        if r.get("ablation") == "decoder" and r.get("miou") is not None and r.get("cell") in cells and \
+        if r.get("ablation") == "decoder" and r.get("final_miou") is not None and r.get("cell") in cells and \
                 r.get("model_kwargs") == cells[r["cell"]].kwargs:
             prev = trained.get(r["cell"])
             if prev is None or str(r.get("finished_at", "")) >= str(prev.get("finished_at", "")):
@@ -277,20 +277,38 @@ def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
     for r in paper.load("table8").to_dict("records"):
         c = cells[r["cell"]]
         m = measurer(c.model, c.kwargs, FULL_RES, 19) or {}
-        tr = trained.get(r["cell"])
-        ds = (tr.get("train") or {}).get("dataset") if tr else None
         rows.append({
             "Encoder": r["encoder"], "Decoder": r["decoder"], "mIoU (paper)": r["miou"],
-            "mIoU (measured)": tr["miou"] if tr else None,
-            "Δ mIoU": _diff(tr["miou"], r["miou"]) if tr and ds == "cityscapes" else None,
-            "measured on": (f"{ds}, {(tr.get('train') or {}).get('steps')} steps" if tr else None),
-            "Params M (measured)": _m(m.get("params"), 1e6, 2),
-            "FLOPs B (paper)": r["flops_b"], "FLOPs B (total)": _m(m.get("flops"), 1e9, 2),
-            "FLOPs B (conv)": _m(m.get("flops_conv"), 1e9, 2),
+            "FLOPs B (paper)": r["flops_b"], "Params M (measured)": _m(m.get("params"), 1e6, 2),
+            "FLOPs B (total)": _m(m.get("flops"), 1e9, 2), "FLOPs B (conv)": _m(m.get("flops_conv"), 1e9, 2),
             "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), r["flops_b"]),
             "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), r["flops_b"]),
         })
+    # The trained mIoU goes last, under a header naming its dataset and schedule: a few hundred steps on
+    # another dataset say the pipeline works, they are not a number to set beside the paper's Cityscapes one.
+    runs = {cell: (str((tr.get("train") or {}).get("dataset")), (tr.get("train") or {}).get("steps"))
+            for cell, tr in trained.items()}
+    settings = set(runs.values())
+    if len(settings) == 1:
+        ds, steps = next(iter(settings))
+        col = f"mIoU measured: {ds}, {steps} steps (final)"
+        for row, r in zip(rows, paper.load("table8").to_dict("records"), strict=True):
+            tr = trained.get(r["cell"])
+            row[col] = _final_miou(tr) if tr else None
+            if ds == "cityscapes":
+                row["Δ mIoU"] = _diff(row[col], r["miou"])
+    elif settings:
+        for row, r in zip(rows, paper.load("table8").to_dict("records"), strict=True):
+            tr = trained.get(r["cell"])
+            row["final mIoU (measured)"] = _final_miou(tr) if tr else None
+            row["measured on"] = f"{runs[r['cell']][0]}, {runs[r['cell']][1]} steps" if tr else None
     return _frame(rows)
+
+
+def _final_miou(row: dict) -> float | None:
+    """The mIoU after the last step of an ablation cell's training (rows written before ``final_miou``
+    existed hold the best validation in ``miou``: refused, not shown as final)."""
+    return row.get("final_miou")
 
 
 def ablation_table(rows: list[dict], kind: str) -> pd.DataFrame:
@@ -330,51 +348,110 @@ def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = 
     return tables
 
 
-# ----------------------------------------------------------------------------- writers
+# ----------------------------------------------------------------------------- formatting
 
-def _fmt(v) -> str:
-    if v is None or _nan(v) or v == "":
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.2f}".rstrip("0").rstrip(".")
-    return str(v)
+def decimals(column: str) -> int:
+    """Fixed decimals of a column: the paper's numbers with its one decimal, this build's with two,
+    differences with one (signed), counts with none."""
+    if column.startswith("Δ"):
+        return 1
+    if column in ("Decoder channels", "Decoder repeats"):
+        return 0
+    if "paper" in column or column in ("Encoder width", "Encoder depth"):
+        return 1
+    return 2
 
 
-def _display(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy().astype(object)
-    for col in out.columns:
-        signed = col.startswith("Δ")
-        out[col] = [("-" if v is None or _nan(v) else f"{v:+.1f}") if signed else _fmt(v) for v in out[col]]
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+
+def format_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as display text: numbers with the column's fixed decimals, "-" where missing."""
+    out = pd.DataFrame(index=df.index)
+    for col in df.columns:
+        if _is_numeric(df[col]):
+            nd, sign = decimals(col), "+" if col.startswith("Δ") else ""
+            out[col] = ["-" if v is None or _nan(v) else f"{v:{sign}.{nd}f}" for v in df[col]]
+        else:
+            out[col] = ["-" if v is None or _nan(v) or v == "" else str(v) for v in df[col]]
     return out
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table ("-" for missing values)."""
-    d = _display(df)
-    lines = ["| " + " | ".join(d.columns) + " |", "|" + "|".join("---" for _ in d.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in d.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    """A GitHub Markdown table (pandas/tabulate), numbers right-aligned with fixed decimals, "-" if missing."""
+    align = ["right" if _is_numeric(df[c]) else "left" for c in df.columns]
+    return format_frame(df).to_markdown(index=False, tablefmt="github", colalign=align,
+                                        disable_numparse=True) + "\n"
+
+
+# Columns shown by `eseg report` in a terminal unless --wide: the paper's value, this build's, and the
+# difference that matters, so each table fits about 120 columns.
+NARROW = {
+    "table3": ["Model", "Encoder width", "Encoder depth", "Decoder channels", "Decoder repeats", "Params M (paper)",
+               "Params M (measured)", "FLOPs B (paper)", "FLOPs B (conv)", "Δ FLOPs % (conv)"],
+    "table4": ["Model", "mIoU (paper)", "mIoU w/ extra (paper)", "mIoU (measured)", "Params M (paper)",
+               "FLOPs B (paper)", "FLOPs B (conv)", "Δ FLOPs % (conv)"],
+    "table5": ["Model", "mIoU (paper)", "mIoU ms (paper)", "mIoU (measured)", "pixAcc (paper)", "pixAcc (measured)"],
+    "table8": ["Encoder", "Decoder", "mIoU (paper)", "FLOPs B (paper)", "FLOPs B (conv)", "Δ FLOPs % (conv)"],
+    "ablate_levels": ["Cell", "Params M", "FLOPs B (conv)", "mIoU", "measured on"],
+    "ablate_fusion": ["Cell", "Params M", "FLOPs B (conv)", "mIoU", "measured on"],
+}
+
+
+def narrow(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """The terminal view of table ``name``: its :data:`NARROW` columns plus any measured-mIoU column
+    named after its dataset (Table 8's); every column when the table has no narrow view."""
+    keep = NARROW.get(name)
+    if keep is None:
+        return df
+    extra = [c for c in df.columns if c.startswith("mIoU measured") or c == "final mIoU (measured)"]
+    return df[[c for c in df.columns if c in keep or c in extra]]
+
+
+def to_rich(df: pd.DataFrame, title: str | None = None):
+    """A rich Table (numbers right-aligned, fixed decimals) for printing in a terminal."""
+    import textwrap
+
+    from rich import box
+    from rich.table import Table
+
+    shown = format_frame(df)
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", header_style="bold", pad_edge=False)
+    for c in df.columns:
+        num = _is_numeric(df[c])
+        # the header wraps between words to the width of the column's values (never inside a word)
+        values = max((len(v) for v in shown[c]), default=1)
+        width = max([values, 6, *(len(w) for w in str(c).split())]) if num or len(str(c)) <= values else \
+            max([min(values, 24), *(len(w) for w in str(c).split())])
+        t.add_column(textwrap.fill(str(c), width=width, break_long_words=False), justify="right" if num else "left",
+                     no_wrap=num, min_width=width, overflow="fold")
+    for row in shown.itertuples(index=False):
+        t.add_row(*row)
+    return t
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("$", r"\$"), ("Δ", r"$\Delta$"), ("†", r"$^\dagger$")):
+        s = s.replace(a, b)
+    return s
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs LaTeX table."""
-    d = _display(df)
-
-    def esc(s: str) -> str:
-        s = str(s)
-        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("Δ", r"$\Delta$"), ("†", r"$^\dagger$")):
-            s = s.replace(a, b)
-        return s
-
-    align = "l" * (2 if "Decoder" in d.columns else 1)
-    align += "r" * (len(d.columns) - len(align))
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{esc(caption)}}}", rf"\label{{{label}}}",
-             rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(esc(c) for c in d.columns) + r" \\",
-             r"\midrule"]
-    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in d.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    r"""A booktabs table (pandas ``Styler.to_latex``) scaled to the text width with ``\resizebox`` when it
+    has more than six columns. Needs ``\usepackage{booktabs,graphicx}``."""
+    shown = format_frame(df)
+    shown.columns = [_latex_escape(str(c)) for c in df.columns]
+    shown = shown.map(_latex_escape) if hasattr(shown, "map") else shown.applymap(_latex_escape)
+    align = "".join("r" if _is_numeric(df[c]) else "l" for c in df.columns)
+    tabular = shown.style.hide(axis="index").to_latex(column_format=align, hrules=True)
+    if len(df.columns) > 6:
+        tabular = "\\resizebox{\\textwidth}{!}{%\n" + tabular.rstrip("\n") + "%\n}\n"
+    return "\n".join([
+        "% needs \\usepackage{booktabs,graphicx}",
+        r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_latex_escape(caption)}}}",
+        rf"\label{{{label}}}", tabular.rstrip("\n"), r"\end{table}", ""])
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:

@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, err_console, parse_sets, print_json
+from eseg_cli.cli._common import console, err_console, human, parse_sets, print_json
 
 
 @app.command("ablate", rich_help_panel="Paper workbench")
@@ -71,15 +71,16 @@ def ablate_cmd(
                     "the paper's, Δ% vs the paper", box=box.SIMPLE_HEAD, pad_edge=False)
     cols = ["cell", "params", "FLOPs", "conv", "paper", "Δ%", "Δ%conv"]
     if train or any(r.get("miou") is not None for r in rows):
-        cols += ["mIoU", "paper"]
+        cols += ["final mIoU", "paper"]
     for c in cols:
         t.add_column(c, justify="left" if c == "cell" else "right", no_wrap=c == "cell")
     def pct(v):
         return "-" if v is None else f"{v:+.1f}"
 
     for r in rows:
-        line = [r["cell"], f"{r['params'] / 1e6:.2f}M", f"{r['flops'] / 1e9:.1f}B", f"{r['flops_conv'] / 1e9:.1f}",
-                f"{r['paper_flops'] / 1e9:.1f}" if r.get("paper_flops") else "-", pct(r.get("flops_diff_pct")),
+        # human(): FLOPs of a small input read 1.23M, not 0.0B
+        line = [r["cell"], human(r["params"]), human(r["flops"]), human(r["flops_conv"]),
+                human(r["paper_flops"]) if r.get("paper_flops") else "-", pct(r.get("flops_diff_pct")),
                 pct(r.get("flops_conv_diff_pct"))]
         if len(cols) > 7:
             line += ["-" if r.get("miou") is None else f"{r['miou']:.1f}",

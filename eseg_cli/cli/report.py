@@ -23,6 +23,14 @@ def report_cmd(
                                  "training curves into <out>/figures (see `eseg plot`)."),
     profiles: Optional[list[Path]] = typer.Option(None, "--profile", help="`eseg profile --json` output with "
                                                   "FPS for Figure 4 (repeatable)."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Also write <out>/report.html: one self-contained "
+                              "page with every table, figure and run (default: on)."),
+    samples: int = typer.Option(3, "--samples", min=0, help="Sample predictions per run with a checkpoint in the "
+                                "HTML page (0: none)."),
+    wide: bool = typer.Option(False, "--wide", help="Print every column in the terminal (default: a narrow view "
+                              "of each table; the files always have every column)."),
+    device: str = typer.Option("cpu", "--device", help="Device for the HTML page's sample predictions."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing generated tables without asking."),
     json_out: bool = typer.Option(False, "--json", help="Print the tables as JSON."),
 ):
@@ -35,13 +43,30 @@ def report_cmd(
       [cyan]eseg report --yes[/]                             every table and figure, into reports/
 
       [cyan]eseg report --results runs/ablate --out reports/ --yes[/]   with Table 8's trained mIoU
-    """
-    from eseg_cli.analysis.report import TABLE_TITLES, generate_report, to_markdown
 
+      [cyan]eseg report --results runs/quickstart --no-figures --wide[/]   every column, and report.html
+    """
+    from eseg_cli.analysis.report import TABLE_TITLES, build_tables, narrow, to_rich, write_tables
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     confirm_overwrite(out / "tables.md", yes, "the generated tables")
     if not json_out and measure:
         err_console.print("[dim]measuring params/FLOPs not in the cache (cached after the first run)...[/]")
-    summary = generate_report(results or [], out, measure_missing=measure)
+    import json
+
+    tables = build_tables(results or [], measure_missing=measure)
+    summary = {"tables": {k: json.loads(v.to_json(orient="records")) for k, v in tables.items()},
+               "files": [str(f) for f in write_tables(tables, out)]}
+    if html:
+        from eseg_cli.analysis.html_report import write_html_report
+
+        if not json_out:
+            err_console.print("[dim]drawing the HTML report...[/]")
+        summary["files"].append(str(write_html_report(tables, out / "report.html", results=results or [],
+                                                      profiles=profiles or [], samples=samples, device=device)))
     if figures:
         from eseg_cli.analysis.plot import generate_figures
 
@@ -51,9 +76,8 @@ def report_cmd(
     if json_out:
         print_json(summary)
         return
-    import pandas as pd
-
-    for name, recs in summary["tables"].items():
-        console.rule(TABLE_TITLES.get(name, name))
-        console.print(to_markdown(pd.DataFrame(recs)), markup=False, highlight=False)
+    for name, df in tables.items():
+        console.print(to_rich(df if wide else narrow(name, df), TABLE_TITLES.get(name, name)))
+    if not wide:
+        console.print("[dim]narrow view; --wide prints every column (the .md/.csv/.tex files have them all)[/]")
     console.print(f"[green]wrote[/] {len(summary['files'])} files under {out}")

@@ -1,0 +1,120 @@
+"""What a training run folder holds, read for reports: its resolved config, training and validation logs,
+evaluations (``eval.json`` / ``eval_<mode>.json`` with their confusion CSVs) and sample predictions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from eseg_cli.analysis.plot import read_confusion, read_run
+from eseg_cli.errors import EsegError
+
+
+@dataclass
+class RunRecord:
+    """One run folder's results. ``evals`` maps an evaluation's name (``eval``, ``eval_slide`` ...) to its JSON."""
+
+    path: Path
+    config: dict = field(default_factory=dict)
+    config_text: str = ""
+    log: pd.DataFrame = field(default_factory=pd.DataFrame)
+    val: pd.DataFrame = field(default_factory=pd.DataFrame)
+    summary: dict = field(default_factory=dict)
+    evals: dict[str, dict] = field(default_factory=dict)
+    confusions: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint(self) -> Path | None:
+        for name in ("best.pt", "last.pt"):
+            p = self.path / "checkpoints" / name
+            if p.is_file():
+                return p
+        return None
+
+    def describe(self) -> str:
+        """``lite-s on synthetic, 500 steps`` (model, dataset and schedule from the resolved config)."""
+        c = self.config
+        steps = self.summary.get("steps") or c.get("steps")
+        return f"{c.get('scale', '?')} on {c.get('dataset', '?')}, {steps} steps"
+
+    def per_class(self) -> tuple[str, dict, float | None] | None:
+        """The per-class IoU to show: the whole-image evaluation if there is one, else the run's final
+        validation. Returns ``(source, per_class, mIoU)`` or None."""
+        for name in sorted(self.evals, key=lambda n: (n != "eval", n)):
+            e = self.evals[name]
+            if e.get("per_class"):
+                return name, e["per_class"], e.get("mIoU")
+        final = self.summary.get("final_metrics") or {}
+        if final.get("per_class"):
+            return "final validation", final["per_class"], final.get("mIoU")
+        return None
+
+
+def read_run_record(path: str | Path) -> RunRecord:
+    """Read everything a report shows about the run folder ``path``."""
+    path = Path(path)
+    rec = RunRecord(path)
+    cfg_path = path / "config.yaml"
+    if cfg_path.is_file():
+        rec.config_text = cfg_path.read_text()
+        try:
+            rec.config = yaml.safe_load(rec.config_text) or {}
+        except yaml.YAMLError as e:
+            raise EsegError(f"{cfg_path} is not valid YAML: {e}") from None
+    logs = read_run(path)
+    rec.log, rec.val = logs["log"], logs["val"]
+    if (path / "summary.json").is_file():
+        rec.summary = json.loads((path / "summary.json").read_text())
+    for f in sorted(path.glob("eval*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and "mIoU" in data:
+            rec.evals[f.stem] = data
+            csv = path / f"{f.stem}_confusion.csv"
+            if csv.is_file():
+                rec.confusions[f.stem] = csv
+    return rec
+
+
+def confusion(rec: RunRecord) -> tuple[str, pd.DataFrame] | None:
+    """The confusion matrix of the run's whole-image evaluation (else of any evaluation), or None."""
+    for name in sorted(rec.confusions, key=lambda n: (n != "eval", n)):
+        return name, read_confusion(rec.confusions[name])
+    return None
+
+
+@torch.no_grad()
+def sample_predictions(checkpoint: str | Path, n: int = 3, *, device: str = "cpu", split: str = "val",
+                       data_root: str | Path | None = None) -> tuple[list[dict], object]:
+    """Predict the first ``n`` images of the split the checkpoint was trained on (its validation resize,
+    single scale). Returns ``(samples, dataset)``; a sample is ``{"name", "image", "gt", "pred"}``."""
+    from eseg_cli.data.preview import denormalize
+    from eseg_cli.engine.checkpoint import load_model
+    from eseg_cli.engine.evaluator import _build_eval_dataset
+
+    model, ckpt = load_model(checkpoint, map_location="cpu")
+    model.to(device)
+    cfg = ckpt.get("config") or {}
+    dataset = cfg.get("dataset") or "synthetic"
+    root = data_root or cfg.get("data_root") or ckpt.get("data_root")
+    ds = _build_eval_dataset(dataset, root, split, cfg.get("val_resize"))
+    samples = []
+    for i in range(min(n, len(ds))):
+        img, mask = ds[i]
+        logits = model(img[None].to(device))
+        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        samples.append({"name": Path(ds.files[i][0]).stem, "image": denormalize(img),
+                        "gt": mask.numpy().astype(np.uint8), "pred": pred})
+    return samples, ds

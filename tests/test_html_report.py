@@ -1,0 +1,129 @@
+"""`eseg report --html`: one self-contained page, checked in a real browser (headless Chromium) where there is one."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_report import fake_results
+from typer.testing import CliRunner
+
+from eseg_cli.analysis import html_report, report
+from eseg_cli.analysis.runs import read_run_record, sample_predictions
+from eseg_cli.cli import app
+
+TINY = "{width: 0.25, depth: 0.3, channels: 16, repeats: 1}"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ESEG_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 2-step tiny run on a tiny synthetic set, evaluated (eval.json + eval_confusion.csv)."""
+    from eseg_cli.data import synthetic
+
+    base = tmp_path_factory.mktemp("html")
+    syn = base / "syn"
+    synthetic.generate(syn, num_train=4, num_val=2, size=(64, 128), seed=0)
+    run = base / "runs" / "tiny"
+    r = CliRunner().invoke(app, [
+        "train", "--dataset", "synthetic", "--data-root", str(syn), "--run-dir", str(run), "--steps", "2",
+        "--batch-size", "2", "--crop", "64x64", "--workers", "0", "--eval-interval", "2", "--no-progress",
+        "--set", f"model={TINY}", "--set", "ohem_min_kept=1000", "--json"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--workers", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def _images(page: str) -> list[Image.Image]:
+    uris = re.findall(r'<img src="(data:[^"]+)"', page)
+    out = []
+    for uri in uris:
+        assert uri.startswith("data:image/png;base64,")
+        out.append(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    return out
+
+
+def test_page_is_self_contained_and_holds_everything(trained_run, tmp_path):
+    abl = fake_results(tmp_path / "abl")
+    tables = report.build_tables([abl, trained_run], measure_missing=False)
+    path = html_report.write_html_report(tables, tmp_path / "report.html", results=[abl, trained_run.parent],
+                                         samples=2)
+    page = path.read_text()
+    # nothing fetched from anywhere: no scripts, no links, every image inline
+    assert "<script" not in page and "<link" not in page and not re.search(r'(src|href)="(https?:)?//', page)
+    imgs = _images(page)
+    # Figures 1 and 4, training curves; for the run: per-class IoU, confusion matrix, sample predictions
+    assert len(imgs) == 6 and all(im.size[0] > 300 for im in imgs)
+    for name in ("table3", "table4", "table5", "table8"):
+        assert f'id="{name}"' in page
+    assert "<td class=\"num\">80.1</td>" in page  # the paper's mIoU with its fixed decimal
+    assert "mIoU measured: synthetic, 10 steps (final)" in page
+    rec = read_run_record(trained_run)
+    assert f"{rec.evals['eval']['mIoU']:.2f}" in page  # the run's evaluation, fixed decimals
+    assert "resolved config.yaml" in page and "ohem_min_kept: 1000" in page
+
+
+def test_sample_predictions_come_from_the_checkpoint(trained_run):
+    samples, ds = sample_predictions(trained_run / "checkpoints" / "best.pt", 2)
+    assert len(samples) == 2
+    s = samples[0]
+    assert s["image"].shape[:2] == s["gt"].shape == s["pred"].shape and s["image"].dtype == np.uint8
+    assert s["pred"].max() < ds.num_classes
+
+
+def test_cli_writes_the_page_by_default(trained_run, tmp_path):
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["report", "--results", str(trained_run), "--out", str(out), "--no-measure",
+                                 "--no-figures", "--samples", "1"])
+    assert r.exit_code == 0, r.output
+    assert (out / "report.html").is_file() and (out / "tables.md").is_file()
+    r = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "rep2"), "--no-measure", "--no-figures",
+                                 "--no-html", "--json"])
+    assert r.exit_code == 0 and not (tmp_path / "rep2" / "report.html").exists()
+    assert not any(f.endswith(".html") for f in json.loads(r.stdout)["files"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(page_path, png_path, width=1280, height=2400) -> str:
+    """Screenshot ``page_path`` with headless Chromium; return what it logged (console messages included)."""
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+         "--v=0", f"--window-size={width},{height}", f"--screenshot={png_path}", page_path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert png_path.is_file(), proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+def console_errors(log: str) -> list[str]:
+    return [ln for ln in log.splitlines() if "CONSOLE" in ln or "Uncaught" in ln or "Failed to load" in ln]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+def test_page_renders_in_headless_chromium(trained_run, tmp_path):
+    tables = report.build_tables([trained_run], measure_missing=False)
+    page = html_report.write_html_report(tables, tmp_path / "report.html", results=[trained_run], samples=1)
+    shot = tmp_path / "shot.png"
+    log = render(page, shot)
+    assert console_errors(log) == [], log[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[1] == 1280
+    assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # not a blank page
+    # the console check is real: a page with a script error is caught
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); nope();</script></body></html>")
+    assert console_errors(render(bad, tmp_path / "bad.png", 400, 300))
