@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import nox
+import tomllib
 from packaging.requirements import Requirement
 
 nox.options.sessions = ["lint", "tests"]
