@@ -76,6 +76,8 @@ def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
         if p.is_dir() and any(f.name == "results.jsonl" for f in files):
             out["ablate"].extend(read_results(p))
         for f in files:
+            if f.name in ("val_latest.json", "summary.json"):  # a run's own validation, not an evaluation
+                continue
             if f.name == "results.jsonl":
                 if p.is_file():
                     out["ablate"].extend(read_results(f))
@@ -372,6 +374,8 @@ def format_frame(df: pd.DataFrame) -> pd.DataFrame:
     for col in df.columns:
         if _is_numeric(df[col]):
             nd, sign = decimals(col), "+" if col.startswith("Δ") else ""
+            if pd.api.types.is_integer_dtype(df[col]):  # counts (images, steps) stay whole
+                nd = 0
             out[col] = ["-" if v is None or _nan(v) else f"{v:{sign}.{nd}f}" for v in df[col]]
         else:
             out[col] = ["-" if v is None or _nan(v) or v == "" else str(v) for v in df[col]]

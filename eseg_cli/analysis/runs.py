@@ -50,7 +50,7 @@ class RunRecord:
     def per_class(self) -> tuple[str, dict, float | None] | None:
         """The per-class IoU to show: the whole-image evaluation if there is one, else the run's final
         validation. Returns ``(source, per_class, mIoU)`` or None."""
-        for name in sorted(self.evals, key=lambda n: (n != "eval", n)):
+        for name in sorted(self.evals, key=_whole_first):
             e = self.evals[name]
             if e.get("per_class"):
                 return name, e["per_class"], e.get("mIoU")
@@ -58,6 +58,11 @@ class RunRecord:
         if final.get("per_class"):
             return "final validation", final["per_class"], final.get("mIoU")
         return None
+
+
+def _whole_first(name: str) -> tuple:
+    """Evaluation names in display order: the whole-image one (``eval_whole``, or ``eval``) first."""
+    return (name not in ("eval_whole", "eval"), name)
 
 
 def read_run_record(path: str | Path) -> RunRecord:
@@ -90,7 +95,7 @@ def read_run_record(path: str | Path) -> RunRecord:
 
 def confusion(rec: RunRecord) -> tuple[str, pd.DataFrame] | None:
     """The confusion matrix of the run's whole-image evaluation (else of any evaluation), or None."""
-    for name in sorted(rec.confusions, key=lambda n: (n != "eval", n)):
+    for name in sorted(rec.confusions, key=_whole_first):
         return name, read_confusion(rec.confusions[name])
     return None
 
