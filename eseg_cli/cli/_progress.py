@@ -75,7 +75,7 @@ class ProgressReporter:
             return
         if ev.kind == "start":
             self._started[ev.task] = (time.perf_counter(), ev.step)
-            self._printed[ev.task] = -1
+            self._printed[ev.task] = 0  # the start line covers the first tenth
         if self.bar:
             self._draw(ev)
         else:
