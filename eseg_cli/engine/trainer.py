@@ -206,7 +206,8 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         cfg, changes = _resume_changes(cfg, int(state["step"]), steps, data_root)
     else:
         if steps is not None or data_root is not None:
-            raise EsegError("steps= and data_root= change a resumed run; for a new run put them in the config")
+            raise EsegError("'steps' and 'data_root' change a resumed run; for a new run put them in the config",
+                            field=("steps", "data_root"))
         cfg = as_config(config)
         if cfg.data_root:
             cfg = dataclasses.replace(cfg, data_root=_absolute(cfg.data_root))
@@ -241,12 +242,13 @@ def _resume_changes(cfg: TrainConfig, at: int, steps: int | None, data_root) -> 
     changes = {}
     if steps is not None and steps != cfg.steps:
         if steps < at:
-            raise EsegError(f"the run is already at step {at}; a new total of {steps} steps would end before it")
+            raise EsegError(f"the run is already at step {at}; a new total of 'steps' {steps} would end before it",
+                            field="steps")
         changes["steps"] = [cfg.steps, steps]
     if data_root is not None:
         new = _absolute(data_root)
         if not Path(new).is_dir():
-            raise EsegError(f"data root {new} is not a folder; give the folder the data moved to")
+            raise EsegError(f"'data_root' {new} is not a folder; give the folder the data moved to", field="data_root")
         if new != cfg.data_root:
             changes["data_root"] = [cfg.data_root, new]
     if changes:
