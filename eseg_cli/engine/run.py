@@ -156,8 +156,10 @@ class Run:
     # ------------------------------------------------------------------ creating, replacing, locking
     @staticmethod
     def default_name(scale: str, dataset: str) -> str:
-        """``<scale>-<dataset>-<YYYYmmdd-HHMMSS>`` (made unique by :meth:`create`)."""
-        return f"{str(scale).lower()}-{dataset}-{_timestamp()}"
+        """``<scale>-<dataset>-<YYYYmmdd-HHMMSS>`` (made unique by :meth:`create`), e.g.
+        ``lite-s-synthetic-20260101-120000`` for ``eseg-lite-s``."""
+        scale = str(scale).lower()
+        return f"{scale.removeprefix('eseg-')}-{dataset}-{_timestamp()}"
 
     @classmethod
     def create(cls, parent: str | os.PathLike, name: str) -> Run:
