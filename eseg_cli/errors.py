@@ -49,3 +49,17 @@ def write_error(path, e: OSError) -> EsegError:
     hint = os_error_hint(e)
     reason = e.strerror or str(e)
     return EsegError(f"cannot write {path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A long task stopped cleanly on SIGINT or SIGTERM after saving its state.
+
+    ``exit_code`` is 128 + the signal number (130 for SIGINT, 143 for SIGTERM); ``resume`` says how to
+    continue (a sentence); ``summary`` is what the task had done. A KeyboardInterrupt, so that code catching
+    ``Exception`` does not swallow it.
+    """
+
+    def __init__(self, message: str, signum: int, resume: str = "", summary: dict | None = None):
+        super().__init__(message)
+        self.signum, self.resume, self.summary = signum, resume, summary or {}
+        self.exit_code = 128 + signum

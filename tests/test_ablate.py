@@ -50,9 +50,11 @@ def test_rows_appended_and_resumed(tmp_path):
     assert len(first) == 1
     events = []
     rows = ablate.run_ablation("levels", out, scale="lite-s", resolution=(64, 64), model_kwargs=TINY,
-                               on_event=lambda e, c, r: events.append((e, c.name)))
+                               on_event=events.append)
     # the cell finished before the "interruption" is skipped, the other three run
-    assert ("skip", "p3-p7") in events and sum(e == "start" for e, _ in events) == 3
+    cells = [(e.item, e.message.split()[0]) for e in events if e.kind == "advance"]
+    assert cells == [("p3-p7", "skipped"), ("p2-p7", "done"), ("p3-p9", "done"), ("p2-p9", "done")]
+    assert [e.step for e in events if e.kind == "advance"] == [1, 2, 3, 4] and events[0].total == 4
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and [json.loads(x)["cell"] for x in lines] == [r["cell"] for r in rows]
     by = {r["cell"]: r for r in rows}
@@ -147,5 +149,6 @@ def test_training_cells_same_settings_resume_and_skip(tmp_path, monkeypatch):
         configs.append({k: v for k, v in c.items() if k != "model"})
     assert configs[0] == configs[1] and configs[0]["batch_size"] == 2  # identical settings but the model
     events = []
-    ablate.run_ablation("fusion", tmp_path / "abl", **kw, on_event=lambda e, c, r: events.append(e))
-    assert events == ["skip", "skip"] and len(calls) == 3
+    ablate.run_ablation("fusion", tmp_path / "abl", **kw, on_event=events.append)
+    assert [e.message.split()[0] for e in events if e.kind == "advance"] == ["skipped", "skipped"]
+    assert len(calls) == 3 and not any(e.task == "train" for e in events)

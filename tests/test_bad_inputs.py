@@ -331,7 +331,7 @@ def train_resume_without_checkpoint(tmp, base):
 
 @case
 def train_resume_with_other_flags(tmp, base):
-    return ["train", "--resume", str(base["ckpt"].parent.parent), "--steps", "5"], "--steps"
+    return ["train", "--resume", str(base["ckpt"].parent.parent), "--lr", "0.1"], "--lr"
 
 
 @case
@@ -533,8 +533,8 @@ def eval_save_predictions_is_a_file(tmp, base):
 @case
 def eval_results_exist_without_yes(tmp, base):
     (tmp / "o").mkdir()
-    (tmp / "o" / "eval.json").write_text("{}")
-    return ev("--checkpoint", base["ckpt"], "--out", tmp / "o"), "eval.json"
+    (tmp / "o" / "eval_whole.json").write_text("{}")
+    return ev("--checkpoint", base["ckpt"], "--out", tmp / "o"), "eval_whole.json"
 
 
 @case

@@ -37,8 +37,7 @@ def _run(tmp_path, device):
     torch.manual_seed(0)
     model = build_model("lite-s", 3, **TINY)
     return train(_cfg(device), tmp_path / device, model=model, train_dataset=Toy(8, ignore_rows=4),
-                 val_dataset=Toy(4, seed=1, ignore_rows=4),
-                 progress=False)
+                 val_dataset=Toy(4, seed=1, ignore_rows=4))
 
 
 @pytest.mark.skipif(os.environ.get("PJRT_DEVICE") is None, reason="set PJRT_DEVICE (CPU, TPU, CUDA)")

@@ -109,8 +109,8 @@ def test_train_eval_save_and_rescore_cli(syn, tmp_path):
     m = json.loads(r.stdout)
     assert set(m) >= {"mIoU", "pixAcc", "mAcc", "fwIoU", "per_class"} and len(m["per_class"]) == 19
     assert m["mIoU"] == pytest.approx(summary["best_mIoU"], abs=1e-3)  # same model, same val set
-    assert (run / "eval.json").is_file()
-    csv = (run / "eval_confusion.csv").read_text().splitlines()
+    assert (run / "eval_whole.json").is_file()
+    csv = (run / "eval_whole_confusion.csv").read_text().splitlines()
     assert len(csv) == 20 and sum(int(v) for line in csv[1:] for v in line.split(",")[1:]) == m["pixels"]
     assert len(list(preds.glob("*_leftImg8bit.png"))) == 3 and len(list(preds.glob("*_color.png"))) == 3
     # scoring the saved PNGs gives the same numbers as evaluating the model
@@ -124,7 +124,10 @@ def test_train_eval_save_and_rescore_cli(syn, tmp_path):
     # a second evaluation into the same folder asks first (no terminal -> refuse without --yes)
     r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--workers", "0"])
     assert r.exit_code == 2 and "--yes" in r.output
-    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--workers", "0", "--yes", "--mode", "slide",
+    # another mode is written beside it, without asking
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--workers", "0", "--mode", "slide",
                                  "--crop", "64x64"])
     assert r.exit_code == 0, r.output
     assert "mIoU" in r.output
+    assert json.loads((run / "eval_slide.json").read_text())["mode"] == "slide"
+    assert json.loads((run / "eval_whole.json").read_text())["mode"] == "whole"

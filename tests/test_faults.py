@@ -87,7 +87,7 @@ def test_full_disk_during_training_is_one_clean_line(small_disk, tmp_path, one_t
     run = small_disk / "run"
     cfg = {"data_root": str(syn), "steps": 4, "batch_size": 2, "workers": 0, "checkpoint_interval": 1,
            "eval_interval": 100, "log_interval": 1, "crop_size": [32, 32], "model": TINY, "device": "cpu"}
-    train(cfg, run, progress=False, log=lambda m: None, stop_after=1)
+    train(cfg, run, stop_after=1)
     last = run / "checkpoints" / "last.pt"
     before = last.read_bytes()
     _fill(small_disk, leave=len(before) // 3)

@@ -271,7 +271,7 @@ def test_training_from_tf_lite_weights_records_and_uses_their_normalisation(tmp_
     run = tmp_path / "run"
     s = train(dict(dataset="synthetic", data_root=str(root), model=TINY, pretrained=str(weights), steps=1,
                    batch_size=2, crop_size=[64, 64], workers=0, eval_interval=1, ohem_min_kept=100),
-              run, progress=False, log=lambda m: None)
+              run)
     assert seen and all(m == HALF_NORM[0] and st == HALF_NORM[1] for m, st in seen)
     report = json.loads((run / "pretrained.json").read_text())
     assert report["variant"] == "tf" and report["loaded"] == len(src.encoder.state_dict())

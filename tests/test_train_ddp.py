@@ -50,7 +50,7 @@ def _worker(rank, world, port, run_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    train(_cfg(2), run_dir, model=NoBN(), train_dataset=Toy(), val_dataset=Toy(4), progress=False)
+    train(_cfg(2), run_dir, model=NoBN(), train_dataset=Toy(), val_dataset=Toy(4))
 
 
 def _free_port():
@@ -65,7 +65,7 @@ def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     torch.manual_seed(0)
-    train(_cfg(4), tmp_path / "single", model=NoBN(), train_dataset=Toy(), val_dataset=Toy(4), progress=False)
+    train(_cfg(4), tmp_path / "single", model=NoBN(), train_dataset=Toy(), val_dataset=Toy(4))
     a = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 5
@@ -77,4 +77,6 @@ def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
         moved |= not torch.allclose(v, init[k])
     assert moved  # training changed the weights, so the comparison means something
     # the validation confusion matrix was reduced across ranks: both runs saw all 4 val images
+    # (best.pt: last.pt of the final step is written before that step's validation)
+    a, b = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "best.pt"), load_checkpoint(tmp_path / "single")
     assert a["best_mIoU"] == pytest.approx(b["best_mIoU"], abs=1e-6) and a["best_mIoU"] >= 0

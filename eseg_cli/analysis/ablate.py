@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eseg_cli.errors import EsegError
+from eseg_cli.errors import EsegError, Interrupted
+from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json, atomic_write_text, cache_dir
 
 RESULTS_FILE = "results.jsonl"
@@ -193,7 +194,7 @@ def _paper_values(kind: str) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- training
 
 def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, dataset: str, data_root: str | None,
-               recipe: str | None, overrides: dict | None = None) -> dict:
+               recipe: str | None, overrides: dict | None = None, on_event: OnEvent | None = None) -> dict:
     """Train one cell with the engine under the ablation's shared settings; return its eval metrics.
 
     The configuration is resolved once for ``base_scale`` (the recipe and its per-scale block), then only
@@ -201,26 +202,22 @@ def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, datase
     by an interrupted ablation is resumed from its last checkpoint, a finished one is reused.
     """
     from eseg_cli.engine import load_config, train
+    from eseg_cli.engine.run import Run
 
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    summary = None
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError:
-            summary = None
-        if summary and not (summary.get("finished") and summary.get("total_steps") == steps):
-            summary = None
+    run = Run(run_dir)
+    summary = run.read_summary()
+    if summary and not (summary.get("finished") and summary.get("total_steps") == steps):
+        summary = None
     if summary is None:
         ov = {**(overrides or {}), "steps": steps, "data_root": data_root, "scale": cell.model,
               "model": {**(overrides or {}).get("model", {}), **cell.kwargs}}
         config = load_config(dataset, base_scale, ov, recipe=recipe)
-        resume = (run_dir / "checkpoints" / "last.pt").is_file()
-        summary = train(config, run_dir, resume=resume, progress=False)
+        resume = run.last_checkpoint.is_file()
+        # a folder left before its first checkpoint has nothing to resume: it is moved aside, not mixed in
+        summary = train(config, run.path, resume=resume, overwrite=not resume, on_event=on_event)
     final = summary.get("final_metrics") or {}
     return {"miou": final.get("mIoU"), "best_miou": summary.get("best_mIoU"), "pixacc": final.get("pixAcc"),
-            "run_dir": str(summary.get("run_dir", run_dir)), "checkpoint": summary.get("checkpoint")}
+            "run_dir": str(summary.get("run_dir", run.path)), "checkpoint": summary.get("checkpoint")}
 
 
 # ----------------------------------------------------------------------------- the ablation
@@ -229,11 +226,13 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
                  num_classes: int = 19, model_kwargs: dict | None = None, cells: list[str] | None = None,
                  train: bool = False, steps: int = 200, dataset: str = "synthetic", data_root: str | None = None,
                  recipe: str | None = None, train_overrides: dict | None = None, use_cache: bool = True,
-                 on_event: Callable[[str, Cell, dict | None], None] | None = None) -> list[dict]:
+                 on_event: OnEvent | None = None) -> list[dict]:
     """Run ablation ``kind`` into ``out_dir``; return one row per cell (finished earlier or now).
 
     ``model_kwargs`` are added to every cell's model options (tiny models for tests). ``cells`` picks a
-    subset by name. ``on_event(event, cell, row)`` is told "skip", "start" and "done".
+    subset by name. ``on_event`` gets progress events: task ``ablate`` (one ``advance`` per cell, its
+    ``item`` the cell name, ``message`` "skipped" or "done", ``metrics`` its row) and the ``train`` events
+    of each cell's training.
     """
     all_cells = cells_for(kind, scale)
     if cells:
@@ -253,17 +252,17 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     train_settings = ({"steps": steps, "dataset": dataset, "data_root": data_root, "recipe": recipe,
                        "overrides": train_overrides} if train else None)
     rows = []
-    for base in all_cells:
+    emit = Emitter(on_event, "ablate", total=len(all_cells))
+    emit("start", 0)
+    for i, base in enumerate(all_cells, 1):
         cell = Cell(base.name, base.label, base.model, {**base.kwargs, **(model_kwargs or {})})
         sig = _signature(cell, resolution, num_classes, train_settings)
         if (kind, cell.name, sig) in done:
             row = done[(kind, cell.name, sig)]
-            if on_event:
-                on_event("skip", cell, row)
+            emit("advance", i, item=cell.name, message=f"skipped (already in {results_path})", metrics=row)
             rows.append(row)
             continue
-        if on_event:
-            on_event("start", cell, None)
+        emit.message(f"{cell.name}: measuring{' and training' if train else ''}")
         t0 = time.time()
         m = measure(cell.model, cell.kwargs, resolution=resolution, num_classes=num_classes, use_cache=use_cache)
         ref = paper.get(cell.name, {})
@@ -280,8 +279,13 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
             "train": train_settings, "run_dir": None, "signature": sig,
         }
         if train:
-            metrics = train_cell(cell, out_dir / "runs" / f"{cell.name}-{sig}", base_scale=scale, steps=steps,
-                                 dataset=dataset, data_root=data_root, recipe=recipe, overrides=train_overrides)
+            try:
+                metrics = train_cell(cell, out_dir / "runs" / f"{cell.name}-{sig}", base_scale=scale, steps=steps,
+                                     dataset=dataset, data_root=data_root, recipe=recipe,
+                                     overrides=train_overrides, on_event=on_event)
+            except Interrupted as e:
+                e.resume = "run the same ablation again (finished cells are skipped, this one resumes)"
+                raise
             # the mIoU after the last step (what Table 8 reports); the best validation is kept beside it
             row.update(miou=metrics["miou"], final_miou=metrics["miou"], best_miou=metrics["best_miou"],
                        pixacc=metrics["pixacc"], run_dir=metrics["run_dir"])
@@ -290,7 +294,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
         row["seconds"] = round(time.time() - t0, 1)
         row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _append_row(results_path, row)
-        if on_event:
-            on_event("done", cell, row)
+        emit("advance", i, item=cell.name, message="done", metrics=row)
         rows.append(row)
+    emit("end", len(all_cells))
     return rows

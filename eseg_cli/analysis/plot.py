@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
 
 FORMATS = ("png", "svg")
@@ -380,37 +381,18 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
 
 def find_runs(paths) -> list[Path]:
     """Run folders (holding the engine's ``log.jsonl`` or ``val.jsonl``) in or under ``paths``."""
-    runs: set[Path] = set()
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise EsegError(f"'results' {p} does not exist; give a run folder or a folder of runs", field="results")
-        if p.is_dir():
-            runs |= {f.parent for pat in ("log.jsonl", "val.jsonl") for f in p.rglob(pat)}
-    return sorted(runs)
-
-
-def _jsonl(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame()
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-    return pd.DataFrame(rows)
+    return [r.path for r in Run.find(paths)]
 
 
 def read_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """A run's training log (step, loss, lr ...) and validations (step, mIoU, pixAcc ...).
 
-    A resumed run may log a step twice; the later row wins.
+    A step logged twice (a run resumed by an older version) keeps its later row.
     """
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     out = {}
-    for name in ("log", "val"):
-        df = _jsonl(run_dir / f"{name}.jsonl")
+    for name, rows in (("log", run.read_log()), ("val", run.read_val())):
+        df = pd.DataFrame(rows)
         if not df.empty and "step" in df:
             df = df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
         out[name] = df

@@ -123,13 +123,9 @@ def _eval_records(path: Path) -> list[dict]:
 
 def _run_config(folder: Path) -> dict | None:
     """The model and dataset of an engine run folder, from its ``config.yaml`` (None if there is none)."""
-    import yaml
+    from eseg_cli.engine.run import Run
 
-    path = folder / "config.yaml"
-    try:
-        cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
+    cfg = Run(folder).read_config()
     if not isinstance(cfg, dict) or "scale" not in cfg:
         return None
     from eseg_cli.models import resolve_scale

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eseg_cli.errors import EsegError, os_error_hint
+from eseg_cli.errors import EsegError, Interrupted, os_error_hint
 
 console = Console()
 err_console = Console(stderr=True)
@@ -109,6 +109,10 @@ def run_guarded(fn, *a, flags: dict[str, str] | None = None, **k):
         return fn(*a, **k)
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise
+    except Interrupted as e:  # stopped cleanly by SIGINT / SIGTERM, its state saved: say how to continue
+        err_console.print(f"[yellow]{escape(str(e))}[/]" + (f"; to continue, {escape(e.resume)}" if e.resume else ""),
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
     except Exception as e:  # noqa: BLE001 - the top of the command: every exception is reported here
         msg, code = describe_error(e, flags)
         if debug_enabled():

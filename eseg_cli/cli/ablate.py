@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, err_console, human, parse_sets, print_json
+from eseg_cli.cli._common import console, human, parse_sets, print_json
 
 
 @app.command("ablate", rich_help_panel="Paper workbench")
@@ -47,23 +47,17 @@ def ablate_cmd(
       [cyan]eseg ablate decoder --train --steps 30 --set crop_size=[128,128] --set max_val_images=10[/]
     """
     from eseg_cli.analysis.ablate import run_ablation
+    from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.utils import parse_size
 
     res = parse_size(resolution, "--resolution")
     folder = out / kind
     overrides = parse_sets(sets or [])
 
-    def on_event(event, cell, row):
-        if json_out:
-            return
-        if event == "skip":
-            err_console.print(f"[dim]{cell.name}: already in {folder / 'results.jsonl'}, skipped[/]")
-        elif event == "start":
-            err_console.print(f"[dim]{cell.name}: measuring{' and training' if train else ''}...[/]")
-
-    rows = run_ablation(kind, folder, scale=scale, resolution=res, num_classes=num_classes, cells=cells,
-                        train=train, steps=steps, dataset=dataset, data_root=data_root, recipe=recipe,
-                        train_overrides=overrides or None, use_cache=cache, on_event=on_event)
+    with ProgressReporter(bar=use_bar(), quiet=json_out) as on_event:
+        rows = run_ablation(kind, folder, scale=scale, resolution=res, num_classes=num_classes, cells=cells,
+                            train=train, steps=steps, dataset=dataset, data_root=data_root, recipe=recipe,
+                            train_overrides=overrides or None, use_cache=cache, on_event=on_event)
     if json_out:
         print_json(rows)
         return

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import EsegTyper, confirm_overwrite, console, err_console, print_json
+from eseg_cli.cli._common import EsegTyper, confirm_overwrite, console, print_json
+from eseg_cli.cli._progress import ProgressReporter, use_bar
 
 prepare_app = EsegTyper(
     name="prepare-data",
@@ -33,31 +33,6 @@ def _prepare_root():
 
       [cyan]eseg prepare-data synthetic --out data/synthetic --num-train 400 --num-val 100 --size 256x512[/]
     """
-
-
-class _LazyProgress:
-    """A rich progress bar on stderr that appears with the first update, so that input errors found
-    before any work starts are not preceded by an empty bar. ``update(done, total)`` drives it."""
-
-    def __init__(self, label: str, quiet: bool):
-        self.label, self.quiet, self.prog, self.task = label, quiet, None, None
-
-    def update(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.prog is None:
-            self.prog = Progress(TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err_console)
-            self.prog.start()
-            self.task = self.prog.add_task(self.label, total=total)
-        self.prog.update(self.task, completed=done, total=total)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.prog is not None:
-            self.prog.stop()
 
 
 def _workers(workers: Optional[int]) -> int:
@@ -150,9 +125,9 @@ def cityscapes_cmd(
     pv_split = split[0] if split else ("train" if (root / "leftImg8bit" / "train").is_dir() else "val")
     if preview:
         confirm_overwrite(_preview_path(root, preview_out, pv_split), yes, "the preview")
-    with _LazyProgress("cityscapes → trainIds", json_out) as prog:
+    with ProgressReporter(bar=use_bar(), quiet=json_out) as on_event:
         summary = prepare_cityscapes(root, splits=split or None, workers=_workers(workers), force=force,
-                                     progress=prog.update)
+                                     on_event=on_event)
     _maybe_preview("cityscapes", root, preview, preview_out, pv_split, yes, summary, json_out)
     if json_out:
         print_json(summary)
@@ -185,8 +160,8 @@ def ade20k_cmd(
 
     if preview and preview_out:
         confirm_overwrite(preview_out, yes, "the preview")
-    with _LazyProgress("ade20k check", json_out) as prog:
-        summary = prepare_ade20k(root, workers=_workers(workers), progress=prog.update)
+    with ProgressReporter(bar=use_bar(), quiet=json_out) as on_event:
+        summary = prepare_ade20k(root, workers=_workers(workers), on_event=on_event)
     pv_split = "train" if "train" in summary["splits"] else "val"
     _maybe_preview("ade20k", summary["root"], preview, preview_out, pv_split, yes, summary, json_out)
     if json_out:
@@ -217,8 +192,8 @@ def mapillary_cmd(
     """
     from eseg_cli.data.prepare import prepare_mapillary
 
-    with _LazyProgress("mapillary check", json_out) as prog:
-        summary = prepare_mapillary(root, workers=_workers(workers), progress=prog.update)
+    with ProgressReporter(bar=use_bar(), quiet=json_out) as on_event:
+        summary = prepare_mapillary(root, workers=_workers(workers), on_event=on_event)
     if json_out:
         print_json(summary)
     else:
@@ -260,9 +235,9 @@ def synthetic_cmd(
     hw = parse_size(size, "--size")
     if preview:
         confirm_overwrite(_preview_path(out, preview_out, "train" if num_train else "val"), yes, "the preview")
-    with _LazyProgress("synthetic scenes", json_out) as prog:
+    with ProgressReporter(bar=use_bar(), quiet=json_out) as on_event:
         summary = generate(out, num_train=num_train, num_val=num_val, size=hw, seed=seed,
-                           workers=_workers(workers), progress=prog.update, force=force)
+                           workers=_workers(workers), on_event=on_event, force=force)
     _maybe_preview("synthetic", out, preview, preview_out, "train" if num_train else "val", yes, summary,
                    json_out, crop=hw)
     if json_out:

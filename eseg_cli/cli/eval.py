@@ -35,8 +35,9 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or xla."),
     amp: Optional[str] = typer.Option(None, "--amp", help="bf16 or fp16 autocast."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Only the first N images."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json and eval_confusion.csv "
-                                                                 "(default: the run folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval_<mode>.json and "
+                                                                 "eval_<mode>_confusion.csv (eval.json ... for "
+                                                                 "--predictions; default: the run folder)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write <image>.png (trainIds) "
                                                                                      "and <image>_color.png here."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
@@ -55,7 +56,9 @@ def eval_cmd(
 
       [cyan]eseg eval --predictions preds/ -d cityscapes --data-root data/cityscapes[/]
     """
+    from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.engine import evaluate, score_predictions
+    from eseg_cli.engine.run import Run
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
 
@@ -72,27 +75,29 @@ def eval_cmd(
     if not scale_list or min(scale_list) <= 0:
         raise EsegError(f"--scales must be positive numbers, got {scales!r}")
     out_dir = out
+    reporter = ProgressReporter(bar=use_bar(), quiet=json_out)
     if predictions is not None:
         if dataset is None:
             raise EsegError("--predictions needs --dataset (and --data-root) for the ground truth")
         out_dir = out_dir or predictions
-        confirm_overwrite(out_dir / "eval.json", yes, "the previous evaluation")
+        confirm_overwrite(Run(out_dir).eval_paths()["json"], yes, "the previous evaluation")
         if not json_out:
             err_console.print(f"[dim]scoring {predictions} against {dataset} {split}...[/]")
-        result = score_predictions(predictions, dataset=dataset, data_root=data_root, split=split, ids=ids,
-                                   out_dir=out_dir)
+        with reporter:
+            result = score_predictions(predictions, dataset=dataset, data_root=data_root, split=split, ids=ids,
+                                       out_dir=out_dir, on_event=reporter)
     else:
-        if out_dir is None:
-            p = checkpoint
-            out_dir = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else p.parent)
-        confirm_overwrite(out_dir / "eval.json", yes, "the previous evaluation")
+        out_dir = out_dir or Run.of(checkpoint).path
+        confirm_overwrite(Run(out_dir).eval_paths(mode)["json"], yes, "the previous evaluation")
         if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
             confirm_overwrite(save_predictions, yes, "predictions in it")
-        result = evaluate(checkpoint, dataset=dataset, data_root=data_root, split=split, mode=mode,
-                          crop=parse_size(crop, "--crop") if crop else None,
-                          stride=parse_size(stride, "--stride") if stride else None, scales=scale_list, flip=flip,
-                          batch_size=batch_size, workers=workers, device=device, amp=amp, out_dir=out_dir,
-                          save_predictions=save_predictions, max_images=max_images, use_ema=not no_ema)
+        with reporter:
+            result = evaluate(checkpoint, dataset=dataset, data_root=data_root, split=split, mode=mode,
+                              crop=parse_size(crop, "--crop") if crop else None,
+                              stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
+                              flip=flip, batch_size=batch_size, workers=workers, device=device, amp=amp,
+                              out_dir=out_dir, save_predictions=save_predictions, max_images=max_images,
+                              use_ema=not no_ema, on_event=reporter)
     result.pop("confusion_matrix", None)
     if json_out:
         print_json(result)

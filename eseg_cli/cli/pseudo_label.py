@@ -31,7 +31,8 @@ def pseudo_label_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     amp: Optional[str] = typer.Option(None, "--amp", help="bf16 or fp16 autocast."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on a terminal; plain "
+                                                                         "lines without."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Label images with a teacher for self-training; pixels below --threshold become 255 (ignore).
@@ -47,7 +48,7 @@ def pseudo_label_cmd(
     """
     import torch
 
-    from eseg_cli.cli.data import _LazyProgress
+    from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.engine.pseudo_label import pseudo_label
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
@@ -58,12 +59,12 @@ def pseudo_label_cmd(
         scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
     except ValueError:
         raise EsegError(f"--scales must be comma-separated numbers, got {scales!r}") from None
-    with _LazyProgress("pseudo-label", quiet=not progress) as prog:
+    with ProgressReporter(bar=use_bar(progress), quiet=json_out) as on_event:
         summary = pseudo_label(checkpoint, images, out, threshold=threshold, mode=mode,
                                crop=parse_size(crop, "--crop") if crop else None,
                                stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
                                flip=flip, split=split, device=device, amp=amp, use_ema=not no_ema,
-                               progress=prog.update)
+                               on_event=on_event)
     if json_out:
         print_json(summary)
         return

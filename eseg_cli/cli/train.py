@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -22,9 +21,10 @@ def train_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="A recipe YAML instead of recipes/<dataset>.yaml."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run folder (default runs/<scale>-<dataset>-"
-                                                                          "<time>)."),
+                                                                          "<time>, made unique)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where its "
-                                                                 "last checkpoint stopped."),
+                                                                 "last checkpoint stopped (with --steps: a new "
+                                                                 "total; with --data-root: where its data moved)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training iterations."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per step per process."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Training crop HxW."),
@@ -61,13 +61,17 @@ def train_cmd(
                                                                  "repeatable."),
     check: bool = typer.Option(True, "--check/--no-check", help="Read every image/label pair before training "
                                "(cached by file size and time)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Reuse an existing --run-dir without asking."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Start over in an existing --run-dir without asking (the "
+                                                        "old run is moved to <name>.old-<time>)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on a terminal; plain "
+                                                                         "lines per log interval without."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train a model; the run folder gets config.yaml, log.jsonl, val.jsonl and checkpoints/{last,best}.pt.
 
     Multi-GPU: [cyan]torchrun --nproc_per_node=8 -m eseg_cli train ...[/] (DDP, nccl; gloo on CPU).
+
+    Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and prints the command that resumes.
 
     Examples:
 
@@ -77,56 +81,84 @@ def train_cmd(
 
       [cyan]eseg train --resume runs/lite-s-synthetic-20260101-120000[/]
 
+      [cyan]eseg train --resume runs/lite-s-synthetic-20260101-120000 --steps 3000[/]   extend the schedule
+
       [cyan]eseg train -s lite-s --set ema_decay=0.999 --set amp=bf16[/]
     """
     import torch
 
-    from eseg_cli.engine import load_config, train
-    from eseg_cli.errors import EsegError
-    from eseg_cli.utils import parse_size
+    from eseg_cli.cli._progress import ProgressReporter, use_bar
+    from eseg_cli.engine import train
+    from eseg_cli.errors import EsegError, Interrupted
 
     if threads:
         torch.set_num_threads(threads)
-    if resume is not None:
-        given = [n for n, v in (("--dataset", dataset), ("--data-root", data_root), ("--recipe", recipe),
-                                ("--steps", steps), ("--batch-size", batch_size), ("--crop", crop), ("--lr", lr),
-                                ("--extra-data", extra_data), ("--init-from", init_from), ("--scale", scale),
-                                ("--set", set_)) if v]
-        if given:
-            raise EsegError(f"--resume continues the run with its saved config.yaml; drop {', '.join(given)} "
-                            "(or start a new run)")
-        summary = train({}, resume, resume=True, progress=progress, log=_say)
-        _report(summary, json_out)
-        return
-    overrides: dict = parse_sets(set_ or [])
-    flags = dict(
-        data_root=str(data_root) if data_root else None, steps=steps, batch_size=batch_size,
-        crop_size=list(parse_size(crop, "--crop")) if crop else None, lr=lr, optimizer=optimizer,
-        weight_decay=weight_decay, warmup_steps=warmup_steps, loss=loss, amp=amp, ema_decay=ema,
-        clip_grad=clip_grad, pretrained=str(pretrained) if pretrained else None, workers=workers,
-        init_from=str(init_from) if init_from else None, freeze_encoder_steps=freeze_encoder,
-        encoder_lr_mult=encoder_lr_mult,
-        eval_interval=eval_interval, log_interval=log_interval, seed=seed, device=device,
-        check_data=None if check else False)
-    overrides.update({k: v for k, v in flags.items() if v is not None})  # flags beat --set, unset flags don't
-    if extra_data:
-        overrides["extra_data"] = [{"dataset": "folder", "root": str(d), "ratio": extra_ratio} for d in extra_data]
-    if scale is None and init_from is not None:  # the architecture of the run it starts from
-        from eseg_cli.engine.checkpoint import load_checkpoint
-
-        scale = (load_checkpoint(init_from).get("model_config") or {}).get("name")
-    cfg = load_config(dataset, scale, overrides, recipe=recipe)
-    if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{cfg.scale.lower()}-{cfg.dataset}-{stamp}"
-    elif (run_dir / "checkpoints" / "last.pt").exists():
-        confirm_overwrite(run_dir, yes, "this run (or pass --resume to continue it)")
-    summary = train(cfg, run_dir, progress=progress, log=_say)
+    with ProgressReporter(bar=use_bar(progress)) as on_event:
+        try:
+            if resume is not None:
+                given = [n for n, v in (("--dataset", dataset), ("--recipe", recipe), ("--batch-size", batch_size),
+                                        ("--crop", crop), ("--lr", lr), ("--extra-data", extra_data),
+                                        ("--init-from", init_from), ("--scale", scale), ("--set", set_)) if v]
+                if given:
+                    raise EsegError(f"--resume continues the run with its saved config.yaml; drop {', '.join(given)}"
+                                    " (only --steps and --data-root may change), or start a new run")
+                summary = train({}, resume, resume=True, steps=steps, data_root=data_root, on_event=on_event)
+            else:
+                cfg = _config(scale, dataset, recipe, set_, dict(
+                    data_root=str(data_root) if data_root else None, steps=steps, batch_size=batch_size,
+                    crop_size=crop, lr=lr, optimizer=optimizer, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                    loss=loss, amp=amp, ema_decay=ema, clip_grad=clip_grad,
+                    pretrained=str(pretrained) if pretrained else None, workers=workers, eval_interval=eval_interval,
+                    init_from=str(init_from) if init_from else None, freeze_encoder_steps=freeze_encoder,
+                    encoder_lr_mult=encoder_lr_mult,
+                    log_interval=log_interval, seed=seed, device=device, check_data=None if check else False),
+                    extra_data, extra_ratio)
+                overwrite = run_dir is not None and _confirm_start_over(run_dir, yes)
+                summary = train(cfg, run_dir, overwrite=overwrite, on_event=on_event)
+        except Interrupted as e:
+            e.resume = f"run: {_resume_command(e.summary.get('run_dir', resume), threads)}"
+            raise
     _report(summary, json_out)
 
 
-def _say(msg: str) -> None:
-    err_console.print(msg, highlight=False, soft_wrap=True)
+def _config(scale, dataset, recipe, set_, flags: dict, extra_data, extra_ratio):
+    """The recipe, then ``--set key=value`` items, then the flags that were given."""
+    from eseg_cli.engine import load_config
+    from eseg_cli.utils import parse_size
+
+    overrides: dict = parse_sets(set_ or [])
+    if flags.get("crop_size"):
+        flags["crop_size"] = list(parse_size(flags["crop_size"], "--crop"))
+    overrides.update({k: v for k, v in flags.items() if v is not None})  # flags beat --set, unset flags don't
+    if extra_data:
+        overrides["extra_data"] = [{"dataset": "folder", "root": str(d), "ratio": extra_ratio} for d in extra_data]
+    if scale is None and flags.get("init_from"):  # the architecture of the run it starts from
+        from eseg_cli.engine.checkpoint import load_checkpoint
+
+        scale = (load_checkpoint(flags["init_from"]).get("model_config") or {}).get("name")
+    return load_config(dataset, scale, overrides, recipe=recipe)
+
+
+def _confirm_start_over(run_dir: Path, yes: bool) -> bool:
+    """Whether ``run_dir`` holds a run that the user agreed to move aside (asks on a terminal)."""
+    from eseg_cli.engine.run import Run
+
+    if not Run(run_dir).holds_run():
+        return False
+    confirm_overwrite(run_dir, yes, f"this run (it is moved to {run_dir.name}.old-<time>; --resume continues it "
+                                    "instead)")
+    return True
+
+
+def _resume_command(run, threads) -> str:
+    """The exact command that continues ``run`` (under torchrun: with the same launcher options)."""
+    import os
+    import shlex
+
+    tail = f"train --resume {shlex.quote(str(run))}" + (f" --threads {threads}" if threads else "")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"torchrun <the same launcher options> -m eseg_cli {tail}"
+    return f"eseg {tail}"
 
 
 def _report(summary: dict, json_out: bool) -> None:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from eseg_cli import utils
 from eseg_cli.errors import EsegError
+from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json
 
 #: bad files listed in the error message
@@ -105,8 +105,9 @@ def _read_cache(path: Path) -> dict:
 
 
 def check_dataset(ds, *, workers: int | None = None, cache_dir: str | Path | None = None, what: str = "dataset",
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+                  on_event: OnEvent | None = None) -> dict:
     """Check every image/label pair of ``ds`` (a :class:`~eseg_cli.data.datasets.SegmentationDataset`).
+    ``on_event`` gets progress events (task ``check``, one step per pair not found in the cache).
 
     Raises :class:`EsegError` listing the first few bad pairs. Returns ``{"pairs", "checked", "cached",
     "seconds"}``. Good pairs are cached in ``<cache_dir>/datacheck/`` by file size and modification time.
@@ -124,6 +125,8 @@ def check_dataset(ds, *, workers: int | None = None, cache_dir: str | Path | Non
             todo.append(i)
     results: list[tuple[int, str | None, tuple[int, int] | None]] = []
     workers = workers if workers is not None else max(1, min(8, os.cpu_count() or 1))
+    emit = Emitter(on_event, "check", total=len(todo))
+    emit("start", 0)
     if workers > 1 and len(todo) >= _PARALLEL_MIN:
         import multiprocessing as mp
 
@@ -132,14 +135,13 @@ def check_dataset(ds, *, workers: int | None = None, cache_dir: str | Path | Non
             for n, r in enumerate(ex.map(_check_pair, todo, chunksize=max(1, min(16, len(todo) // (4 * workers)))),
                                   1):
                 results.append(r)
-                if progress:
-                    progress(n, len(todo))
+                emit("advance", n)
     else:
         _init(ds)
         for n, i in enumerate(todo, 1):
             results.append(_check_pair(i))
-            if progress:
-                progress(n, len(todo))
+            emit("advance", n)
+    emit("end", len(todo))
     bad = [(i, msg) for i, msg, _ in results if msg]
     good = {sigs[i][0]: sigs[i][1] for i, msg, _ in results if not msg and sigs[i][1] is not None}
     if good:

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -32,9 +31,9 @@ from eseg_cli.data.classes import (
     cityscapes_id_to_trainid_lut,
 )
 from eseg_cli.errors import EsegError
+from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import MAX_SIDE, atomic_write_bytes
 
-Progress = Callable[[int, int], None]
 CITYSCAPES_SPLITS = ("train", "val", "test")  # train_extra has only gtCoarse
 IMG_SUFFIX = "_leftImg8bit.png"
 
@@ -81,22 +80,23 @@ def _up_to_date(out: Path, src: Path) -> bool:
         return False
 
 
-def _run(jobs: list, fn, workers: int, progress: Progress | None) -> list:
+def _run(jobs: list, fn, workers: int, on_event: OnEvent | None) -> list:
     """Run ``fn`` over ``jobs`` (in processes if workers > 1); errors come back as values, not raised
     mid-way, so that every job that can finish does, and the first error is reported at the end."""
     results = []
     total = len(jobs)
+    emit = Emitter(on_event, "prepare", total=total)
+    emit("start", 0)
     if workers > 1 and total > 1:
         with ProcessPoolExecutor(max_workers=workers) as ex:
             for i, r in enumerate(ex.map(_safe, [fn] * total, jobs, chunksize=max(1, min(16, total // 64))), 1):
                 results.append(r)
-                if progress:
-                    progress(i, total)
+                emit("advance", i)
     else:
         for i, job in enumerate(jobs, 1):
             results.append(_safe(fn, job))
-            if progress:
-                progress(i, total)
+            emit("advance", i)
+    emit("end", total)
     errors = [r for r in results if isinstance(r, EsegError)]
     if errors:
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -245,13 +245,13 @@ def scan_cityscapes(root, splits=None) -> list[tuple[str, Path, Path | None, Pat
 
 
 def prepare_cityscapes(root, splits=None, workers: int = 1, force: bool = False,
-                       progress: Progress | None = None) -> dict:
+                       on_event: OnEvent | None = None) -> dict:
     """Write ``*_gtFine_labelTrainIds.png`` for every Cityscapes image; returns a summary dict
     (files converted/skipped per split, classes seen, seconds)."""
     t0 = time.perf_counter()
     rows = scan_cityscapes(root, splits)
     jobs = [(img, ids, poly, out, force) for _, img, ids, poly, out in rows]
-    results = _run(jobs, _convert_cityscapes, workers, progress)
+    results = _run(jobs, _convert_cityscapes, workers, on_event)
     per_split: dict[str, dict[str, int]] = {}
     counts = np.zeros(256, np.int64)
     from_polygons = 0
@@ -341,11 +341,11 @@ def scan_ade20k(root) -> tuple[Path, list[tuple[str, Path, Path]]]:
     return base, rows
 
 
-def prepare_ade20k(root, workers: int = 1, progress: Progress | None = None) -> dict:
+def prepare_ade20k(root, workers: int = 1, on_event: OnEvent | None = None) -> dict:
     """Check an ADE20K SceneParsing copy (pairs, sizes, values, readability); returns counts."""
     t0 = time.perf_counter()
     base, rows = scan_ade20k(root)
-    results = _run([(img, ann) for _, img, ann in rows], _check_ade, workers, progress)
+    results = _run([(img, ann) for _, img, ann in rows], _check_ade, workers, on_event)
     counts = np.zeros(256, np.int64)
     per_split: dict[str, dict[str, int]] = {}
     for (split, _, _), c in zip(rows, results, strict=True):
@@ -415,14 +415,14 @@ def scan_mapillary(root) -> tuple[list[dict], list[tuple[str, Path, Path]]]:
     return labels, rows
 
 
-def prepare_mapillary(root, workers: int = 1, progress: Progress | None = None) -> dict:
+def prepare_mapillary(root, workers: int = 1, on_event: OnEvent | None = None) -> dict:
     """Check a Mapillary Vistas v1.2 copy (config, pairs, sizes, label values, readability); returns counts.
     Labels are mapped by the dataset reader (65 classes, or Cityscapes' 19), so nothing is written."""
     from eseg_cli.data.classes import MAPILLARY_TO_CITYSCAPES
 
     t0 = time.perf_counter()
     labels, rows = scan_mapillary(root)
-    results = _run([(img, lab, len(labels)) for _, img, lab in rows], _check_mapillary, workers, progress)
+    results = _run([(img, lab, len(labels)) for _, img, lab in rows], _check_mapillary, workers, on_event)
     counts = np.zeros(256, np.int64)
     per_split: dict[str, dict[str, int]] = {}
     for (split, _, _), c in zip(rows, results, strict=True):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from eseg_cli.engine.run import resolve_checkpoint
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_bytes
 
@@ -27,15 +29,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
-    path = Path(path)
-    if path.is_dir():
-        for cand in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt",
-                     path / "last.pt"):
-            if cand.is_file():
-                path = cand
-                break
-    if not path.is_file():
-        raise EsegError(f"checkpoint {path} not found; give a .pt file or a run folder with checkpoints/best.pt")
+    path = resolve_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
@@ -122,4 +116,15 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        _set_cuda_rng_states(list(state["cuda"]))
+
+
+def _set_cuda_rng_states(saved: list) -> None:
+    """Restore the CUDA generators that exist here (a checkpoint from a machine with more visible GPUs has
+    states for devices this one does not have; those are left out, with one warning)."""
+    n = torch.cuda.device_count()
+    for i, s in enumerate(saved[:n]):
+        torch.cuda.set_rng_state(s, i)
+    if len(saved) > n:
+        warnings.warn(f"the checkpoint holds CUDA RNG states of {len(saved)} devices but {n} are visible; "
+                      f"restored the first {n}, so random draws on the others are not reproduced", stacklevel=3)

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 
 from eseg_cli.engine.metrics import ConfusionMatrix
 from eseg_cli.engine.precision import autocast
+from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
+from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json, atomic_write_text
 
 MODES = ("whole", "slide", "msflip")
@@ -118,10 +120,10 @@ def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.dev
     return cm
 
 
-def write_results(metrics: dict, cm: ConfusionMatrix, out_dir: str | Path, name: str = "eval") -> dict:
-    """Write ``<name>.json`` and ``<name>_confusion.csv`` into ``out_dir`` (atomically); return their paths."""
-    out_dir = Path(out_dir)
-    paths = {"json": str(out_dir / f"{name}.json"), "confusion_csv": str(out_dir / f"{name}_confusion.csv")}
+def write_results(metrics: dict, cm: ConfusionMatrix, out_dir: str | Path, mode: str | None = None) -> dict:
+    """Write ``eval_<mode>.json`` and ``eval_<mode>_confusion.csv`` (``eval.json`` ... without a mode) into
+    ``out_dir`` (atomically); return their paths."""
+    paths = {k: str(v) for k, v in Run(out_dir).eval_paths(mode).items()}
     atomic_write_json(paths["json"], metrics)
     atomic_write_text(paths["confusion_csv"], cm.to_csv())
     return paths
@@ -168,11 +170,13 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
              stride: tuple[int, int] | None = None, scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
              flip: bool = True, batch_size: int = 1, workers: int = 2, device: str = "auto",
              amp: str | None = None, out_dir: str | Path | None = None, save_predictions: str | Path | None = None,
-             max_images: int | None = None, resize=None, use_ema: bool = True, progress=None) -> dict:
-    """Evaluate a checkpoint; return the metrics dict and write ``eval.json`` + ``eval_confusion.csv`` to ``out_dir``.
+             max_images: int | None = None, resize=None, use_ema: bool = True,
+             on_event: OnEvent | None = None) -> dict:
+    """Evaluate a checkpoint (a file or a run folder); return the metrics dict and write ``eval_<mode>.json`` +
+    ``eval_<mode>_confusion.csv`` to ``out_dir``.
 
     ``dataset``/``data_root`` default to those the checkpoint was trained on. ``out_dir`` defaults to the run
-    folder holding the checkpoint.
+    folder holding the checkpoint. ``on_event`` gets progress events (task ``eval``, one step per image).
     """
     from eseg_cli.engine.checkpoint import load_model
     from eseg_cli.engine.distributed import resolve_device
@@ -206,24 +210,23 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         def on_pred(i, pred):
             save_prediction(pred, ds.files[i][0], pdir, getattr(ds, "palette", None))
     n = len(ds) if max_images is None else min(len(ds), max_images)
-    tick = progress(n) if progress else None
+    emit = Emitter(on_event, "eval", total=n)
 
     def cb(i, pred):
         if on_pred:
             on_pred(i, pred)
-        if tick:
-            tick()
+        emit("advance", i + 1)
+    emit("start", 0)
     cm = evaluate_model(model, loader, num_classes, dev, ignore_index=getattr(ds, "ignore_index", 255),
                         class_names=list(getattr(ds, "classes", [])) or None, max_images=max_images,
                         on_prediction=cb, mode=mode, crop=crop, stride=stride, scales=tuple(scales), flip=flip,
                         amp=amp)
+    emit("end", n)
     metrics = cm.compute()
     metrics.update({"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "mode": mode,
                     "images": n, "step": ckpt.get("step")})
-    if out_dir is None:
-        p = Path(checkpoint)
-        out_dir = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else p.parent)
-    metrics["files"] = write_results(metrics, cm, out_dir)
+    out_dir = Run.of(checkpoint).path if out_dir is None else out_dir
+    metrics["files"] = write_results(metrics, cm, out_dir, mode)
     metrics["confusion_matrix"] = cm.mat.cpu().tolist()
     return metrics
 
@@ -261,12 +264,14 @@ def _read_prediction(path: Path) -> np.ndarray:
 
 
 def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Path | None, split: str = "val",
-                      ids: str = "auto", out_dir: str | Path | None = None, progress=None) -> dict:
+                      ids: str = "auto", out_dir: str | Path | None = None, on_event: OnEvent | None = None) -> dict:
     """Score saved prediction PNGs against the ground truth of ``dataset``/``split``.
 
     Predictions are matched by image name (``<image stem>.png``, or the Cityscapes prefix
     ``<city>_<seq>_<frame>``). ``ids``: ``trainid``, ``labelid`` (Cityscapes labelIds, mapped to trainIds) or
     ``auto`` (labelIds when a Cityscapes-layout prediction holds values >= 19 other than 255).
+    Writes ``eval.json`` and ``eval_confusion.csv`` into ``out_dir`` when given; ``on_event`` gets progress
+    events (task ``eval``).
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -290,7 +295,8 @@ def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Pa
     if lut is not None and ids == "auto":  # decided once for the whole folder, not per image
         labelids = any(bool(((a >= ds.num_classes) & (a != 255)).any())
                        for a in (_read_prediction(p) for p, _ in found))
-    tick = progress(len(ds)) if progress else None
+    emit = Emitter(on_event, "eval", total=len(ds))
+    emit("start", 0)
     for i, (p, _img) in enumerate(found):
         _, target = ds[i]
         pred = torch.from_numpy(_read_prediction(p).astype(np.int64))
@@ -301,8 +307,8 @@ def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Pa
         if labelids:
             pred = lut[pred.clamp(0, len(lut) - 1)]
         cm.update(pred, target)
-        if tick:
-            tick()
+        emit("advance", i + 1)
+    emit("end", len(ds))
     metrics = cm.compute()
     metrics.update({"ids": "labelid" if labelids else "trainid", "predictions": str(pred_dir), "dataset": dataset,
                     "split": split, "images": len(ds.files)})

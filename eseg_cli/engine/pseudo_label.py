@@ -23,17 +23,17 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from eseg_cli.errors import EsegError
+from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-Progress = Callable[[int, int], None]
 
 
 def find_images(sources: Sequence[str | Path]) -> list[Path]:
@@ -104,11 +104,12 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
                  threshold: float = 0.5, mode: str = "whole", crop=None, stride=None,
                  scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True, split: str = "train",
                  device: str = "auto", amp: str | None = None, use_ema: bool = True,
-                 progress: Progress | None = None) -> dict:
+                 on_event: OnEvent | None = None) -> dict:
     """Label ``images`` with the teacher ``checkpoint`` into the folder dataset ``out_dir``; return the summary.
 
     Pixels whose top class probability is below ``threshold`` get 255. Finished images (from an earlier call
-    with the same teacher and settings) are skipped.
+    with the same teacher and settings) are skipped. ``on_event`` gets progress events (task ``pseudo-label``,
+    one step per image; the skipped ones count as done at the start).
     """
     from PIL import Image
 
@@ -184,8 +185,8 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
     t0 = time.perf_counter()
     todo = [f for f in files if not (f.stem in done and (mask_dir / f"{f.stem}.png").is_file())]
     skipped = len(files) - len(todo)
-    if progress:
-        progress(skipped, len(files))
+    emit = Emitter(on_event, "pseudo-label", total=len(files))
+    emit("start", skipped)
     model.eval()
     with open(stats_path, "a", encoding="utf-8") as stats_f:
         for i, path in enumerate(todo, 1):
@@ -207,8 +208,8 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
             stats_f.write(json.dumps(row) + "\n")
             stats_f.flush()
             done[path.stem] = row
-            if progress:
-                progress(skipped + i, len(files))
+            emit("advance", skipped + i)
+    emit("end", len(files))
 
     rows = [done[f.stem] for f in files]
     predicted = np.sum([r["predicted"] for r in rows], axis=0)

@@ -38,6 +38,17 @@ class WarmupCosine(LambdaLR):
             return 0.0
         return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.warmup_factor, self.min_ratio)
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """Stretch or shorten the cosine to end at ``total_steps``, from the current step on (a resumed run given a
+        new total); the optimizer's lr becomes the new schedule's value at the current step."""
+        if total_steps == self.total_steps:
+            return
+        self.total_steps = total_steps
+        lrs = [base * self._factor(self.last_epoch, f) for base, f in zip(self.base_lrs, self.frozen_steps)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
     def state_dict(self) -> dict:
         # the lambda is a bound method; keep the plain numbers only (weights_only loading)
         sd = super().state_dict()

@@ -1,32 +1,31 @@
 """The training loop: one step-based loop for CPU, CUDA (DDP through torchrun) and torch-xla.
 
-Run folder layout::
-
-    RUN_DIR/config.yaml          the resolved config
-    RUN_DIR/log.jsonl            one row every log_interval steps (loss, lr, images/s, memory)
-    RUN_DIR/val.jsonl            one row per validation (mIoU, pixAcc, mAcc, fwIoU)
-    RUN_DIR/checkpoints/last.pt  written every checkpoint_interval steps and at the end
-    RUN_DIR/checkpoints/best.pt  the checkpoint with the best validation mIoU
-    RUN_DIR/summary.json         what train() returns
+Read it top-down: :func:`train` opens the run folder (its layout: :mod:`eseg_cli.engine.run`) and hands
+over to a :class:`Trainer`, whose constructor sets up data, model, optimizer, schedule and precision;
+:meth:`Trainer.train_step` is one optimisation step and the only place with XLA / DDP / grad-scaler
+branches; :meth:`Trainer.fit` is the loop, with hooks for logging (one host sync per log interval),
+checkpointing and validation, in that order (a failing validation never costs the step's checkpoint).
+Progress goes to an ``on_event`` callback (:mod:`eseg_cli.events`); the library draws nothing.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
+import dataclasses
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from eseg_cli.engine import checkpoint as ckpt_io
 from eseg_cli.engine.config import TrainConfig, as_config, validate
@@ -34,10 +33,15 @@ from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, clea
 from eseg_cli.engine.evaluator import evaluate_model
 from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
 from eseg_cli.engine.losses import build_loss
+from eseg_cli.engine.precision import amp_dtype, autocast
+from eseg_cli.engine.run import Run
 from eseg_cli.engine.sampling import MixedDataset, MixedSampler, ResumableSampler, SeededDataset
 from eseg_cli.engine.schedule import WarmupCosine
-from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_json, atomic_write_text
+from eseg_cli.errors import EsegError, Interrupted
+from eseg_cli.events import Emitter, OnEvent
+
+RUNS_DIR = Path("runs")  # where a run without a folder of its own goes (relative to the working directory)
+VAL_KEYS = ("mIoU", "pixAcc", "mAcc", "fwIoU")
 
 
 class NonFiniteLoss(EsegError):
@@ -93,7 +97,8 @@ def _mix_sources(main, cfg: TrainConfig, train_tf):
     return MixedDataset(sources, names)
 
 
-def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Callable[[str], None]) -> None:
+def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Callable[[str], None],
+                     on_event: OnEvent | None = None) -> None:
     """Find problems in the data before training starts, not at the first validation hours later.
 
     Always (headers only): ``num_classes`` agrees with the dataset; validation images can be batched with
@@ -118,7 +123,7 @@ def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Calla
             parts = [(d, "training") for d in getattr(train_ds, "sources", [train_ds])] + [(val_ds, "validation")]
             for ds, what in parts:
                 if ds is not None and hasattr(ds, "files") and hasattr(ds, "load"):
-                    counts.append(check_dataset(ds, what=what))
+                    counts.append(check_dataset(ds, what=what, on_event=on_event))
             if counts:
                 n, cached = sum(c["pairs"] for c in counts), sum(c["cached"] for c in counts)
                 say(f"Data check: {n} image/label pairs good ({cached} unchanged since the last check) in "
@@ -162,6 +167,529 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
+# ----------------------------------------------------------------------------- the entry point
+
+def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False,
+          overwrite: bool = False, steps: int | None = None, data_root: str | Path | None = None,
+          model: nn.Module | None = None, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
+          on_event: OnEvent | None = None, stop_after: int | None = None, handle_signals: bool = True) -> dict:
+    """Train a model as ``config`` says, writing the run folder ``run_dir``; return a summary dict.
+
+    The summary holds ``best_mIoU``, ``best_step``, ``final_metrics`` (the last validation), ``run_dir``,
+    ``checkpoint`` (best.pt, or last.pt when no validation ran), ``steps`` and ``seconds``.
+
+    ``run_dir=None`` makes a new folder ``runs/<scale>-<dataset>-<time>`` (``-2``, ``-3`` ... when taken). A
+    ``run_dir`` that already holds a run is refused unless ``overwrite``, which first moves the old run to
+    ``<name>.old-<time>`` (logs of two runs are never mixed).
+
+    ``resume=True`` continues the run in ``run_dir`` from ``checkpoints/last.pt`` exactly (model, optimizer,
+    scheduler, grad scaler, EMA, step, sampler position, RNG) with its saved config; ``config`` is ignored.
+    Two things may change on resume, and are recorded in ``config_history.jsonl``: ``steps`` (a new total;
+    the cosine schedule is recomputed from the current step) and ``data_root`` (the data moved).
+
+    ``model``, ``train_dataset`` and ``val_dataset`` replace those built from the config (Python API, tests).
+    ``stop_after`` stops (with a checkpoint) after that many steps in total, as if the run were killed there.
+    ``on_event`` receives progress :class:`~eseg_cli.events.Event` objects (task ``train``).
+    With ``handle_signals`` (in the main thread), SIGINT / SIGTERM finish the current step, write a
+    checkpoint and raise :class:`~eseg_cli.errors.Interrupted` (a second SIGINT stops at once).
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 writes the run folder.
+    """
+    state, changes = None, {}
+    if resume:
+        if run_dir is None:
+            raise EsegError("resuming needs the run folder to continue")
+        run = Run(run_dir)
+        if not run.last_checkpoint.is_file():
+            raise EsegError(f"cannot resume {run.path}: it has no checkpoints/last.pt; start a new run instead")
+        state = ckpt_io.load_checkpoint(run.last_checkpoint)
+        cfg = validate(state["config"], where=f"config saved in {run.last_checkpoint}")
+        cfg, changes = _resume_changes(cfg, int(state["step"]), steps, data_root)
+    else:
+        if steps is not None or data_root is not None:
+            raise EsegError("'steps' and 'data_root' change a resumed run; for a new run put them in the config",
+                            field=("steps", "data_root"))
+        cfg = as_config(config)
+        if cfg.data_root:
+            cfg = dataclasses.replace(cfg, data_root=_absolute(cfg.data_root))
+
+    rt = setup(cfg.device)
+    emit = Emitter(on_event if rt.is_main else None, "train", total=cfg.steps)
+    try:
+        with contextlib.ExitStack() as stack:
+            run = _open_run(rt, stack, cfg, run_dir, resume, overwrite, emit)
+            if handle_signals:
+                stack.enter_context(_StopOnSignal())
+            try:
+                trainer = Trainer(cfg, rt, run, emit, state=state, model=model, train_dataset=train_dataset,
+                                  val_dataset=val_dataset)
+            except BaseException:
+                if run_dir is None and rt.is_main:
+                    run.remove_if_unused()  # a failed start leaves no empty folder behind
+                raise
+            if rt.is_main:
+                run.record("resume" if resume else "start", trainer.step, changes)
+            return trainer.fit(cfg.steps if stop_after is None else min(cfg.steps, stop_after))
+    finally:
+        cleanup(rt)
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _resume_changes(cfg: TrainConfig, at: int, steps: int | None, data_root) -> tuple[TrainConfig, dict]:
+    """The config of a resumed run with a new total of ``steps`` and/or ``data_root``, and ``{key: [old, new]}``."""
+    changes = {}
+    if steps is not None and steps != cfg.steps:
+        if steps < at:
+            raise EsegError(f"the run is already at step {at}; a new total of 'steps' {steps} would end before it",
+                            field="steps")
+        changes["steps"] = [cfg.steps, steps]
+    if data_root is not None:
+        new = _absolute(data_root)
+        if not Path(new).is_dir():
+            raise EsegError(f"'data_root' {new} is not a folder; give the folder the data moved to", field="data_root")
+        if new != cfg.data_root:
+            changes["data_root"] = [cfg.data_root, new]
+    if changes:
+        cfg = validate({**cfg.to_dict(), **{k: new for k, (_, new) in changes.items()}}, where="resumed config")
+    return cfg, changes
+
+
+def _open_run(rt: Runtime, stack: contextlib.ExitStack, cfg: TrainConfig, run_dir, resume: bool, overwrite: bool,
+              emit: Emitter) -> Run:
+    """Rank 0 makes (or takes over) the run folder, locks it and clears stale temporary files; every rank gets
+    the same :class:`Run` (or the same error)."""
+    outcome = None
+    if rt.is_main:
+        try:
+            if run_dir is None:
+                run = Run.create(RUNS_DIR, Run.default_name(cfg.scale, cfg.dataset))
+            else:
+                run = Run(run_dir)
+                if run.path.exists() and not run.path.is_dir():
+                    raise EsegError(f"run folder {run.path} is a file; choose another folder")
+                if not resume and run.holds_run():
+                    if not overwrite:
+                        raise EsegError(f"run folder {run.path} already holds a run; resume it, choose another "
+                                        "folder, or start over there (overwrite=True moves the old run aside)")
+                    old = run.move_aside()
+                    emit.message(f"Moved the previous run in {run.path} to {old}.")
+            stack.enter_context(run.lock())
+            stale = run.clean_stale_tmp()
+            if stale:
+                emit.message(f"Removed {len(stale)} temporary file(s) left by an interrupted write in {run.path}.")
+            outcome = ("ok", str(run.path))
+        except EsegError as e:
+            outcome = ("error", str(e))
+    kind, value = broadcast_object(rt, outcome)
+    if kind == "error":
+        raise EsegError(value)
+    return Run(value)
+
+
+class _StopOnSignal:
+    """While active (main thread only), SIGINT / SIGTERM set :attr:`signum` instead of killing the process;
+    a second SIGINT raises KeyboardInterrupt at once."""
+
+    current: _StopOnSignal | None = None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        _StopOnSignal.current = self
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        _StopOnSignal.current = None
+
+
+def _requested_stop() -> int | None:
+    return _StopOnSignal.current.signum if _StopOnSignal.current is not None else None
+
+
+def _worker_ignores_signals(_worker_id: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the loader workers leave it to the main process,
+    # which finishes its step and shuts them down.
+    for s in _StopOnSignal.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """One training run: everything built once in ``__init__``, then :meth:`fit`."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, run: Run, emit: Emitter, *, state: dict | None = None,
+                 model: nn.Module | None = None, train_dataset: Dataset | None = None,
+                 val_dataset: Dataset | None = None):
+        self.cfg, self.rt, self.run, self.emit = cfg, rt, run, emit
+        self.device = rt.device
+        seed_everything(cfg.seed, cfg.deterministic and not rt.xla)
+        # pretrained encoder weights decide the input normalisation, so they are read before the data
+        init = read_init_source(cfg.init_from) if cfg.init_from and state is None and model is None else None
+        weights, norm = encoder_start(cfg, model, state, init)
+        self._setup_data(train_dataset, val_dataset, norm)
+        self._setup_model(model, state, weights, init)
+        self._setup_optimization()
+        self.step, self.best, self.best_step, self.history = 0, -1.0, None, []
+        if state is not None:
+            self._restore(state)
+        self._setup_loaders()
+        # a run stopped between a checkpoint and that step's validation validates first on resume
+        self.pending_validation = state is not None and self._is_validation_step(self.step) and not any(
+            r["step"] == self.step for r in self.history)
+        if rt.is_main:
+            self.run.write_config(cfg.to_dict())
+            if self.load_report is not None and state is None:
+                self.run.write_pretrained_report(self.load_report.to_dict())
+            if self.init_report is not None:
+                self.run.write_init_report(self.init_report.to_dict(), self.init_report.table())
+        self._losses: list[torch.Tensor] = []  # this log interval's losses, still on the device
+        self._checked_step = -1  # the last step whose losses were checked finite
+
+    # ------------------------------------------------------------------ setup
+    def _setup_data(self, train_ds, val_ds, norm) -> None:
+        cfg, rt = self.cfg, self.rt
+        self.data_root = cfg.data_root
+        if train_ds is None:
+            # rank 0 generates the synthetic set first so the others find it complete
+            if rt.is_main:
+                train_ds, val_ds, self.data_root = build_train_data(cfg, norm)
+                if cfg.dataset == "synthetic" and not cfg.data_root:
+                    self.emit.message(f"No --dataset given: training on the built-in synthetic set (Cityscapes "
+                                      f"layout, 19 classes) in {self.data_root}.")
+            barrier(rt)
+            if not rt.is_main:
+                train_ds, val_ds, self.data_root = build_train_data(cfg, norm)
+        check_train_data(cfg, rt, train_ds, val_ds, self.emit.message, self.emit.on_event)
+        self.num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
+        if self.num_classes is None:
+            raise EsegError("num_classes is unknown: set it in the recipe or use a dataset that reports it")
+        self.ignore_index = getattr(train_ds, "ignore_index", 255)
+        self.class_names = list(getattr(train_ds, "classes", []) or []) or None
+        if len(train_ds) < cfg.batch_size * rt.world_size:
+            raise EsegError(f"the training set has {len(train_ds)} images, fewer than one batch "
+                            f"({cfg.batch_size} x {rt.world_size} processes); lower batch_size")
+        self.train_ds, self.val_ds = train_ds, val_ds
+
+    def _setup_model(self, model: nn.Module | None, state: dict | None, weights, init: dict | None) -> None:
+        cfg, rt = self.cfg, self.rt
+        torch.manual_seed(cfg.seed)  # identical initial weights in every process
+        if model is None and state is not None and state.get("model_config"):
+            # the recorded model (it knows what the pretrained / init_from weights decided: encoder variant,
+            # normalisation, inherited architecture); no need for those files again
+            saved = state["model_config"]
+            clash = sorted(k for k, v in cfg.model.items() if k in saved and saved[k] != v)
+            if clash:
+                raise EsegError(f"{self.run.last_checkpoint}: its config says model {clash[0]}="
+                                f"{cfg.model[clash[0]]!r} but its weights were built with {saved[clash[0]]!r}; the "
+                                "checkpoint is inconsistent, start a new run")
+            model = ckpt_io.build_from_config(saved)
+        elif model is None:
+            model = build_train_model(cfg, self.num_classes, weights, init)
+        self.model_config = dict(getattr(model, "config", {}) or {})
+        self.load_report = getattr(model, "load_report", None)
+        if self.load_report is not None and state is None:
+            self.emit.message(self.load_report.table())
+        self.init_report = init_from_checkpoint(model, init, cfg.init_from) if init is not None else None
+        if self.init_report is not None:
+            self.emit.message(self.init_report.table())
+        if state is not None:
+            ckpt_io.load_weights(model, state["model"], f"checkpoint {self.run.last_checkpoint}")
+        if rt.distributed and self.device.type == "cuda":
+            from timm.layers import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)  # timm's keeps its fused BN+activation layers intact
+        elif rt.distributed and rt.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                   for m in model.modules()):
+            self.emit.message("Note: SyncBatchNorm needs CUDA; on CPU each process keeps plain BatchNorm over "
+                              "its own batch.")
+        model.to(self.device)
+        if cfg.channels_last and not rt.xla:
+            model.to(memory_format=torch.channels_last)
+        self.model = self.net = model
+        if rt.distributed and not rt.xla:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[self.device.index]
+                                               if self.device.type == "cuda" else None)
+
+    def _setup_optimization(self) -> None:
+        """Optimizer, schedule, precision (autocast dtype, grad scaler), EMA and loss."""
+        cfg, dev = self.cfg, self.device
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = WarmupCosine(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.warmup_factor,
+                                      cfg.min_lr_ratio, frozen_steps=[cfg.freeze_encoder_steps if g["encoder"] else 0
+                                                                      for g in self.optimizer.param_groups])
+        amp_dtype(cfg.amp, dev)  # refuses fp16 off CUDA before any step
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and dev.type == "cuda")
+        self.ema = None
+        if cfg.ema_decay:
+            from eseg_cli.engine.ema import WeightEma
+
+            self.ema = WeightEma(self.model, cfg.ema_decay)
+        self.criterion = build_loss(cfg.loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
+                                    ignore_index=self.ignore_index)
+
+    def _restore(self, state: dict) -> None:
+        """Continue from ``state`` (a ``last.pt``): optimizer, schedule, scaler, EMA, RNG, step and best so far."""
+        cfg, rt = self.cfg, self.rt
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.set_total_steps(cfg.steps)  # a resume may extend the schedule
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        ckpt_io.set_rng_state(state["rng"])
+        # last.pt is written before its step's validation, so the validations on file are the record of the best
+        history = self.run.truncate_logs(self.step) if rt.is_main else None
+        self.history = broadcast_object(rt, history)
+        if self.history:
+            top = max(self.history, key=lambda r: r["mIoU"])
+            self.best, self.best_step = float(top["mIoU"]), int(top["step"])
+        else:
+            self.best, self.best_step = float(state.get("best_mIoU", -1.0)), state.get("best_step")
+        self.emit.message(f"Resuming {self.run.path} at step {self.step}/{cfg.steps}.", self.step)
+
+    def _setup_loaders(self) -> None:
+        cfg, rt = self.cfg, self.rt
+        self.seeded = SeededDataset(self.train_ds, cfg.seed)
+        if isinstance(self.train_ds, MixedDataset):  # extra sources at their sampling ratios
+            ratios = [1 - sum(x["ratio"] for x in cfg.extra_data)] + [x["ratio"] for x in cfg.extra_data]
+            self.sampler = MixedSampler(self.seeded, ratios, num_replicas=rt.world_size, rank=rt.rank, seed=cfg.seed,
+                                        batch_size=cfg.batch_size)
+            self.emit.message("Training sources: " + ", ".join(
+                f"{n} ({len(d)} images, {r:.0%} of samples)"
+                for n, d, r in zip(self.train_ds.names, self.train_ds.sources, ratios)))
+        else:
+            self.sampler = ResumableSampler(self.seeded, num_replicas=rt.world_size, rank=rt.rank, shuffle=True,
+                                            seed=cfg.seed, batch_size=cfg.batch_size)
+        self.per_epoch = self.sampler.batches_per_epoch
+        if self.per_epoch < 1:
+            raise EsegError(f"batch_size {cfg.batch_size} is larger than each process's share of the training set")
+        self.val_loader = None
+        if self.val_ds is not None and len(self.val_ds) > 0:
+            vds = self.val_ds
+            if cfg.max_val_images:
+                vds = Subset(vds, range(min(cfg.max_val_images, len(vds))))
+            if rt.distributed and not rt.xla:
+                # a strided share per rank, without DistributedSampler's padding (which would count images twice)
+                vds = Subset(vds, range(rt.rank, len(vds), rt.world_size))
+            self.val_loader = DataLoader(vds, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.workers,
+                                         worker_init_fn=_worker_ignores_signals,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+
+    def batches(self, step: int):
+        """Training batches from ``step`` on, epoch after epoch (the sampler starts mid-epoch on resume)."""
+        cfg = self.cfg
+        epoch, first = divmod(step, self.per_epoch)
+        while True:
+            self.seeded.epoch = epoch
+            self.sampler.set_position(epoch, first)
+            yield from DataLoader(self.seeded, batch_size=cfg.batch_size, sampler=self.sampler,
+                                  num_workers=cfg.workers, drop_last=True, pin_memory=self.device.type == "cuda",
+                                  worker_init_fn=_worker_ignores_signals,
+                                  generator=torch.Generator().manual_seed(cfg.seed + epoch))  # global RNG untouched
+            epoch, first = epoch + 1, 0
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on one batch; returns the loss, still on the device (no host sync).
+
+        DDP all-reduces the gradients during ``backward``; on XLA they are all-reduced explicitly before
+        clipping, so that every core clips the same global gradient; the fp16 grad scaler is unscaled before
+        clipping.
+        """
+        cfg, rt = self.cfg, self.rt
+        image = image.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        if cfg.channels_last and not rt.xla:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, cfg.amp):
+            logits = self.net(image)
+        loss = self.criterion(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if rt.xla:
+            import torch_xla
+            import torch_xla.core.xla_model as xm
+
+            xm.reduce_gradients(self.optimizer)  # reduce, then clip, then step
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
+        else:
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if rt.xla:
+            torch_xla.sync()
+        return loss.detach()
+
+    # ------------------------------------------------------------------ hooks
+    def _is_validation_step(self, step: int) -> bool:
+        return self.val_loader is not None and (step % self.cfg.eval_interval == 0 or step == self.cfg.steps)
+
+    def _interval_losses(self, step: int) -> list[float]:
+        """The losses since the last log, fetched in one host sync; raises if one is not finite."""
+        if not self._losses:
+            return []
+        values = torch.stack(self._losses).float().cpu().tolist()
+        first = step - len(values) + 1
+        for i, v in enumerate(values):
+            if not np.isfinite(v):
+                raise NonFiniteLoss(_nan_message(v, first + i, self.run.last_checkpoint))
+        self._checked_step = step
+        return values
+
+    def log(self, step: int, t_log: float, images: int, t0: float) -> None:
+        """Hook: one row in log.jsonl and a ``log`` event (mean loss over the interval, lr, images/s, memory)."""
+        values = self._interval_losses(step)
+        self._losses.clear()
+        now = time.perf_counter()
+        row = {"step": step, "loss": round(sum(values) / max(len(values), 1), 6),
+               "lr": self.scheduler.get_last_lr()[0], "images_per_s": round(images / max(now - t_log, 1e-9), 3),
+               "memory_mb": round(_memory_mb(self.device), 1), "elapsed_s": round(now - t0, 2)}
+        if self.rt.is_main:
+            self.run.append_log(row)
+        self.emit("log", step, metrics=row)
+
+    def save_checkpoint(self, step: int) -> None:
+        """Hook: ``last.pt`` (never with weights from a non-finite step)."""
+        if self._checked_step != step:
+            self._interval_losses(step)
+        if self.rt.is_main:
+            ckpt_io.save_checkpoint(self._state(step), self.run.last_checkpoint)
+        barrier(self.rt)
+
+    def validate(self, step: int) -> dict:
+        """Hook: validation metrics, a row in val.jsonl and ``best.pt`` when the mIoU improved."""
+        if self._checked_step != step:
+            self._interval_losses(step)
+        eval_model = self.ema.module if self.ema is not None else self.model
+        cm = evaluate_model(eval_model, self.val_loader, self.num_classes, self.device,
+                            ignore_index=self.ignore_index, class_names=self.class_names, amp=self.cfg.amp)
+        m = cm.compute()
+        row = {"step": step, **{k: m[k] for k in VAL_KEYS}, "time": time.time()}
+        self.history.append(row)
+        if m["mIoU"] > self.best:
+            self.best, self.best_step = m["mIoU"], step
+            if self.rt.is_main:  # best.pt before the row: a run killed in between validates again on resume
+                ckpt_io.save_checkpoint(self._state(step), self.run.best_checkpoint)
+        if self.rt.is_main:
+            self.run.append_val(row)
+            self.run.write_val_latest(m)
+        self.best = broadcast_object(self.rt, self.best)
+        self.emit("val", step, metrics={**row, "best_mIoU": self.best, "best_step": self.best_step})
+        return m
+
+    def _state(self, step: int) -> dict:
+        return _to_cpu({
+            "model": self.model.state_dict(), "model_config": self.model_config, "config": self.cfg.to_dict(),
+            "step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": ckpt_io.rng_state(), "sampler": {"epoch": step // self.per_epoch, "batch": step % self.per_epoch},
+            "best_mIoU": self.best, "best_step": self.best_step, "classes": self.class_names,
+            "num_classes": self.num_classes, "data_root": self.data_root,
+        })
+
+    def _agreed_stop(self, step: int) -> int | None:
+        """The signal that asks this run to stop after ``step``, agreed by all processes.
+
+        One process stops at once; several agree at log steps (one small all-reduce per log interval).
+        """
+        signum = _requested_stop()
+        if not self.rt.distributed:
+            return signum
+        if step % self.cfg.log_interval != 0:
+            return None
+        if self.rt.xla:
+            import torch_xla.core.xla_model as xm
+
+            agreed = xm.mesh_reduce("eseg_stop", signum or 0, max)
+        else:
+            import torch.distributed as dist
+
+            flag = torch.tensor([signum or 0], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            agreed = int(flag.item())
+        return agreed or None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, end: int) -> dict:
+        """Train from the current step to ``end``; write and return the summary."""
+        cfg, rt = self.cfg, self.rt
+        self.emit("start", self.step)
+        last_metrics = self.history[-1] if self.history else None
+        if self.pending_validation:  # its checkpoint was written, then the run stopped before validating
+            last_metrics = self.validate(self.step)
+        t0 = t_log = time.perf_counter()
+        images, stopped_by = 0, None
+        batches = self.batches(self.step)
+        self.net.train()
+        while self.step < end:
+            image, target = next(batches)
+            self._losses.append(self.train_step(image, target))
+            images += image.shape[0] * rt.world_size
+            self.step += 1
+            step, is_last = self.step, self.step == end
+            stopped_by = self._agreed_stop(step)
+            if step % cfg.log_interval == 0 or is_last or stopped_by:
+                self.log(step, t_log, images, t0)
+                images, t_log = 0, time.perf_counter()
+            else:
+                self.emit("advance", step)
+            if step % cfg.checkpoint_interval == 0 or is_last or stopped_by:
+                self.save_checkpoint(step)  # before validation: an error there keeps this step
+            if stopped_by:
+                break
+            if self._is_validation_step(step):
+                last_metrics = self.validate(step)
+        summary = self._summary(time.perf_counter() - t0, last_metrics, stopped_by)
+        self.emit("end", self.step)
+        if stopped_by:
+            name = signal.Signals(stopped_by).name
+            raise Interrupted(f"stopped by {name} after step {self.step}; checkpoint {self.run.last_checkpoint}",
+                              stopped_by, resume=f"resume the run folder {self.run.path}", summary=summary)
+        return summary
+
+    def _summary(self, seconds: float, last_metrics: dict | None, stopped_by: int | None) -> dict:
+        best_path, last_path = self.run.best_checkpoint, self.run.last_checkpoint
+        summary = {
+            "run_dir": str(self.run.path), "steps": self.step, "total_steps": self.cfg.steps,
+            "finished": self.step >= self.cfg.steps, "seconds": round(seconds, 2),
+            "best_mIoU": self.best if self.best >= 0 else None, "best_step": self.best_step,
+            "final_metrics": last_metrics, "history": self.history,
+            "checkpoint": str(best_path if best_path.is_file() else last_path), "last_checkpoint": str(last_path),
+        }
+        if stopped_by:
+            summary["stopped_by"] = signal.Signals(stopped_by).name
+        if self.rt.is_main:
+            self.run.write_summary(summary)
+        return summary
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -177,365 +705,6 @@ def _memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2 ** 20
-
-
-class _Progress:
-    """A rich progress bar with loss, lr and ETA (main process only; silent when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[extra]}"),
-                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                          console=Console(stderr=True), transient=False)
-        self.p.start()
-        self.task = self.p.add_task("train", total=total, completed=start, loss="-", lr="-", extra="")
-
-    def update(self, step: int, **fields) -> None:
-        if self.enabled:
-            self.p.update(self.task, completed=step, **fields)
-
-    def print(self, msg: str) -> None:
-        if self.enabled:
-            self.p.console.print(msg, highlight=False)
-
-    def stop(self) -> None:
-        if self.enabled:
-            self.p.stop()
-
-
-def train(config: dict | TrainConfig, run_dir: str | Path, *, resume: bool = False, model: nn.Module | None = None,
-          train_dataset: Dataset | None = None, val_dataset: Dataset | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None, stop_after: int | None = None) -> dict:
-    """Train a model as ``config`` says, writing the run folder ``run_dir``; return a summary dict.
-
-    The summary holds ``best_mIoU``, ``best_step``, ``final_metrics`` (the last validation), ``run_dir``,
-    ``checkpoint`` (best.pt, or last.pt when no validation ran), ``steps`` and ``seconds``.
-
-    ``resume=True`` continues the run in ``run_dir`` from ``checkpoints/last.pt`` exactly (model, optimizer,
-    scheduler, grad scaler, EMA, step, sampler position, RNG); its saved config is used. ``model``,
-    ``train_dataset`` and ``val_dataset`` replace those built from the config (Python API and tests).
-    ``stop_after`` stops (with a checkpoint) after that many steps in total, as if the run were killed there.
-    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 writes the run folder.
-    """
-    run_dir = Path(run_dir)
-    last_path = run_dir / "checkpoints" / "last.pt"
-    state = None
-    if resume:
-        if not last_path.is_file():
-            raise EsegError(f"--resume {run_dir}: no checkpoints/last.pt there; start a new run instead")
-        state = ckpt_io.load_checkpoint(last_path)
-        cfg = validate(state["config"], where=f"config saved in {last_path}")
-    else:
-        cfg = as_config(config)
-
-    rt = setup(cfg.device)
-    try:
-        return _train(cfg, rt, run_dir, state, model, train_dataset, val_dataset, progress, log, stop_after)
-    finally:
-        cleanup(rt)
-
-
-def _train(cfg: TrainConfig, rt: Runtime, run_dir: Path, state: dict | None, model, train_ds, val_ds,
-           progress: bool, log, stop_after) -> dict:
-    last_path = run_dir / "checkpoints" / "last.pt"
-    say = (log or (lambda m: print(m, file=sys.stderr))) if rt.is_main else (lambda m: None)
-    seed_everything(cfg.seed, cfg.deterministic and not rt.xla)
-    dev = rt.device
-
-    # pretrained encoder weights decide the input normalisation, so they are read before the data
-    init = read_init_source(cfg.init_from) if cfg.init_from and state is None and model is None else None
-    weights, norm = encoder_start(cfg, model, state, init)
-
-    # data
-    data_root = cfg.data_root
-    if train_ds is None:
-        # rank 0 generates the synthetic set first so the others find it complete
-        if rt.is_main:
-            train_ds, val_ds, data_root = build_train_data(cfg, norm)
-            if cfg.dataset == "synthetic" and not cfg.data_root:
-                say(f"No --dataset given: training on the built-in synthetic set (Cityscapes layout, 19 classes) "
-                    f"in {data_root}.")
-        barrier(rt)
-        if not rt.is_main:
-            train_ds, val_ds, data_root = build_train_data(cfg, norm)
-    check_train_data(cfg, rt, train_ds, val_ds, say)
-    num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
-    if num_classes is None:
-        raise EsegError("num_classes is unknown: set it in the recipe or use a dataset that reports it")
-    ignore_index = getattr(train_ds, "ignore_index", 255)
-    class_names = list(getattr(train_ds, "classes", []) or []) or None
-    if len(train_ds) < cfg.batch_size * rt.world_size:
-        raise EsegError(f"the training set has {len(train_ds)} images, fewer than one batch "
-                        f"({cfg.batch_size} x {rt.world_size} processes); lower batch_size")
-
-    # model
-    torch.manual_seed(cfg.seed)  # identical initial weights in every process
-    if model is None and state is not None and state.get("model_config"):
-        # the recorded model (it knows what the pretrained / init_from weights decided: encoder variant,
-        # normalisation, inherited architecture); no need for those files again
-        saved = state["model_config"]
-        clash = sorted(k for k, v in cfg.model.items() if k in saved and saved[k] != v)
-        if clash:
-            raise EsegError(f"{run_dir / 'checkpoints' / 'last.pt'}: its config says model {clash[0]}="
-                            f"{cfg.model[clash[0]]!r} but its weights were built with {saved[clash[0]]!r}; the "
-                            "checkpoint is inconsistent, start a new run")
-        model = ckpt_io.build_from_config(saved)
-    elif model is None:
-        model = build_train_model(cfg, num_classes, weights, init)
-    model_config = dict(getattr(model, "config", {}) or {})
-    load_report = getattr(model, "load_report", None)
-    if load_report is not None and state is None:
-        say(load_report.table())
-    init_report = init_from_checkpoint(model, init, cfg.init_from) if init is not None else None
-    if init_report is not None:
-        say(init_report.table())
-    if state is not None:
-        ckpt_io.load_weights(model, state["model"], f"checkpoint {last_path}")
-    if rt.distributed and dev.type == "cuda":
-        from timm.layers import convert_sync_batchnorm
-
-        model = convert_sync_batchnorm(model)  # timm's keeps its fused BN+activation layers intact
-    elif rt.distributed and rt.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        say("Note: SyncBatchNorm needs CUDA; on CPU each process keeps plain BatchNorm over its own batch.")
-    model.to(dev)
-    if cfg.channels_last and not rt.xla:
-        model.to(memory_format=torch.channels_last)
-    net = model
-    if rt.distributed and not rt.xla:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    optimizer = build_optimizer(cfg, model)
-    scheduler = WarmupCosine(optimizer, cfg.steps, cfg.warmup_steps, cfg.warmup_factor, cfg.min_lr_ratio,
-                             frozen_steps=[cfg.freeze_encoder_steps if g["encoder"] else 0
-                                           for g in optimizer.param_groups])
-    use_scaler = cfg.amp == "fp16" and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
-    if amp_dtype is torch.float16 and dev.type != "cuda":
-        raise EsegError("amp fp16 needs CUDA; use amp: bf16 on CPU and XLA")
-    ema = None
-    if cfg.ema_decay:
-        from eseg_cli.engine.ema import WeightEma
-
-        ema = WeightEma(model, cfg.ema_decay)
-    criterion = build_loss(cfg.loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
-                           ignore_index=ignore_index)
-
-    start_step, best, best_step, history = 0, -1.0, None, []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.module.load_state_dict(state["ema"])
-        start_step = int(state["step"])
-        best = float(state.get("best_mIoU", -1.0))
-        best_step = state.get("best_step")
-        ckpt_io.set_rng_state(state["rng"])
-        if rt.is_main:
-            history = _truncate_jsonl(run_dir / "val.jsonl", start_step)
-            _truncate_jsonl(run_dir / "log.jsonl", start_step)
-        say(f"Resuming {run_dir} at step {start_step}/{cfg.steps}.")
-
-    # loaders
-    seeded = SeededDataset(train_ds, cfg.seed)
-    if isinstance(train_ds, MixedDataset):  # extra sources at their sampling ratios
-        ratios = [1 - sum(x["ratio"] for x in cfg.extra_data)] + [x["ratio"] for x in cfg.extra_data]
-        sampler = MixedSampler(seeded, ratios, num_replicas=rt.world_size, rank=rt.rank, seed=cfg.seed,
-                               batch_size=cfg.batch_size)
-        say("Training sources: " + ", ".join(f"{n} ({len(d)} images, {r:.0%} of samples)"
-                                             for n, d, r in zip(train_ds.names, train_ds.sources, ratios)))
-    else:
-        sampler = ResumableSampler(seeded, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=cfg.seed,
-                                   batch_size=cfg.batch_size)
-    per_epoch = sampler.batches_per_epoch
-    if per_epoch < 1:
-        raise EsegError(f"batch_size {cfg.batch_size} is larger than each process's share of the training set")
-    val_loader = None
-    if val_ds is not None and len(val_ds) > 0:
-        from torch.utils.data import Subset
-
-        vds = val_ds
-        if cfg.max_val_images:
-            vds = Subset(val_ds, range(min(cfg.max_val_images, len(val_ds))))
-        if rt.distributed and not rt.xla:
-            # a strided share per rank, without DistributedSampler's padding (which would count images twice)
-            vds = Subset(vds, range(rt.rank, len(vds), rt.world_size))
-        val_loader = DataLoader(vds, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.workers,
-                                generator=torch.Generator().manual_seed(cfg.seed))
-
-    def batches(step: int):
-        epoch, first = divmod(step, per_epoch)
-        while True:
-            seeded.epoch = epoch
-            sampler.set_position(epoch, first)
-            loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                                drop_last=True, pin_memory=dev.type == "cuda", persistent_workers=False,
-                                generator=torch.Generator().manual_seed(cfg.seed + epoch))  # keeps global RNG untouched
-            yield from loader
-            epoch, first = epoch + 1, 0
-
-    # run folder
-    if rt.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        saved = cfg.to_dict()
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
-        if load_report is not None and state is None:
-            atomic_write_json(run_dir / "pretrained.json", load_report.to_dict())
-        if init_report is not None:
-            atomic_write_json(run_dir / "init_from.json", init_report.to_dict())
-            atomic_write_text(run_dir / "init_from.txt", init_report.table() + "\n")
-    log_f = open(run_dir / "log.jsonl", "a") if rt.is_main else None
-    val_f = open(run_dir / "val.jsonl", "a") if rt.is_main else None
-
-    if rt.xla:
-        import torch_xla
-        import torch_xla.core.xla_model as xm
-
-    def make_state(step: int) -> dict:
-        return _to_cpu({
-            "model": model.state_dict(), "model_config": model_config, "config": cfg.to_dict(), "step": step,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if use_scaler else {},
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "rng": ckpt_io.rng_state(), "sampler": {"epoch": step // per_epoch, "batch": step % per_epoch},
-            "best_mIoU": best, "best_step": best_step, "classes": class_names, "num_classes": num_classes,
-            "data_root": data_root,
-        })
-
-    def validate_now(step: int) -> dict | None:
-        nonlocal best, best_step
-        if val_loader is None:
-            return None
-        eval_model = ema.module if ema is not None else model
-        cm = evaluate_model(eval_model, val_loader, num_classes, dev, ignore_index=ignore_index,
-                            class_names=class_names, amp=cfg.amp)
-        m = cm.compute()
-        row = {"step": step, **{k: m[k] for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}, "time": time.time()}
-        history.append(row)
-        if rt.is_main:
-            val_f.write(json.dumps(row) + "\n")
-            val_f.flush()
-            if m["mIoU"] > best:
-                best, best_step = m["mIoU"], step
-                ckpt_io.save_checkpoint(make_state(step), run_dir / "checkpoints" / "best.pt")
-            atomic_write_json(run_dir / "val_latest.json", m)
-        best = broadcast_object(rt, best)
-        return m
-
-    bar = _Progress(progress and rt.is_main, cfg.steps, start_step)
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    net.train()
-    t0 = t_log = time.perf_counter()
-    images_since = 0
-    loss_sum = torch.zeros((), device=dev)
-    n_sum = 0
-    last_metrics = None
-    step = start_step
-    it = batches(start_step)
-    try:
-        while step < end:
-            image, target = next(it)
-            image = image.to(dev, non_blocking=True)
-            target = target.to(dev, non_blocking=True)
-            if cfg.channels_last and not rt.xla:
-                image = image.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(image)
-            loss = criterion(logits.float(), target)
-            if not rt.xla and not torch.isfinite(loss):  # one sync per step; XLA checks at log time instead
-                raise NonFiniteLoss(_nan_message(loss.item(), step + 1, last_path))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            if rt.xla:
-                xm.optimizer_step(optimizer)
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            if rt.xla:
-                torch_xla.sync()
-            loss_sum += loss.detach()
-            n_sum += 1
-            images_since += image.shape[0] * rt.world_size
-            step += 1
-
-            is_last = step == end
-            if step % cfg.log_interval == 0 or is_last:
-                mean_loss = (loss_sum / n_sum).item()  # the one host sync per log interval
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLoss(_nan_message(mean_loss, step, last_path))
-                now = time.perf_counter()
-                row = {"step": step, "loss": round(mean_loss, 6), "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": round(images_since / max(now - t_log, 1e-9), 3),
-                       "memory_mb": round(_memory_mb(dev), 1), "elapsed_s": round(now - t0, 2)}
-                if rt.is_main:
-                    log_f.write(json.dumps(row) + "\n")
-                    log_f.flush()
-                bar.update(step, loss=f"{mean_loss:.4f}", lr=f"{row['lr']:.2e}",
-                           extra=f"{row['images_per_s']:.1f} img/s")
-                loss_sum.zero_()
-                n_sum, images_since, t_log = 0, 0, now
-            else:
-                bar.update(step)
-            if step % cfg.eval_interval == 0 or step == cfg.steps:
-                last_metrics = validate_now(step)
-                if last_metrics is not None:
-                    bar.print(f"step {step}: val mIoU {last_metrics['mIoU']:.2f}  pixAcc {last_metrics['pixAcc']:.2f}"
-                              f"  (best {best:.2f} at step {best_step})")
-            if step % cfg.checkpoint_interval == 0 or is_last:
-                if rt.is_main:
-                    ckpt_io.save_checkpoint(make_state(step), last_path)
-                barrier(rt)
-    finally:
-        bar.stop()
-        if log_f:
-            log_f.close()
-            val_f.close()
-
-    seconds = time.perf_counter() - t0
-    best_path = run_dir / "checkpoints" / "best.pt"
-    summary = {
-        "run_dir": str(run_dir), "steps": step, "total_steps": cfg.steps, "finished": step >= cfg.steps,
-        "seconds": round(seconds, 2), "best_mIoU": best if best >= 0 else None, "best_step": best_step,
-        "final_metrics": last_metrics, "history": history,
-        "checkpoint": str(best_path if best_path.is_file() else last_path), "last_checkpoint": str(last_path),
-    }
-    if rt.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-def _truncate_jsonl(path: Path, step: int) -> list[dict]:
-    """Drop rows written after ``step`` (a run killed between a log row and its checkpoint); return the rest."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if r.get("step", 0) <= step]
-    if len(keep) != len(rows):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
-    return keep
 
 
 def _nan_message(value: float, step: int, last_path: Path) -> str:

@@ -8,7 +8,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from eseg_cli import utils
 from eseg_cli.data.classes import CITYSCAPES_CLASSES, cityscapes_trainid_to_labelid_lut
 from eseg_cli.data.synthetic.scene import render_scene
 from eseg_cli.errors import EsegError
+from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json, check_size, chmod_default
 
 #: Bumped whenever the drawing changes, so cached default sets are regenerated.
@@ -93,14 +93,14 @@ def _job(args) -> tuple[bool, np.ndarray]:
 
 def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT.num_val,
              size: tuple[int, int] = DEFAULT.size, seed: int = 0, workers: int = 1,
-             progress: Callable[[int, int], None] | None = None, force: bool = False) -> dict:
+             on_event: OnEvent | None = None, force: bool = False) -> dict:
     """Generate a synthetic set under ``out_dir`` in the Cityscapes layout; returns a summary dict.
 
     Writes ``leftImg8bit/{train,val}/synthetic/*_leftImg8bit.png`` with ``*_gtFine_labelTrainIds.png``
     and ``*_gtFine_labelIds.png`` beside each label, and ``synthetic.json`` (parameters, class pixel
-    counts) last. ``progress(done, total)`` is called after each image. Samples already on disk are
-    kept (generation is deterministic) unless ``force``; a folder holding a set made with other
-    parameters is refused unless ``force``.
+    counts) last. ``on_event`` gets progress events (task ``prepare``, one step per image). Samples
+    already on disk are kept (generation is deterministic) unless ``force``; a folder holding a set made
+    with other parameters is refused unless ``force``.
     """
     h, w = (int(size[0]), int(size[1]))
     if h < 32 or w < 32:
@@ -141,13 +141,14 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
     counts = np.zeros(256, np.int64)
     skipped = 0
     total = len(jobs)
+    emit = Emitter(on_event, "prepare", total=total)
+    emit("start", 0)
 
     def take(done, res):
         nonlocal counts, skipped
         skipped += int(res[0])
         counts += res[1]
-        if progress:
-            progress(done, total)
+        emit("advance", done)
 
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as ex:
@@ -156,6 +157,7 @@ def generate(out_dir, num_train: int = DEFAULT.num_train, num_val: int = DEFAULT
     else:
         for done, job in enumerate(jobs, 1):
             take(done, _job(job))
+    emit("end", total)
     pix = {name: int(counts[i]) for i, name in enumerate(CITYSCAPES_CLASSES)}
     summary = {
         "root": str(root),
