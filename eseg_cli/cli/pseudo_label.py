@@ -47,7 +47,6 @@ def pseudo_label_cmd(
     """
     import torch
 
-    from eseg_cli.cli.data import _LazyProgress
     from eseg_cli.engine.pseudo_label import pseudo_label
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
@@ -58,12 +57,17 @@ def pseudo_label_cmd(
         scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
     except ValueError:
         raise EsegError(f"--scales must be comma-separated numbers, got {scales!r}") from None
-    with _LazyProgress("pseudo-label", quiet=not progress) as prog:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]pseudo-label[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err_console, disable=not progress)
+    with bar:
+        task = bar.add_task("pseudo-label", total=None)
         summary = pseudo_label(checkpoint, images, out, threshold=threshold, mode=mode,
                                crop=parse_size(crop, "--crop") if crop else None,
                                stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
                                flip=flip, split=split, device=device, amp=amp, use_ema=not no_ema,
-                               progress=prog.update)
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     if json_out:
         print_json(summary)
         return
