@@ -68,8 +68,8 @@ def pseudo_label_quality(pl: Path, unlabelled: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--eval-interval", type=int, default=125)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--eval-interval", type=int, default=375)
     ap.add_argument("--size", default="128x256", help="synthetic image size HxW")
     ap.add_argument("--crop", default="128x128")
     ap.add_argument("--threshold", type=float, default=0.5)
