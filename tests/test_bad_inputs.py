@@ -191,6 +191,21 @@ def train_set_unknown_model_option(tmp, base):
 
 
 @case
+def train_set_model_option_wrong_type(tmp, base):
+    return ["train", "--steps", "1", "--set", "model={channels: many}"], "channels"
+
+
+@case
+def train_set_ohem_thresh_above_one(tmp, base):
+    return train("--set", "ohem_thresh=5"), "ohem_thresh"
+
+
+@case
+def train_set_momentum_out_of_range(tmp, base):
+    return train("--set", "momentum=1.5"), "momentum"
+
+
+@case
 def train_crop_huge(tmp, base):
     return train("--crop", HUGE), "--crop"
 

@@ -98,6 +98,16 @@ _CHOICES = {
     "amp": (None, *AMP_DTYPES),
 }
 _PAIRS = ("crop_size", "scale_range", "val_resize")
+# (key, low, high, low excluded, high excluded): values outside silently change a run's meaning
+_RANGES = (
+    ("ohem_thresh", 0.0, 1.0, True, False),
+    ("ohem_min_kept", 0, float("inf"), False, True),
+    ("momentum", 0.0, 1.0, False, True),
+    ("weight_decay", 0.0, float("inf"), False, True),
+    ("warmup_factor", 0.0, 1.0, True, False),
+    ("min_lr_ratio", 0.0, 1.0, False, False),
+    ("clip_grad", 0.0, float("inf"), True, True),
+)
 _POSITIVE = ("batch_size", "val_batch_size", "steps", "log_interval", "eval_interval", "checkpoint_interval", "lr")
 
 
@@ -183,6 +193,13 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
         raise EsegError(f"{where}: 'encoder_lr_mult' must be >= 0, got {cfg.encoder_lr_mult!r}")
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
         raise EsegError(f"{where}: 'ema_decay' must be between 0 and 1 (e.g. 0.9998), got {cfg.ema_decay!r}")
+    for key, lo, hi, lo_open, hi_open in _RANGES:
+        v = getattr(cfg, key, None)
+        if v is None:
+            continue
+        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+            lo_b, hi_b = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise EsegError(f"{where}: '{key}' must be in {lo_b}{lo}, {hi}{hi_b}, got {v!r}")
     cfg.crop_size = [int(x) for x in cfg.crop_size]
     cfg.extra_data = [_check_source(i, src, where) for i, src in enumerate(cfg.extra_data)]
     if cfg.extra_data and sum(s["ratio"] for s in cfg.extra_data) >= 1:

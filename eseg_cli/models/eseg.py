@@ -98,6 +98,7 @@ def _make_builder(name: str):
     builder.__name__ = name.replace("-", "_")
     sig = inspect.signature(build_eseg)  # the options it accepts, so the registry can check them by name
     builder.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "scale"])
+    builder.__wrapped_builder__ = build_eseg  # its annotations give the options' types
     builder.__doc__ = f"{SCALES[name].display_name} (Table 3: {SCALES[name]})."
     return builder
 

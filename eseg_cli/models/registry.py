@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
+import typing
 from collections.abc import Callable
 
 from torch import nn
@@ -71,3 +73,32 @@ def check_model_options(name: str, options: dict) -> None:
             close = difflib.get_close_matches(str(k), valid, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise EsegError(f"unknown model option '{k}' for {key}{hint}; its options: {', '.join(valid)}")
+    hints = _type_hints(_MODELS[key])
+    for k, v in options.items():
+        want = _simple_types(hints.get(k))
+        if want and v is not None and not _is_a(v, want):
+            names = " or ".join(t.__name__ for t in want)
+            raise EsegError(f"model option '{k}' of {key} must be {names}, got {type(v).__name__} {v!r}")
+
+
+def _type_hints(fn) -> dict:
+    target = getattr(fn, "__wrapped_builder__", fn)
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no type check, the builder still validates
+        return {}
+
+
+def _simple_types(tp) -> tuple[type, ...]:
+    """The plain types (int, float, str, bool) an annotation allows, or () when it is anything richer."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    args = tuple(a for a in args if a is not type(None))
+    return args if args and all(a in (int, float, str, bool) for a in args) else ()
+
+
+def _is_a(v, want: tuple[type, ...]) -> bool:
+    if isinstance(v, bool):
+        return bool in want
+    if isinstance(v, int) and float in want:
+        return True
+    return isinstance(v, want)
