@@ -857,6 +857,89 @@ def plot_fps_resolution_huge(tmp, base):
     return ["plot", "--measure-fps", "--fps-resolution", HUGE, "--out", str(tmp / "f")], "--fps-resolution"
 
 
+# ------------------------------------------------------------------------------------------- pseudo-label
+
+def pl(base, *args) -> list[str]:
+    return ["pseudo-label", "--checkpoint", str(base["ckpt"]), "--device", "cpu", "--no-progress", *map(str, args)]
+
+
+def _images(tmp, n=2) -> Path:
+    d = tmp / "frames"
+    for i in range(n):
+        _png(d / f"f{i}.png", np.full((32, 64, 3), 60 * i, np.uint8))
+    return d
+
+
+@case
+def pseudo_label_checkpoint_missing(tmp, base):
+    return ["pseudo-label", "-c", str(tmp / "teacher.pt"), "-i", str(_images(tmp)), "-o", str(tmp / "pl")], \
+        "teacher.pt"
+
+
+@case
+def pseudo_label_pattern_matches_nothing(tmp, base):
+    return pl(base, "-i", str(tmp / "nothing*.jpg"), "-o", tmp / "pl"), "nothing*.jpg"
+
+
+@case
+def pseudo_label_input_not_an_image(tmp, base):
+    (tmp / "notes.txt").write_text("hello")
+    return pl(base, "-i", tmp / "notes.txt", "-o", tmp / "pl"), "notes.txt"
+
+
+@case
+def pseudo_label_corrupt_image(tmp, base):
+    d = _images(tmp)
+    truncate(d / "f1.png", 0.4)
+    return pl(base, "-i", d, "-o", tmp / "pl"), "f1.png"
+
+
+@case
+def pseudo_label_out_is_a_file(tmp, base):
+    (tmp / "pl").write_text("a file")
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl"), str(tmp / "pl")
+
+
+@case
+def pseudo_label_out_not_empty(tmp, base):
+    (tmp / "pl").mkdir()
+    (tmp / "pl" / "mine.txt").write_text("keep me")
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl"), str(tmp / "pl")
+
+
+@case
+def pseudo_label_bad_mode(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--mode", "tiles"), "tiles"
+
+
+@case
+def pseudo_label_crop_huge(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--mode", "slide", "--crop", HUGE), "--crop"
+
+
+# ------------------------------------------------------------------------------------------- weights / extra data
+
+@case
+def train_init_from_missing(tmp, base):
+    return train("--data-root", base["syn"], "--init-from", tmp / "old_run"), "old_run"
+
+
+@case
+def train_init_from_not_a_checkpoint(tmp, base):
+    (tmp / "old.pt").write_bytes(b"garbage")
+    return train("--data-root", base["syn"], "--init-from", tmp / "old.pt"), "old.pt"
+
+
+@case
+def train_extra_data_missing(tmp, base):
+    return train("--data-root", base["syn"], "--extra-data", tmp / "pl"), "pl"
+
+
+@case
+def prepare_mapillary_root_missing(tmp, base):
+    return ["prepare-data", "mapillary", "--root", str(tmp / "vistas")], "vistas"
+
+
 # ------------------------------------------------------------------------------------------- the runner
 
 def _snapshot(*roots: Path) -> dict[str, str]:
