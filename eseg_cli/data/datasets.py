@@ -64,9 +64,13 @@ def build_dataset(name: str, root, split: str, transform=None, **kw) -> Segmenta
 
     ``transform`` is an albumentations pipeline from :func:`~eseg_cli.data.build_transforms`; when
     ``None``, images are only normalized. For ``"synthetic"``, ``root=None`` means the default set
-    (generated once into the cache).
+    (generated once into the cache); every other dataset needs its root.
     """
-    return dataset_class(name)(root, split, transform=transform, **kw)
+    cls = dataset_class(name)
+    if (root is None or str(root) == "") and not cls.builtin_root:
+        raise EsegError(f"dataset {cls.name!r} needs its root folder ('data_root'); only synthetic has a built-in set",
+                        field=("data_root", "root"))
+    return cls(root, split, transform=transform, **kw)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -106,6 +110,8 @@ class SegmentationDataset(Dataset):
     classes: list[str] = []
     palette: list[tuple[int, int, int]] = []
     ignore_index = IGNORE_INDEX
+    #: whether ``root=None`` means a built-in set (only the synthetic one)
+    builtin_root = False
 
     def __init__(self, files: list[tuple[Path, Path]], transform=None):
         self.files = files
@@ -225,8 +231,10 @@ class CityscapesDataset(SegmentationDataset):
 
 @register_dataset("synthetic")
 class SyntheticDataset(CityscapesDataset):
-    """The generated street scenes (Cityscapes layout and trainIds). ``root=None``: the default set."""
+    """The generated street scenes (Cityscapes layout and trainIds). ``root=None``: the default set (the one
+    place that resolves it; ``ds.root`` tells where it is)."""
 
+    builtin_root = True
 
     def __init__(self, root=None, split: str = "train", transform=None):
         from eseg_cli.data.synthetic import ensure_default

@@ -391,8 +391,8 @@ def scan_mapillary(root) -> tuple[list[dict], list[tuple[str, Path, Path]]]:
 
     root = Path(root)
     if not root.is_dir():
-        raise EsegError(f"--root {root} does not exist or is not a folder; point it at the Mapillary Vistas root "
-                        "(the folder holding training/, validation/ and config_v1.2.json)")
+        raise EsegError(f"'root' {root} does not exist or is not a folder; point it at the Mapillary Vistas root "
+                        "(the folder holding training/, validation/ and config_v1.2.json)", field="root")
     labels = read_mapillary_config(root)
     present = [s for s in ("training", "validation") if (root / s).is_dir()]
     if not present:

@@ -66,7 +66,7 @@ def predict(model: nn.Module, x: torch.Tensor, num_classes: int, *, mode: str = 
         return _forward(model, inp, amp)
 
     if mode == "slide" and crop is None:
-        raise EsegError("slide mode needs a crop size (--crop HxW)")
+        raise EsegError("slide mode needs a crop size ('crop', HxW)", field="crop")
     if mode != "msflip":
         return one(x)
     h, w = x.shape[-2:]
@@ -155,12 +155,6 @@ def save_prediction(pred: torch.Tensor, image_path: str | Path, out_dir: Path, p
 def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, resize=None, norm=None):
     from eseg_cli.data import build_dataset, build_transforms
 
-    if dataset == "synthetic" and not data_root:
-        from eseg_cli.data import synthetic
-
-        data_root = synthetic.ensure_default()
-    if not data_root:
-        raise EsegError(f"--data-root is required for dataset {dataset!r}")
     tf = build_transforms(False, resize=tuple(resize) if resize else None, **dict(zip(("mean", "std"), norm or ())))
     return build_dataset(dataset, data_root, split, transform=tf)
 
@@ -275,11 +269,11 @@ def score_predictions(pred_dir: str | Path, *, dataset: str, data_root: str | Pa
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise EsegError(f"--predictions {pred_dir} is not a folder of PNG files")
+        raise EsegError(f"prediction folder {pred_dir} is not a folder of PNG files")
     ds = _build_eval_dataset(dataset, data_root, split)
     index = _index_predictions(pred_dir)
     if not index:
-        raise EsegError(f"--predictions {pred_dir} holds no .png files")
+        raise EsegError(f"prediction folder {pred_dir} holds no .png files")
     lut = None
     if dataset in ("cityscapes", "synthetic"):
         from eseg_cli.data.classes import cityscapes_id_to_trainid_lut

@@ -65,18 +65,12 @@ def build_train_data(cfg: TrainConfig, norm: tuple | None = None):
     ``norm`` is the model's input normalisation ``(mean, std)`` (ImageNet's when None)."""
     from eseg_cli.data import build_dataset, build_transforms
 
-    root = cfg.data_root
-    if cfg.dataset == "synthetic" and not root:
-        from eseg_cli.data import synthetic
-
-        root = str(synthetic.ensure_default())
-    if not root:
-        raise EsegError(f"--data-root is required for dataset {cfg.dataset!r}")
     mean_std = dict(zip(("mean", "std"), norm)) if norm else {}
     train_tf = build_transforms(True, crop_size=tuple(cfg.crop_size), scale_range=tuple(cfg.scale_range),
                                 hflip=cfg.hflip, photometric=cfg.photometric, **mean_std)
     val_tf = build_transforms(False, resize=tuple(cfg.val_resize) if cfg.val_resize else None, **mean_std)
-    train_ds = build_dataset(cfg.dataset, root, cfg.train_split, transform=train_tf)
+    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, transform=train_tf)
+    root = str(train_ds.root)  # the synthetic default resolved by its dataset: saved, so eval finds the same set
     if cfg.extra_data:
         train_ds = _mix_sources(train_ds, cfg, train_tf)
     return train_ds, build_dataset(cfg.dataset, root, cfg.val_split, transform=val_tf), root
@@ -369,7 +363,7 @@ class Trainer:
             if rt.is_main:
                 train_ds, val_ds, self.data_root = build_train_data(cfg, norm)
                 if cfg.dataset == "synthetic" and not cfg.data_root:
-                    self.emit.message(f"No --dataset given: training on the built-in synthetic set (Cityscapes "
+                    self.emit.message(f"No dataset given: training on the built-in synthetic set (Cityscapes "
                                       f"layout, 19 classes) in {self.data_root}.")
             barrier(rt)
             if not rt.is_main:
