@@ -46,6 +46,7 @@ from eseg_cli.cli import profile as _profile  # noqa: E402,F401
 from eseg_cli.cli import data as _data  # noqa: E402,F401
 from eseg_cli.cli import train as _train  # noqa: E402,F401
 from eseg_cli.cli import eval as _eval  # noqa: E402,F401
+from eseg_cli.cli import predict as _predict  # noqa: E402,F401
 from eseg_cli.cli import pseudo_label as _pseudo_label  # noqa: E402,F401
 from eseg_cli.cli import ablate as _ablate  # noqa: E402,F401
 from eseg_cli.cli import report as _report  # noqa: E402,F401

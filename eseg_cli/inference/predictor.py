@@ -101,7 +101,76 @@ def resolve_checkpoint(checkpoint, use_ema: bool = True) -> tuple[nn.Module, dic
     return model, ckpt, str(checkpoint)
 
 
-class Predictor:
+class BasePredictor:
+    """The image API shared by the PyTorch :class:`Predictor` and the ONNX Runtime one: subclasses give
+    ``num_classes``, ``class_names``, ``palette``, ``mean``/``std``, ``device``, ``channels_last`` and
+    implement :meth:`logits` and :meth:`labels` for a normalised batch."""
+
+    device: torch.device = torch.device("cpu")
+    channels_last: bool = False
+    num_classes: int = 0
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(IMAGENET_STD)
+
+    def _set_normalization(self, mean, std) -> None:
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise EsegError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
+        self._scale = torch.tensor([1 / (255.0 * v) for v in self.std], device=self.device).view(1, 3, 1, 1)
+        self._shift = torch.tensor([-a / b for a, b in zip(self.mean, self.std)], device=self.device).view(1, 3, 1, 1)
+
+    def to_tensor(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """HxWx3 uint8 array(s) of one size -> the normalised ``(B, 3, H, W)`` float batch on the device."""
+        arr = np.stack(images) if not isinstance(images, np.ndarray) else images
+        if arr.ndim == 3:
+            arr = arr[None]
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, non_blocking=True)
+        x = t.permute(0, 3, 1, 2).float()  # an NHWC buffer seen as NCHW: already channels_last
+        x = x.mul_(self._scale).add_(self._shift)
+        return x if self.channels_last else x.contiguous()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, image) -> np.ndarray:
+        """Class ids (trainIds for Cityscapes) of one image (path, PIL image or HxWx3 uint8) at its size."""
+        return self.labels(self.to_tensor(read_image(image)))[0].cpu().numpy()
+
+    def predict_proba(self, image) -> np.ndarray:
+        """``CxHxW`` float32 class probabilities at the image's size (softmax of the upsampled logits)."""
+        x = self.to_tensor(read_image(image))
+        return self.logits(x)[0].softmax(0).cpu().numpy()
+
+    def labels_and_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels and the winning class's probability (``(B, H, W)`` each) from the full-size logits."""
+        prob, idx = self.logits(x).softmax(1).max(1)
+        return idx.to(torch.uint8 if self.num_classes <= 255 else torch.int32), prob
+
+    def predict_batch(self, images: Iterable, batch_size: int = 8) -> list[np.ndarray]:
+        """:meth:`predict` for many images; consecutive images of the same size run as one batch."""
+        if batch_size < 1:
+            raise EsegError(f"batch_size must be >= 1, got {batch_size}")
+        out: list[np.ndarray] = []
+        group: list[np.ndarray] = []
+
+        def flush():
+            if group:
+                out.extend(self.labels(self.to_tensor(group)).cpu().numpy())
+                group.clear()
+
+        for img in images:
+            arr = read_image(img)
+            if group and (arr.shape != group[0].shape or len(group) >= batch_size):
+                flush()
+            group.append(arr)
+        flush()
+        return out
+
+
+class Predictor(BasePredictor):
     """Run a trained segmentation model on images of any size.
 
     Args:
@@ -132,11 +201,7 @@ class Predictor:
         if self._amp_dtype is torch.float16 and self.device.type == "cpu":
             raise EsegError("fp16 autocast is not supported on CPU; use bf16 or full precision")
         m, s = normalization(ckpt)
-        self.mean, self.std = tuple(mean or m), tuple(std or s)
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise EsegError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
-        self._scale = torch.tensor([1 / (255.0 * v) for v in self.std], device=self.device).view(1, 3, 1, 1)
-        self._shift = torch.tensor([-a / b for a, b in zip(self.mean, self.std)], device=self.device).view(1, 3, 1, 1)
+        self._set_normalization(mean or m, std or s)
         # models of this project give logits at the head's stride; others (peers) at the input size
         self._has_low_res = hasattr(self.model, "forward_logits")
         self.class_names, self.palette, self.dataset = _metadata(ckpt, self.num_classes or 0)
@@ -144,17 +209,6 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.source}, device={self.device}, classes={self.num_classes}, "
                 f"prepared={self.model.prepared}, amp={self.amp})")
-
-    # --- tensors ---------------------------------------------------------------------------------
-    def to_tensor(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """HxWx3 uint8 array(s) of one size -> the normalised ``(B, 3, H, W)`` float batch on the device."""
-        arr = np.stack(images) if not isinstance(images, np.ndarray) else images
-        if arr.ndim == 3:
-            arr = arr[None]
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, non_blocking=True)
-        x = t.permute(0, 3, 1, 2).float()  # an NHWC buffer seen as NCHW: already channels_last
-        x = x.mul_(self._scale).add_(self._shift)
-        return x if self.channels_last else x.contiguous()
 
     def _autocast(self):
         if self._amp_dtype is None:
@@ -177,33 +231,3 @@ class Predictor:
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W)`` class ids (uint8 for <= 255 classes) for a normalised batch."""
         return upsample_argmax(self.low_res_logits(x), tuple(x.shape[-2:]))
-
-    # --- images ----------------------------------------------------------------------------------
-    def predict(self, image) -> np.ndarray:
-        """Class ids (trainIds for Cityscapes) of one image (path, PIL image or HxWx3 uint8) at its size."""
-        return self.labels(self.to_tensor(read_image(image)))[0].cpu().numpy()
-
-    def predict_proba(self, image) -> np.ndarray:
-        """``CxHxW`` float32 class probabilities at the image's size (softmax of the upsampled logits)."""
-        x = self.to_tensor(read_image(image))
-        return self.logits(x)[0].softmax(0).cpu().numpy()
-
-    def predict_batch(self, images: Iterable, batch_size: int = 8) -> list[np.ndarray]:
-        """:meth:`predict` for many images; consecutive images of the same size run as one batch."""
-        if batch_size < 1:
-            raise EsegError(f"batch_size must be >= 1, got {batch_size}")
-        out: list[np.ndarray] = []
-        group: list[np.ndarray] = []
-
-        def flush():
-            if group:
-                out.extend(self.labels(self.to_tensor(group)).cpu().numpy())
-                group.clear()
-
-        for img in images:
-            arr = read_image(img)
-            if group and (arr.shape != group[0].shape or len(group) >= batch_size):
-                flush()
-            group.append(arr)
-        flush()
-        return out

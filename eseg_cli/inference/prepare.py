@@ -51,9 +51,8 @@ def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     info["channels_last"] = bool(channels_last)
-    if compile:
-        compiled = torch.compile(model, dynamic=False)
-        compiled.prepared = info
-        return compiled
+    if compile:  # compiled per bound method, so forward_logits (used by Predictor) is compiled too
+        model.forward_logits = torch.compile(model.forward_logits, dynamic=False)
+        model.forward = torch.compile(model.forward, dynamic=False)
     model.prepared = info
     return model

@@ -142,8 +142,8 @@ def avg_pool2x(x: torch.Tensor) -> torch.Tensor:
     it also works on torch-xla, where ``ceil_mode`` turns a 1x1 map into 0x0.
     """
     h, w = x.shape[-2:]
-    if h % 2 or w % 2:
-        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    # unconditional (a zero pad is a no-op): a traced or exported graph then pads odd sizes too
+    x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
     return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 

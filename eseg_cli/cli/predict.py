@@ -1,0 +1,189 @@
+"""``eseg predict`` and ``eseg export``: use a trained model on images and videos, or ship it."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from eseg_cli.cli import app
+from eseg_cli.cli._common import console, err_console, print_json
+
+
+class Ids(str, Enum):
+    trainid = "trainid"
+    labelid = "labelid"
+
+
+class Amp(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    pt2 = "pt2"
+
+
+def _threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.command("predict", rich_help_panel="Use a trained model")
+def predict_cmd(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Images, folders (recursive), glob patterns "
+                                                                     "or videos."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="A run folder or a .pt file."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Run an `eseg export`ed ONNX file through onnxruntime "
+                                                             "instead of a checkpoint."),
+    ids: Ids = typer.Option(Ids.trainid, "--ids", help="Label PNG values: trainid, or Cityscapes labelid (for the "
+                                                       "test server)."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write <name>_overlay.jpg."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Mask opacity in the overlay."),
+    confidence: bool = typer.Option(False, "--confidence", help="Also write <name>_confidence.png (max class "
+                                                                "probability x 255)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per forward pass (equal sizes)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes reading images."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
+    amp: Optional[Amp] = typer.Option(None, "--amp", help="Autocast: bf16 or fp16 (not exact)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Segment images (any size) and videos: label PNG, colour mask and overlay per image.
+
+    Examples:
+
+      [cyan]eseg predict -c runs/lite-s-cityscapes-20260101-120000 street.png --out preds/[/]
+
+      [cyan]eseg predict -c best.pt 'frames/**/*.jpg' --out preds/ --ids labelid --no-overlay[/]
+
+      [cyan]eseg predict --onnx model.onnx drive.mp4 --out preds/[/]
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from eseg_cli.errors import EsegError
+    from eseg_cli.inference.files import collect_inputs, predict_images, predict_video
+
+    if (checkpoint is None) == (onnx is None):
+        raise EsegError("give exactly one of --checkpoint RUN|FILE or --onnx FILE")
+    if out.exists() and not out.is_dir():
+        raise EsegError(f"--out {out} is a file; give a folder")
+    images, videos = collect_inputs(inputs)
+    _threads(threads)
+    if onnx is not None:
+        from eseg_cli.inference.export import OnnxPredictor
+
+        predictor = OnnxPredictor(onnx, threads=threads)
+    else:
+        from eseg_cli.inference import Predictor
+
+        predictor = Predictor(checkpoint, device=device, compile=compile_, amp=amp.value if amp else None,
+                              use_ema=not no_ema)
+    summary: dict = {"model": predictor.source}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
+                        disable=json_out or not err_console.is_terminal)
+    with progress:
+        if images:
+            task = progress.add_task("images", total=len(images), rate="")
+
+            def on_image(done, total):
+                elapsed = progress.tasks[task].elapsed or 0
+                progress.update(task, completed=done, rate=f"{done / elapsed:.2f} img/s" if elapsed else "")
+
+            summary.update(predict_images(predictor, images, out, ids=ids.value, overlay=overlay, alpha=alpha,
+                                          confidence=confidence, batch_size=batch_size, workers=workers,
+                                          overwrite=yes, on_image=on_image))
+        if videos:
+            summary["videos"] = []
+            for v in videos:
+                task = progress.add_task(v.name, total=None, rate="")
+                summary["videos"].append(predict_video(
+                    predictor, v, out, alpha=alpha, overwrite=yes,
+                    on_frame=lambda done, total, task=task: progress.update(task, completed=done,
+                                                                            total=total or None)))
+    if json_out:
+        print_json(summary)
+        return
+    t = Table(title=f"eseg predict — {summary['model']}")
+    t.add_column("")
+    t.add_column("", justify="right")
+    if images:
+        t.add_row("images", str(summary["images"]))
+        t.add_row("time (s)", f"{summary['seconds']:.2f}")
+        t.add_row("images/s", f"{summary['images_per_s']:.2f}")
+    for v in summary.get("videos", []):
+        t.add_row(f"video {Path(v['video']).name}", f"{v['frames']} frames, {v['frames_per_s']:.2f} frames/s")
+    console.print(t)
+    if images and summary["class_histogram"]:
+        h = Table(title="predicted classes (share of pixels)")
+        h.add_column("class")
+        h.add_column("%", justify="right")
+        for name, share in sorted(summary["class_histogram"].items(), key=lambda kv: -kv[1]):
+            h.add_row(name, f"{100 * share:.2f}")
+        console.print(h)
+    kinds = ", ".join(summary.get("files_per_image", [])) or "overlay videos"
+    console.print(f"[dim]written to {out}: per image {kinds}[/]")
+
+
+@app.command("export", rich_help_panel="Use a trained model")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A run folder or a .pt file."),
+    format_: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="onnx, torchscript or pt2."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (model.onnx, model.ts, model.pt2)."),
+    sizes: str = typer.Option("512x1024,360x500", "--check-sizes",
+                              help="Two HxW sizes the export is checked at against PyTorch (pt2: the first is "
+                                   "its fixed size)."),
+    opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite an existing file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Export the prepared (folded) model; then check it against PyTorch at two sizes.
+
+    Input: float32 NCHW normalised as in training (mean/std, class names and palette are in the file's
+    metadata); dynamic batch, height and width; output: logits at the input size. Fails if the argmax
+    agrees with PyTorch on less than 99.9% of pixels.
+
+    Examples:
+
+      [cyan]eseg export -c runs/lite-s-cityscapes-20260101-120000 --format onnx --out model.onnx[/]
+
+      [cyan]eseg export -c best.pt -f torchscript -o model.ts[/]
+    """
+    from eseg_cli.cli._common import confirm_overwrite
+    from eseg_cli.errors import EsegError
+    from eseg_cli.inference.export import export_model
+    from eseg_cli.utils import parse_size
+
+    parsed = tuple(parse_size(s, "--check-sizes") for s in sizes.split(",") if s.strip())
+    if not parsed:
+        raise EsegError("--check-sizes needs at least one HxW size")
+    if out.is_dir():
+        raise EsegError(f"--out {out} is a folder; give a file name")
+    confirm_overwrite(out, yes, "the exported model")
+    _threads(threads)
+    if not json_out:
+        err_console.print(f"[dim]exporting {checkpoint} to {format_.value}...[/]")
+    res = export_model(checkpoint, format_.value, out, sizes=parsed, opset=opset, use_ema=not no_ema)
+    if json_out:
+        print_json(res)
+        return
+    t = Table(title=f"eseg export — {res['path']} ({res['format']}, dynamic {res['dynamic']})")
+    for c in ("size", "batch", "max |Δ logit|", "argmax agreement"):
+        t.add_column(c, justify="right")
+    for c in res["checks"]:
+        t.add_row(c["size"], str(c["batch"]), f"{c['max_abs_diff']:.2e}", f"{100 * c['argmax_agreement']:.3f}%")
+    console.print(t)

@@ -1,0 +1,257 @@
+"""Export the prepared model to ONNX, TorchScript or a ``torch.export`` program, and prove it agrees.
+
+Contract of every exported model (the same as the PyTorch model's ``forward``): input a float32 NCHW
+batch normalised as in training (``(pixel / 255 - mean) / std``), dynamic batch, height and width; output
+the class logits at the input size. The normalisation, class names and palette travel with the file
+(ONNX metadata; a ``eseg.json`` extra file for TorchScript and pt2; returned by :func:`read_metadata`).
+A pt2 program has a dynamic batch but a fixed height x width (the first check size): see :func:`_pt2_bytes`.
+
+After writing, the file is loaded back and run beside PyTorch at two sizes (one not a multiple of 32):
+the max abs difference of the logits and the argmax agreement are reported, and the export fails when
+agreement is below 99.9%.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eseg_cli.errors import EsegError
+from eseg_cli.inference.predictor import BasePredictor, Predictor
+from eseg_cli.utils import atomic_write_bytes
+
+FORMATS = ("onnx", "torchscript", "pt2")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
+DEFAULT_CHECK_SIZES = ((512, 1024), (360, 500))
+# ONNX and TorchScript record the graph of one example pass. It must be large enough that every pyramid level
+# differs in size from the next (P8 at least 2x2 when P9 is 1x1), or the resampling between equal-sized
+# levels is recorded as a no-op and larger inputs fail.
+TRACE_SIZE = (512, 1024)
+MIN_AGREEMENT = 0.999
+DEPLOY_HINT = "pip install 'eseg[deploy]' (onnx and onnxruntime)"
+
+
+def require_onnx(what: str = "ONNX export"):
+    """Import onnx and onnxruntime, or say how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise EsegError(f"{what} needs onnx and onnxruntime: {DEPLOY_HINT}") from None
+    return onnx, onnxruntime
+
+
+def metadata(predictor: Predictor) -> dict[str, str]:
+    """What a deployed model needs besides its weights, as strings."""
+    return {
+        "eseg_format": "1",
+        "input": "float32 NCHW, (pixel/255 - mean) / std, RGB; dynamic batch, height, width",
+        "output": "float32 logits (batch, num_classes, height, width) at the input size",
+        "mean": json.dumps(list(predictor.mean)),
+        "std": json.dumps(list(predictor.std)),
+        "num_classes": str(predictor.num_classes),
+        "class_names": json.dumps(predictor.class_names),
+        "palette": json.dumps([list(c) for c in predictor.palette]),
+        "model": json.dumps((predictor.checkpoint.get("model_config") or {}).get("name")),
+        "source": predictor.source,
+    }
+
+
+def _onnx_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, str], opset: int) -> bytes:
+    onnx, _ = require_onnx()
+    buf = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript-based exporter: it keeps every shape computation symbolic, where torch.export's
+        # constraint solver cannot handle the pyramid's ceil-division sizes
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+    proto = onnx.load_from_string(buf.getvalue())
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    return proto.SerializeToString()
+
+
+def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export, but still supported
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, buf, _extra_files={"eseg.json": json.dumps(meta)})
+    return buf.getvalue()
+
+
+def _pt2_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
+    # Dynamic batch only: with dynamic height and width, torch.export (2.14) adds guards on the size-1
+    # maps at P8/P9 ("is this dim 1?" contiguity checks) that its solver cannot prove for every size, so
+    # the program is specialised to the example's height x width (ONNX and TorchScript stay fully dynamic).
+    example = example.expand(2, *example.shape[1:]).contiguous()  # batch 1 would be specialised
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", max=1024)}},
+                                      strict=False)
+    except Exception as e:  # noqa: BLE001 - torch.export reports many kinds of failure
+        raise EsegError(f"torch.export could not export this model: {str(e).splitlines()[0]}") from None
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={"eseg.json": json.dumps(meta)})
+    return buf.getvalue()
+
+
+def load_exported(path: str | Path, fmt: str | None = None):
+    """A callable ``f(x: np.ndarray float32 NCHW) -> np.ndarray logits`` for an exported file."""
+    path = Path(path)
+    fmt = fmt or format_of(path)
+    if fmt == "onnx":
+        _, ort = require_onnx("Running an ONNX model")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mod = torch.jit.load(str(path), map_location="cpu")
+    else:
+        mod = torch.export.load(str(path)).module()
+
+    def run(x):
+        with torch.inference_mode():
+            return mod(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return run
+
+
+def read_metadata(path: str | Path, fmt: str | None = None) -> dict[str, str]:
+    """The metadata written by :func:`export_model`."""
+    path = Path(path)
+    fmt = fmt or format_of(path)
+    if fmt == "onnx":
+        onnx, _ = require_onnx("Reading ONNX metadata")
+        proto = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in proto.metadata_props}
+    extra = {"eseg.json": ""}
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    else:
+        torch.export.load(str(path), extra_files=extra)
+    return json.loads(extra["eseg.json"] or "{}")
+
+
+def format_of(path: Path) -> str:
+    for fmt, suffix in SUFFIX.items():
+        if path.suffix == suffix:
+            return fmt
+    raise EsegError(f"cannot tell the format of {path} from its suffix; use {', '.join(SUFFIX.values())}")
+
+
+def check_parity(predictor: Predictor, path: str | Path, fmt: str,
+                 sizes=DEFAULT_CHECK_SIZES, seed: int = 0, batch: int = 1) -> list[dict]:
+    """Run the exported file and the prepared PyTorch model on the same inputs at each size."""
+    run = load_exported(path, fmt)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for h, w in sizes:
+        images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(batch)]
+        x = predictor.to_tensor(images).contiguous()
+        ref = predictor.logits(x).cpu().numpy()
+        out = run(x.cpu().numpy())
+        if out.shape != ref.shape:
+            raise EsegError(f"the exported model gives logits of shape {out.shape} at {h}x{w}, PyTorch {ref.shape}")
+        rows.append({"size": f"{h}x{w}", "batch": batch, "max_abs_diff": float(np.abs(out - ref).max()),
+                     "max_abs_logit": float(np.abs(ref).max()),
+                     "argmax_agreement": float((out.argmax(1) == ref.argmax(1)).mean())})
+    return rows
+
+
+def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_SIZES, opset: int = 17,
+                 use_ema: bool = True) -> dict:
+    """Export the prepared model of ``checkpoint`` (run folder, file or built model) to ``out``.
+
+    Returns ``{"path", "format", "checks": [...], "metadata": {...}}``; raises :class:`EsegError` when the
+    exported model disagrees with PyTorch (argmax agreement < 99.9%) at any check size.
+    """
+    if fmt not in FORMATS:
+        raise EsegError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        require_onnx()
+    out = Path(out)
+    if out.is_dir():
+        raise EsegError(f"{out} is a folder; give the output file name (e.g. {out / ('model' + SUFFIX[fmt])})")
+    if len(sizes) < 1 or any(min(s) < 32 for s in sizes):
+        raise EsegError(f"check sizes must be at least 32x32, got {sizes}")
+    predictor = Predictor(checkpoint, device="cpu", channels_last=False, use_ema=use_ema)
+    model = predictor.model
+    example = torch.zeros(1, 3, *(sizes[0] if fmt == "pt2" else TRACE_SIZE))
+    meta = metadata(predictor)
+    if fmt == "onnx":
+        data = _onnx_bytes(model, example, meta, opset)
+    elif fmt == "torchscript":
+        data = _torchscript_bytes(model, example, meta)
+    else:
+        data = _pt2_bytes(model, example, meta)
+    atomic_write_bytes(out, data)
+    if fmt == "pt2":  # one static size (see _pt2_bytes): checked there at two batch sizes
+        checks = check_parity(predictor, out, fmt, sizes[:1]) + check_parity(predictor, out, fmt, sizes[:1], batch=2)
+    else:
+        checks = check_parity(predictor, out, fmt, sizes)
+    result = {"path": str(out), "format": fmt, "bytes": len(data), "checks": checks, "metadata": meta,
+              "dynamic": "batch" if fmt == "pt2" else "batch, height, width",
+              "size": f"{sizes[0][0]}x{sizes[0][1]}" if fmt == "pt2" else "any"}
+    bad = [c for c in checks if c["argmax_agreement"] < MIN_AGREEMENT]
+    if bad:
+        c = bad[0]
+        raise EsegError(f"{out}: the exported model agrees with PyTorch on only {c['argmax_agreement']:.4%} of "
+                        f"pixels at {c['size']} (max abs logit difference {c['max_abs_diff']:.3g}); "
+                        f"the file is kept for inspection")
+    return result
+
+
+class OnnxPredictor(BasePredictor):
+    """The :class:`Predictor` image API over an exported ONNX file run by onnxruntime (CPU).
+
+    Normalisation, class names and palette come from the file's metadata.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        _, ort = require_onnx("Running an ONNX model")
+        path = Path(path)
+        if not path.is_file():
+            raise EsegError(f"ONNX model {path} does not exist")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise EsegError(f"ONNX model {path} could not be loaded ({str(e).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "mean" not in meta or "num_classes" not in meta:
+            raise EsegError(f"{path} was not written by `eseg export` (no normalisation in its metadata)")
+        self.source = str(path)
+        self.device = torch.device("cpu")
+        self.num_classes = int(meta["num_classes"])
+        self.class_names = json.loads(meta.get("class_names", "[]"))
+        self.palette = [tuple(c) for c in json.loads(meta.get("palette", "[]"))]
+        self.amp = None
+        self.checkpoint = {"config": {}, "model_config": {"name": json.loads(meta.get("model", "null"))}}
+        self._input = self.session.get_inputs()[0].name
+        self._set_normalization(json.loads(meta["mean"]), json.loads(meta["std"]))
+
+    def __repr__(self) -> str:
+        return f"OnnxPredictor({self.source}, classes={self.num_classes})"
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self._input: x.detach().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).argmax(1).to(torch.uint8 if self.num_classes <= 255 else torch.int32)

@@ -1,0 +1,245 @@
+"""Predict on files: images, folders (recursive), globs and videos -> label PNGs, colour masks, overlays.
+
+Per image ``<stem>`` (keeping the sub-folder layout of a folder input) in the output folder:
+
+- ``<stem>.png``: class ids (trainIds; Cityscapes labelIds with ``ids="labelid"``);
+- ``<stem>_color.png``: the colour mask (the dataset's palette);
+- ``<stem>_overlay.jpg``: the mask alpha-blended over the image (unless ``overlay=False``);
+- ``<stem>_confidence.png``: the winning class's probability x 255 (with ``confidence=True``).
+
+A video (anything OpenCV reads) gives ``<stem>_overlay.mp4``.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from eseg_cli.data.classes import cityscapes_trainid_to_labelid_lut, palette_array
+from eseg_cli.errors import EsegError
+from eseg_cli.inference.predictor import BasePredictor, read_image
+from eseg_cli.utils import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+IDS = ("trainid", "labelid")
+
+
+def collect_inputs(inputs: list[str | Path]) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """Images as ``(path, output stem relative to the output folder)`` and videos, in a stable order.
+
+    Raises :class:`EsegError` for a missing path, an empty folder, a glob with no match or a file of an
+    unknown type.
+    """
+    images: list[tuple[Path, str]] = []
+    videos: list[Path] = []
+    if not inputs:
+        raise EsegError("no input given: pass images, folders or glob patterns")
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise EsegError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            images += [(p, str(p.relative_to(path).with_suffix(""))) for p in found]
+        elif path.is_file():
+            suffix = path.suffix.lower()
+            if suffix in VIDEO_SUFFIXES:
+                videos.append(path)
+            elif suffix in IMAGE_SUFFIXES:
+                images.append((path, path.stem))
+            else:
+                raise EsegError(f"{path} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
+                                f"({', '.join(VIDEO_SUFFIXES)})")
+        elif any(ch in text for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()
+                           and Path(p).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+            if not found:
+                raise EsegError(f"pattern {text!r} matches no image or video")
+            for p in found:
+                (videos.append(p) if p.suffix.lower() in VIDEO_SUFFIXES else images.append((p, p.stem)))
+        else:
+            raise EsegError(f"input {text} does not exist")
+    stems = [s for _, s in images]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise EsegError(f"two inputs would write the same output {dup!r}; give them from one folder or rename one")
+    return images, videos
+
+
+def output_paths(stem: str, out_dir: Path, *, overlay: bool, confidence: bool) -> dict[str, Path]:
+    paths = {"label": out_dir / f"{stem}.png", "color": out_dir / f"{stem}_color.png"}
+    if overlay:
+        paths["overlay"] = out_dir / f"{stem}_overlay.jpg"
+    if confidence:
+        paths["confidence"] = out_dir / f"{stem}_confidence.png"
+    return paths
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _jpg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * color`` as uint8."""
+    return (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha + 0.5).astype(np.uint8)
+
+
+class _Images(Dataset):
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return i, read_image(self.files[i])
+
+
+def _collate(batch):
+    return batch
+
+
+def _label_writer(ids: str, num_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    if ids not in IDS:
+        raise EsegError(f"ids must be one of {', '.join(IDS)}, got {ids!r}")
+    if ids == "trainid":
+        return lambda m: m
+    if num_classes != 19:
+        raise EsegError(f"Cityscapes labelIds need a 19-class Cityscapes model; this one has {num_classes} classes")
+    lut = cityscapes_trainid_to_labelid_lut()
+    return lambda m: lut[m]
+
+
+def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out_dir: str | Path, *,
+                   ids: str = "trainid", overlay: bool = True, alpha: float = 0.5, confidence: bool = False,
+                   batch_size: int = 4, workers: int = 0, overwrite: bool = False,
+                   on_image: Callable[[int, int], None] | None = None) -> dict:
+    """Write the outputs of every image (see the module docstring); return a summary.
+
+    Images are read by a DataLoader (``workers`` processes) and run in batches of equal-size images.
+    ``on_image(done, total)`` is called after each image. Existing outputs are refused unless ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EsegError(f"output {out_dir} is a file; give a folder")
+    if not 0.0 <= alpha <= 1.0:
+        raise EsegError(f"alpha must be between 0 and 1, got {alpha}")
+    if batch_size < 1 or workers < 0:
+        raise EsegError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    to_ids = _label_writer(ids, predictor.num_classes)
+    targets = [output_paths(stem, out_dir, overlay=overlay, confidence=confidence) for _, stem in images]
+    if not overwrite:
+        existing = [p for t in targets for p in t.values() if p.exists()]
+        if existing:
+            raise EsegError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); "
+                            "allow overwriting or choose another output folder")
+    colors = palette_array(predictor.palette)
+    hist = np.zeros(max(predictor.num_classes, 1), dtype=np.int64)
+    loader = DataLoader(_Images([p for p, _ in images]), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate)
+    done, pixels, t0 = 0, 0, time.perf_counter()
+    model_s = 0.0
+    for batch in loader:
+        # equal-size runs of the batch go through the network together
+        groups: list[list] = []
+        for item in batch:
+            if groups and groups[-1][0][1].shape == item[1].shape:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        for group in groups:
+            arrays = [a for _, a in group]
+            t1 = time.perf_counter()
+            x = predictor.to_tensor(arrays)
+            if confidence:
+                labels, conf = predictor.labels_and_confidence(x)
+                conf = (conf.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            else:
+                labels, conf = predictor.labels(x), None
+            labels = labels.cpu().numpy()
+            model_s += time.perf_counter() - t1
+            for j, (i, arr) in enumerate(group):
+                lab = labels[j]
+                hist += np.bincount(lab.ravel(), minlength=len(hist))[: len(hist)]
+                t = targets[i]
+                atomic_write_bytes(t["label"], _png(to_ids(lab).astype(np.uint8 if lab.max(initial=0) < 256
+                                                                           else np.uint16)))
+                color = colors[lab] if lab.dtype == np.uint8 else colors[np.clip(lab, 0, 255)]
+                atomic_write_bytes(t["color"], _png(color))
+                if overlay:
+                    atomic_write_bytes(t["overlay"], _jpg(blend(arr, color, alpha)))
+                if conf is not None:
+                    atomic_write_bytes(t["confidence"], _png(conf[j]))
+                done += 1
+                pixels += lab.size
+                if on_image:
+                    on_image(done, len(images))
+    seconds = time.perf_counter() - t0
+    names = list(predictor.class_names) or [str(i) for i in range(len(hist))]
+    return {
+        "images": done, "seconds": round(seconds, 3), "images_per_s": round(done / seconds, 3) if seconds else None,
+        "model_seconds": round(model_s, 3), "out_dir": str(out_dir), "ids": ids,
+        "files_per_image": sorted(targets[0]) if targets else [],
+        "class_histogram": {n: round(float(c) / max(pixels, 1), 6) for n, c in zip(names, hist) if c},
+    }
+
+
+def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Path, *, alpha: float = 0.5,
+                  overwrite: bool = False, on_frame: Callable[[int, int], None] | None = None) -> dict:
+    """Write ``<stem>_overlay.mp4``: every frame with its predicted mask blended over it."""
+    import cv2
+
+    path, out_dir = Path(path), Path(out_dir)
+    out = out_dir / f"{path.stem}_overlay.mp4"
+    if out.exists() and not overwrite:
+        raise EsegError(f"{out} already exists; allow overwriting or choose another output folder")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise EsegError(f"video {path} could not be opened by OpenCV")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.mp4")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    colors = palette_array(predictor.palette)
+    frames, t0 = 0, time.perf_counter()
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            lab = predictor.labels(predictor.to_tensor(rgb))[0].cpu().numpy()
+            writer.write(np.ascontiguousarray(blend(rgb, colors[lab], alpha)[:, :, ::-1]))
+            frames += 1
+            if on_frame:
+                on_frame(frames, total)
+    finally:
+        cap.release()
+        writer.release()
+    if frames == 0:
+        tmp.unlink(missing_ok=True)
+        raise EsegError(f"video {path} has no readable frames")
+    tmp.replace(out)
+    seconds = time.perf_counter() - t0
+    return {"video": str(path), "out": str(out), "frames": frames, "seconds": round(seconds, 3),
+            "frames_per_s": round(frames / seconds, 3)}

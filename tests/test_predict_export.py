@@ -1,0 +1,190 @@
+"""``eseg predict`` and ``eseg export``: what they write, their checks, and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from eseg_cli import build_model
+from eseg_cli.cli import app
+from eseg_cli.data.classes import TRAINID_TO_LABELID
+from eseg_cli.engine.checkpoint import save_checkpoint
+from eseg_cli.inference import Predictor
+
+TINY = dict(width=0.25, depth=0.25, channels=16, repeats=1)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("lite-s", num_classes=19, **TINY).eval()
+    with torch.no_grad():  # a less uniform prediction than a fresh init gives
+        model.head.classifier[1].bias.copy_(torch.linspace(-1, 1, 19))
+        model.head.classifier[1].weight.mul_(50)
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config, "config": {"dataset": "cityscapes"},
+                     "step": 1, "classes": None}, run / "checkpoints" / "best.pt")
+    return run
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(src / "sub" / "b.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(src / "sub" / "c.png")
+    return src
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_predict_writes_what_it_says(run_dir, images, tmp_path, one_thread):
+    out = tmp_path / "out"
+    res = invoke("predict", "-c", run_dir, images, "--out", out, "--confidence", "--batch-size", "2", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["images"] == 3 and summary["files_per_image"] == ["color", "confidence", "label", "overlay"]
+    assert abs(sum(summary["class_histogram"].values()) - 1) < 1e-4
+    p = Predictor(run_dir, device="cpu")
+    for rel in ("a", "sub/b", "sub/c"):
+        src = next(images.glob(rel + ".*"))
+        label = np.array(Image.open(out / f"{rel}.png"))
+        assert label.shape == np.array(Image.open(src)).shape[:2] and label.dtype == np.uint8
+        assert (label == p.predict(src)).mean() > 0.999
+        color = np.array(Image.open(out / f"{rel}_color.png"))
+        np.testing.assert_array_equal(color, np.asarray(p.palette, np.uint8)[label])
+        assert np.array(Image.open(out / f"{rel}_overlay.jpg")).shape == (*label.shape, 3)
+        conf = np.array(Image.open(out / f"{rel}_confidence.png"))
+        assert conf.shape == label.shape and conf.min() >= 255 // 19  # the winner has at least 1/C
+
+
+def test_predict_labelids_glob_and_no_overlay(run_dir, images, tmp_path, one_thread):
+    out = tmp_path / "out"
+    res = invoke("predict", "-c", run_dir, str(images / "sub" / "*.png"), "--out", out, "--ids", "labelid",
+                 "--no-overlay", "--json")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["c.png", "c_color.png"]
+    train = Predictor(run_dir, device="cpu").predict(images / "sub" / "c.png")
+    label = np.array(Image.open(out / "c.png"))
+    expected = np.vectorize(TRAINID_TO_LABELID.get)(train)
+    assert (label == expected).mean() > 0.999 and set(np.unique(label)) <= set(TRAINID_TO_LABELID.values())
+
+
+def test_predict_does_not_overwrite_without_yes(run_dir, images, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("predict", "-c", run_dir, images / "a.png", "--out", out).exit_code == 0
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", out)
+    assert res.exit_code == 2 and "already exist" in res.output and "Traceback" not in res.output
+    assert invoke("predict", "-c", run_dir, images / "a.png", "--out", out, "--yes").exit_code == 0
+
+
+@pytest.mark.parametrize("case", ["empty folder", "unreadable image", "out is a file", "missing input",
+                                  "no model", "bad glob", "not an image"])
+def test_predict_bad_inputs_exit_2_with_one_line(case, run_dir, images, tmp_path):
+    args = ["predict", "-c", run_dir, images, "--out", tmp_path / "out"]
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        args[3] = tmp_path / "empty"
+    elif case == "unreadable image":
+        (images / "broken.png").write_bytes(b"not a png")
+    elif case == "out is a file":
+        (tmp_path / "out").write_text("x")
+    elif case == "missing input":
+        args[3] = tmp_path / "nope.png"
+    elif case == "no model":
+        args = ["predict", images, "--out", tmp_path / "out"]
+    elif case == "bad glob":
+        args[3] = str(tmp_path / "*.tif")
+    elif case == "not an image":
+        (tmp_path / "notes.txt").write_text("x")
+        args[3] = tmp_path / "notes.txt"
+    res = invoke(*args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().startswith("Error:") and "Traceback" not in res.output
+
+
+def test_predict_video_writes_an_overlay_video(run_dir, tmp_path, one_thread):
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v videos")
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    res = invoke("predict", "-c", run_dir, video, "--out", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)["videos"][0]
+    assert info["frames"] == 3
+    cap = cv2.VideoCapture(info["out"])
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
+    cap.release()
+
+
+# ------------------------------------------------------------------------------------------- export
+
+SIZES = "96x160,75x101"  # the second is not a multiple of 32
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".ts"), ("pt2", ".pt2")])
+def test_export_matches_pytorch_at_two_sizes(fmt, suffix, run_dir, tmp_path, one_thread):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+        pytest.importorskip("onnx", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+    from eseg_cli.inference.export import load_exported, read_metadata
+
+    out = tmp_path / f"model{suffix}"
+    res = invoke("export", "-c", run_dir, "--format", fmt, "--out", out, "--check-sizes", SIZES, "--json")
+    assert res.exit_code == 0, res.output
+    checks = json.loads(res.stdout)["checks"]
+    assert len(checks) == 2 and all(c["argmax_agreement"] >= 0.999 and c["max_abs_diff"] < 1e-3 for c in checks)
+    meta = read_metadata(out)
+    assert json.loads(meta["class_names"])[0] == "road" and len(json.loads(meta["palette"])) == 19
+    assert json.loads(meta["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    # run it here too, at sizes it was not traced at (ONNX/TorchScript: any size and batch)
+    p = Predictor(run_dir, device="cpu", channels_last=False)
+    run = load_exported(out)
+    sizes = [(2, 96, 160)] if fmt == "pt2" else [(2, 96, 160), (1, 75, 101), (1, 600, 300)]
+    for b, h, w in sizes:
+        x = torch.randn(b, 3, h, w)
+        np.testing.assert_allclose(run(x.numpy()), p.logits(x).numpy(), atol=1e-4, rtol=1e-4)
+    # a second export to the same file asks first
+    again = invoke("export", "-c", run_dir, "--format", fmt, "--out", out, "--check-sizes", SIZES)
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_predict_through_onnx_matches_pytorch(run_dir, images, tmp_path, one_thread):
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+    model = tmp_path / "m.onnx"
+    assert invoke("export", "-c", run_dir, "--out", model, "--check-sizes", SIZES).exit_code == 0
+    res = invoke("predict", "--onnx", model, images, "--out", tmp_path / "out", "--no-overlay", "--json")
+    assert res.exit_code == 0, res.output
+    p = Predictor(run_dir, device="cpu")
+    label = np.array(Image.open(tmp_path / "out" / "a.png"))
+    assert (label == p.predict(images / "a.png")).mean() > 0.999
+
+
+def test_export_without_the_deploy_extra_says_how_to_install(run_dir, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    res = invoke("export", "-c", run_dir, "--out", tmp_path / "m.onnx")
+    assert res.exit_code == 2 and "eseg[deploy]" in res.output
+
+
+def test_export_rejects_a_folder_and_bad_sizes(run_dir, tmp_path):
+    assert invoke("export", "-c", run_dir, "--out", tmp_path, "-f", "torchscript").exit_code == 2
+    res = invoke("export", "-c", run_dir, "--out", tmp_path / "m.ts", "-f", "torchscript", "--check-sizes", "axb")
+    assert res.exit_code == 2 and "HEIGHTxWIDTH" in res.output
