@@ -29,11 +29,12 @@ def main() -> None:
     args = ap.parse_args()
     res = parse_size(args.resolution)
     model = build_model(args.scale).eval()
-    variants = [("eager", {}), ("channels_last", {"channels_last": True}), ("fuse_bn", {"fuse_bn": True}),
-                ("fuse_bn+channels_last", {"fuse_bn": True, "channels_last": True})]
+    variants = [("eager", {"eager": True}), ("channels_last", {"eager": True, "channels_last": True}),
+                ("fuse_bn", {"eager": True, "fuse_bn": True}),
+                ("fuse_bn+channels_last", {"eager": True, "fuse_bn": True, "channels_last": True}),
+                ("prepared (Predictor path, labels out)", {})]
     if args.compile:
-        variants += [("compile", {"compile": True}), ("fuse_bn+channels_last+compile",
-                                                      {"fuse_bn": True, "channels_last": True, "compile": True})]
+        variants += [("compile", {"eager": True, "compile": True}), ("prepared+compile", {"compile": True})]
     rows = []
     for name, kw in variants:
         r = measure_latency(model, res, runs=args.runs, warmup=args.warmup, threads=args.threads, device=args.device,

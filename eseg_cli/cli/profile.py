@@ -26,9 +26,11 @@ def profile_cmd(
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up runs."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Run in channels_last memory format."),
+    eager: bool = typer.Option(False, "--eager", help="Time model(x) as built instead of the inference path "
+                                                      "(folded, channels_last, fast exact upsample + argmax)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="With --eager: channels_last memory format."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
-    fuse_bn: bool = typer.Option(False, "--fuse-bn", help="Fold batch norm into the convs before timing."),
+    fuse_bn: bool = typer.Option(False, "--fuse-bn", help="With --eager: fold batch norm into the convs."),
     amp: Optional[str] = typer.Option(None, "--amp", help="Autocast dtype: bf16 or fp16."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (an object, or a list with --all)."),
 ):
@@ -61,7 +63,7 @@ def profile_cmd(
         results.append(profile_model(
             name, resolution=res, num_classes=num_classes, flops=flops, latency=latency, latency_resolution=lat_res,
             runs=runs, warmup=warmup, threads=threads, device=device, channels_last=channels_last,
-            compile=compile_, amp=amp, fuse_bn=fuse_bn))
+            compile=compile_, amp=amp, fuse_bn=fuse_bn, eager=eager))
     if json_out:
         print_json(results if all_ else results[0])
         return
@@ -83,5 +85,5 @@ def profile_cmd(
     if latency:
         r = results[0]
         console.print(f"[dim]latency: median of {r['runs']} runs after {r['warmup']} warm-up, batch 1, "
-                      f"{r['latency_resolution']}, {r['device']}; memory = {r['peak_memory_kind']}[/]")
+                      f"{r['latency_resolution']}, {r['device']}, {r['path']}; memory = {r['peak_memory_kind']}[/]")
 

@@ -16,6 +16,8 @@ from eseg_cli.engine.precision import autocast
 from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
+from eseg_cli.inference.postprocess import upsample_argmax
+from eseg_cli.inference.prepare import prepare_model
 from eseg_cli.utils import atomic_write_json, atomic_write_text
 
 MODES = ("whole", "slide", "msflip")
@@ -96,16 +98,28 @@ def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.dev
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index, device=device, class_names=class_names)
     seen = 0
+    # whole-image mode: labels straight from the stride-4 logits (not on XLA, where the boundary pixels'
+    # data-dependent shapes would recompile every batch)
+    fast = (predict_kw.get("mode", "whole") == "whole" and hasattr(model, "forward_logits")
+            and device.type != "xla")
+    channels_last = bool((getattr(model, "prepared", None) or {}).get("channels_last"))
     for image, target in loader:
         if max_images is not None and seen >= max_images:
             break
         image = image.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
-        scores = predict(model, image, num_classes, **predict_kw)
-        if scores.shape[-2:] != target.shape[-2:]:
-            # the image was resized (val_resize): predictions go back to the label's size, never the reverse
-            scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        pred = scores.argmax(1)
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        if fast and image.shape[-2:] == target.shape[-2:]:
+            # the inference path: logits at the head's stride, then the exact fast upsample + argmax
+            pred = upsample_argmax(_forward(model.forward_logits, image, predict_kw.get("amp")),
+                                   tuple(image.shape[-2:]), out_dtype=torch.int64)
+        else:
+            scores = predict(model, image, num_classes, **predict_kw)
+            if scores.shape[-2:] != target.shape[-2:]:
+                # the image was resized (val_resize): predictions go back to the label's size, never the reverse
+                scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            pred = scores.argmax(1)
         cm.update(pred, target)
         if on_prediction is not None:
             for j in range(pred.shape[0]):
@@ -177,7 +191,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
 
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location="cpu", use_ema=use_ema)
-    model.to(dev)
+    model = prepare_model(model, device=dev, copy_model=False)  # the Predictor's exact inference path
     cfg = ckpt.get("config") or {}
     dataset = dataset or cfg.get("dataset") or "synthetic"
     if data_root is None and dataset == cfg.get("dataset"):

@@ -1,0 +1,297 @@
+"""ESeg against its peers, in wall-clock time, every inference mode, side by side in one process.
+
+    pip install -e '.[bench,deploy]'            # segmentation-models-pytorch, onnx, onnxruntime
+    python benchmarks/peers.py --threads 2 --rounds 7 --resolutions 512x1024,1024x2048
+
+Pairs (19 classes, batch 1, fp32, random weights: speed does not depend on them):
+  ESeg-S       vs smp DeepLabV3+ (tu-efficientnet_b1, output stride 16)
+  ESeg-Lite-S  vs torchvision LRASPP-MobileNetV3-Large
+
+Modes: ``eager`` (NCHW, as built), ``channels_last``, ``folded`` (batch norm folded + channels_last; for
+ESeg also the frozen fusion weights: eseg's default inference path), ``compiled`` (folded + torch.compile),
+``onnxruntime`` (the folded model exported to ONNX, CPU provider). Each mode is timed two ways:
+
+- ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
+  bilinear upsampling, which is part of post-processing for every model);
+- ``e2e``: an HxWx3 uint8 image -> an HxW uint8 label map: normalisation, the network, and the same exact
+  post-processing for all models (``eseg_cli.inference.upsample_argmax``: bilinear upsampling of the
+  logits to the image size and argmax over classes, computed only where the 4 source pixels disagree).
+
+Rounds are interleaved (every model/mode/resolution once per round, in a shuffled order) so that load
+from other processes hits all of them alike; medians are reported, with ratios to the ESeg model of the
+pair in the same mode and best exact mode vs best exact mode. Writes ``reports/benchmarks/peers.json``
+(schema: see ``write_report``) and ``peers.md`` (``--name`` changes the stem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import platform
+import random
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eseg_cli.inference import prepare_model, upsample_argmax  # noqa: E402
+from eseg_cli.inference.fold import fold_batchnorm  # noqa: E402
+from eseg_cli.models import build_model  # noqa: E402
+from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
+
+MODES = ("eager", "channels_last", "folded", "compiled", "onnxruntime")
+EXACT_MODES = MODES  # all fp32 and exact; bf16 is not benchmarked here
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class LowRes(nn.Module):
+    """A peer as ``x -> logits at its own output stride`` (its final bilinear upsampling removed)."""
+
+    def __init__(self, kind: str, model: nn.Module):
+        super().__init__()
+        self.kind, self.model = kind, model
+
+    def forward(self, x):
+        if self.kind == "eseg":
+            return self.model.forward_logits(x)
+        if self.kind == "lraspp":
+            return self.model.classifier(self.model.backbone(x))
+        return self.model(x)  # smp with its segmentation head's Upsample replaced by Identity
+
+
+def build_pairs() -> list[tuple[str, str, LowRes]]:
+    """(pair, name, model) rows; the ESeg model first in each pair."""
+    rows = []
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        smp = None
+        print("segmentation-models-pytorch is not installed (pip install -e '.[bench]'): DeepLabV3+ skipped",
+              file=sys.stderr)
+    rows.append(("S", "ESeg-S", LowRes("eseg", build_model("eseg-s", num_classes=19))))
+    if smp is not None:
+        dl = smp.DeepLabV3Plus(encoder_name="tu-efficientnet_b1", encoder_weights=None, encoder_output_stride=16,
+                               classes=19)
+        dl.segmentation_head[1] = nn.Identity()  # its x4 bilinear upsampling moves into post-processing
+        rows.append(("S", "DeepLabV3+ (EfficientNet-B1, OS16, smp)", LowRes("smp", dl)))
+    import torchvision
+
+    rows.append(("Lite-S", "ESeg-Lite-S", LowRes("eseg", build_model("eseg-lite-s", num_classes=19))))
+    lr = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                   num_classes=19)
+    rows.append(("Lite-S", "LRASPP-MobileNetV3-L (torchvision)", LowRes("lraspp", lr)))
+    for _, _, m in rows:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return rows
+
+
+def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
+    """A callable ``f(x) -> low-res logits`` and whether it wants channels_last input."""
+    if mode == "eager":
+        return model, False
+    if mode == "channels_last":
+        return copy.deepcopy(model).to(memory_format=torch.channels_last), True
+    if model.kind == "eseg":
+        folded = LowRes("eseg", prepare_model(model.model, channels_last=True))
+    else:
+        folded = copy.deepcopy(model)
+        fold_batchnorm(folded)
+        folded = folded.to(memory_format=torch.channels_last)
+    if mode == "folded":
+        return folded, True
+    if mode == "compiled":
+        return torch.compile(folded, dynamic=False), True
+    if mode == "onnxruntime":
+        import onnxruntime as ort
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(folded.to(memory_format=torch.contiguous_format), (torch.zeros(1, 3, *res),), buf,
+                              dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+        def run(x):
+            return torch.from_numpy(sess.run(None, {"x": x.contiguous().numpy()})[0])
+
+        return run, False
+    raise ValueError(mode)
+
+
+def to_input(image: np.ndarray, channels_last: bool) -> torch.Tensor:
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # NHWC memory: channels_last already
+    scale = torch.tensor([1 / (255 * s) for s in STD]).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1)
+    x = x.mul_(scale).add_(shift)
+    return x if channels_last else x.contiguous()
+
+
+def load_image(res: tuple[int, int]) -> np.ndarray:
+    """The shared Cityscapes demo frame resized to ``res`` (random pixels when the data is absent)."""
+    demo = ROOT.parent / "shared" / "data" / "demo" / "cityscapes_frame_1024x512.png"
+    if demo.is_file():
+        from PIL import Image
+
+        return np.array(Image.open(demo).convert("RGB").resize((res[1], res[0]), Image.BILINEAR))
+    return np.random.default_rng(0).integers(0, 256, (*res, 3), dtype=np.uint8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--resolutions", default="512x1024,1024x2048")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--pairs", default="S,Lite-S", help="S (ESeg-S vs DeepLabV3+), Lite-S (vs LRASPP)")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    ap.add_argument("--name", default="peers", help="file stem of the JSON and Markdown written to --out")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    resolutions = [parse_size(r) for r in args.resolutions.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    if "onnxruntime" in modes:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            print("onnxruntime is not installed (pip install -e '.[deploy]'): that mode is skipped", file=sys.stderr)
+            modes.remove("onnxruntime")
+    wanted = set(args.pairs.split(","))
+    pairs = [row for row in build_pairs() if row[0] in wanted]
+    # every (model, mode, resolution, kind) cell, prepared once
+    cells = []
+    with torch.inference_mode():
+        for pair, name, model in pairs:
+            for res in resolutions:
+                image = load_image(res)
+                for mode in modes:
+                    t0 = time.perf_counter()
+                    fn, cl = make_variant(model, mode, res, args.threads)
+                    x = to_input(image, cl)
+
+                    def model_only(fn=fn, x=x):
+                        return fn(x)
+
+                    def e2e(fn=fn, image=image, cl=cl, res=res):
+                        return upsample_argmax(fn(to_input(image, cl)).float(), res).numpy()
+
+                    for _ in range(args.warmup):  # compiles here, for the compiled mode
+                        model_only()
+                        e2e()
+                    print(f"prepared {name} {mode} {res[0]}x{res[1]} in {time.perf_counter() - t0:.1f}s",
+                          file=sys.stderr, flush=True)
+                    for kind, f in (("model", model_only), ("e2e", e2e)):
+                        cells.append({"pair": pair, "model": name, "mode": mode, "resolution": f"{res[0]}x{res[1]}",
+                                      "kind": kind, "fn": f, "times_ms": []})
+        rng = random.Random(args.seed)
+        for r in range(args.rounds):
+            order = list(range(len(cells)))
+            rng.shuffle(order)
+            for i in order:
+                t0 = time.perf_counter()
+                cells[i]["fn"]()
+                cells[i]["times_ms"].append((time.perf_counter() - t0) * 1000)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    # post-processing alone (ESeg-Lite-S logits), for the share of end-to-end time it takes
+    write_report(cells, args, resolutions, modes)
+
+
+def _median(v):
+    return statistics.median(v) if v else None
+
+
+def write_report(cells, args, resolutions, modes) -> None:
+    """``peers.json``: {"meta": {...}, "rows": [{pair, model, mode, resolution, kind, median_ms, min_ms, fps,
+    times_ms, ratio_to_eseg}], "best": [{pair, resolution, kind, eseg_model, eseg_mode, eseg_ms, peer_model,
+    peer_mode, peer_ms, ratio}]} and ``peers.md`` with the same numbers as tables."""
+    rows = []
+    for c in cells:
+        med = _median(c["times_ms"])
+        rows.append({k: c[k] for k in ("pair", "model", "mode", "resolution", "kind")} |
+                    {"median_ms": round(med, 2), "min_ms": round(min(c["times_ms"]), 2),
+                     "fps": round(1000 / med, 2), "times_ms": [round(t, 2) for t in c["times_ms"]]})
+    eseg_names = {"S": "ESeg-S", "Lite-S": "ESeg-Lite-S"}
+    index = {(r["model"], r["mode"], r["resolution"], r["kind"]): r for r in rows}
+    for r in rows:
+        ref = index.get((eseg_names[r["pair"]], r["mode"], r["resolution"], r["kind"]))
+        r["ratio_to_eseg"] = round(ref["median_ms"] / r["median_ms"], 3) if ref else None  # ESeg time / this
+    best = []
+    for pair, eseg in eseg_names.items():
+        peers = sorted({r["model"] for r in rows if r["pair"] == pair and r["model"] != eseg})
+        for res in {r["resolution"] for r in rows}:
+            for kind in ("model", "e2e"):
+                mine = [r for r in rows if r["model"] == eseg and r["resolution"] == res and r["kind"] == kind]
+                for peer in peers:
+                    theirs = [r for r in rows if r["model"] == peer and r["resolution"] == res and r["kind"] == kind]
+                    if not mine or not theirs:
+                        continue
+                    a, b = min(mine, key=lambda r: r["median_ms"]), min(theirs, key=lambda r: r["median_ms"])
+                    best.append({"pair": pair, "resolution": res, "kind": kind, "eseg_model": eseg,
+                                 "eseg_mode": a["mode"], "eseg_ms": a["median_ms"], "peer_model": peer,
+                                 "peer_mode": b["mode"], "peer_ms": b["median_ms"],
+                                 "ratio": round(a["median_ms"] / b["median_ms"], 3)})
+    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "device": f"cpu ({platform.processor() or platform.machine()})", "threads": args.threads,
+            "rounds": args.rounds, "warmup": args.warmup, "batch": 1, "dtype": "float32",
+            "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
+            "command": "python " + " ".join(sys.argv),
+            "notes": "ratio = ESeg median / peer median (lower is better for ESeg); model = normalised tensor to "
+                     "logits at the network's output stride; e2e = uint8 image to uint8 mask with the same exact "
+                     "post-processing for every model"}
+    out = Path(args.out)
+    atomic_write_json(out / f"{args.name}.json", {"meta": meta, "rows": rows, "best": best})
+    atomic_write_text(out / f"{args.name}.md", markdown(rows, best, meta))
+    print(markdown(rows, best, meta))
+
+
+def markdown(rows, best, meta) -> str:
+    lines = [f"# ESeg vs peers — {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
+             f"median of {meta['rounds']} interleaved rounds, batch 1, fp32", "",
+             f"`{meta['command']}` ({meta['date']})", ""]
+    for res in meta["resolutions"]:
+        for kind in ("e2e", "model"):
+            title = "end-to-end (uint8 image -> uint8 mask)" if kind == "e2e" else "model only (tensor -> logits)"
+            lines += [f"## {res}, {title}: median ms (ratio ESeg / peer in the same mode)", "",
+                      "| model | " + " | ".join(meta["modes"]) + " |", "|---|" + "---|" * len(meta["modes"])]
+            for model in dict.fromkeys(r["model"] for r in rows):
+                cells = []
+                for mode in meta["modes"]:
+                    r = next((r for r in rows if r["model"] == model and r["mode"] == mode and r["resolution"] == res
+                              and r["kind"] == kind), None)
+                    if r is None:
+                        cells.append("-")
+                    elif r["model"].startswith("ESeg"):
+                        cells.append(f"{r['median_ms']:.1f}")
+                    else:
+                        cells.append(f"{r['median_ms']:.1f} ({r['ratio_to_eseg']:.2f})")
+                lines.append(f"| {model} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += ["## Best exact mode vs best exact mode", "", "| resolution | kind | ESeg (mode, ms) | peer (mode, ms) | "
+              "ratio |", "|---|---|---|---|---|"]
+    for b in sorted(best, key=lambda b: (b["pair"], b["resolution"], b["kind"])):
+        lines.append(f"| {b['resolution']} | {b['kind']} | {b['eseg_model']} ({b['eseg_mode']}, {b['eseg_ms']:.1f}) | "
+                     f"{b['peer_model']} ({b['peer_mode']}, {b['peer_ms']:.1f}) | {b['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
