@@ -17,6 +17,7 @@ from torch import nn
 from eseg_cli.engine.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
 from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
 
+
 class PointwiseConv(nn.Conv2d):
     """A 1x1 convolution that calls oneDNN directly for float32 channels_last inputs on CPU.
 
