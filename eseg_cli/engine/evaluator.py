@@ -16,8 +16,6 @@ from eseg_cli.engine.precision import autocast
 from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
-from eseg_cli.inference.postprocess import upsample_argmax
-from eseg_cli.inference.prepare import prepare_model
 from eseg_cli.utils import atomic_write_json, atomic_write_text
 
 MODES = ("whole", "slide", "msflip")
@@ -96,6 +94,9 @@ def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.dev
     """
     was_training = model.training
     model.eval()
+    # imported here: eseg_cli.inference uses eseg_cli.engine (precision, checkpoints)
+    from eseg_cli.inference.postprocess import upsample_argmax
+
     cm = ConfusionMatrix(num_classes, ignore_index, device=device, class_names=class_names)
     seen = 0
     # whole-image mode: labels straight from the stride-4 logits (not on XLA, where the boundary pixels'
@@ -191,6 +192,8 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
 
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location="cpu", use_ema=use_ema)
+    from eseg_cli.inference.prepare import prepare_model  # (eseg_cli.inference uses eseg_cli.engine)
+
     model = prepare_model(model, device=dev, copy_model=False)  # the Predictor's exact inference path
     cfg = ckpt.get("config") or {}
     dataset = dataset or cfg.get("dataset") or "synthetic"
