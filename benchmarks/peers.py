@@ -7,8 +7,9 @@ Pairs (19 classes, batch 1, fp32, random weights: speed does not depend on them)
   ESeg-S       vs smp DeepLabV3+ (tu-efficientnet_b1, output stride 16)
   ESeg-Lite-S  vs torchvision LRASPP-MobileNetV3-Large
 
-Modes: ``eager`` (NCHW, as built), ``channels_last``, ``folded`` (batch norm folded + channels_last; for
-ESeg also the frozen fusion weights: eseg's default inference path), ``compiled`` (folded + torch.compile),
+Modes: ``eager`` (NCHW, as built), ``channels_last``, ``folded`` (``eseg_cli.inference.prepare_model`` for every
+model: batch norm folded, channels_last, 1x1 convs through oneDNN, and for ESeg the frozen fusion weights:
+eseg's default inference path), ``compiled`` (folded + torch.compile),
 ``onnxruntime`` (the folded model exported to ONNX, CPU provider). Each mode is timed two ways:
 
 - ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
@@ -45,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eseg_cli.inference import prepare_model, upsample_argmax  # noqa: E402
-from eseg_cli.inference.fold import fold_batchnorm  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
@@ -103,12 +103,9 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
         return model, False
     if mode == "channels_last":
         return copy.deepcopy(model).to(memory_format=torch.channels_last), True
-    if model.kind == "eseg":
-        folded = LowRes("eseg", prepare_model(model.model, channels_last=True))
-    else:
-        folded = copy.deepcopy(model)
-        fold_batchnorm(folded)
-        folded = folded.to(memory_format=torch.channels_last)
+    # eseg's preparation for every model: BN folded, channels_last, 1x1 convs through oneDNN (and, for ESeg,
+    # the frozen fusion weights)
+    folded = prepare_model(model, channels_last=True)
     if mode == "folded":
         return folded, True
     if mode == "compiled":

@@ -194,3 +194,38 @@ def test_predictor_is_exported_lazily():
     import eseg_cli
 
     assert eseg_cli.Predictor is Predictor
+
+
+def test_prepared_model_sends_1x1_convs_to_onednn(tiny_model):
+    prepared = prepare_model(tiny_model)
+    assert prepared.prepared["pointwise_kernels"] > 0
+    assert prepare_model(tiny_model, channels_last=False).prepared["pointwise_kernels"] == 0
+
+
+def test_eval_whole_mode_uses_the_fast_exact_labels(tiny_model, one_thread):
+    from eseg_cli.engine.evaluator import evaluate_model
+
+    class Plain(torch.nn.Module):  # no forward_logits: the generic upsampled-logits + argmax path
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)
+
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(2, 3, 45, 61, generator=g), torch.randint(0, 19, (2, 45, 61), generator=g))
+              for _ in range(2)]
+    fast = evaluate_model(prepare_model(tiny_model), loader, 19, torch.device("cpu"))
+    slow = evaluate_model(Plain(tiny_model), loader, 19, torch.device("cpu"))
+    agree = torch.minimum(fast.mat, slow.mat).sum() / slow.mat.sum()
+    assert agree > 0.999
+
+
+def test_profile_times_the_inference_path_and_eager(tiny_model):
+    from eseg_cli.analysis.profiler import measure_latency
+
+    fast = measure_latency(tiny_model, (64, 96), runs=1, warmup=0)
+    eager = measure_latency(tiny_model, (64, 96), runs=1, warmup=0, eager=True)
+    assert fast["path"].startswith("prepared") and eager["path"].startswith("eager")
+    assert fast["latency_ms"] > 0 and eager["latency_ms"] > 0 and fast["fuse_bn"] and not eager["fuse_bn"]
