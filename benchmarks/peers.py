@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import json
 import platform
 import random
 import statistics
@@ -158,7 +159,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--name", default="peers", help="file stem of the JSON and Markdown written to --out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rewrite", metavar="JSON", help="only rewrite the report from an earlier run's JSON")
     args = ap.parse_args()
+    if args.rewrite:
+        old = json.loads(Path(args.rewrite).read_text())
+        m = old["meta"]
+        args.threads, args.rounds, args.warmup = m["threads"], m["rounds"], m["warmup"]
+        sys.argv = m["command"].split()[1:]
+        write_report(old["rows"], args, [parse_size(r) for r in m["resolutions"]], m["modes"], date=m["date"])
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     resolutions = [parse_size(r) for r in args.resolutions.split(",")]
@@ -216,10 +225,11 @@ def _median(v):
     return statistics.median(v) if v else None
 
 
-def write_report(cells, args, resolutions, modes) -> None:
+def write_report(cells, args, resolutions, modes, date: str | None = None) -> None:
     """``peers.json``: {"meta": {...}, "rows": [{pair, model, mode, resolution, kind, median_ms, min_ms, fps,
     times_ms, ratio_to_eseg}], "best": [{pair, resolution, kind, eseg_model, eseg_mode, eseg_ms, peer_model,
-    peer_mode, peer_ms, ratio}]} and ``peers.md`` with the same numbers as tables."""
+    peer_mode, peer_ms, ratio}], "fps_best_e2e": [{model, resolution, mode, fps, device}]} and ``peers.md``
+    with the same numbers as tables. ``ratio_to_eseg`` and ``ratio`` are ESeg time / peer time."""
     rows = []
     for c in cells:
         med = _median(c["times_ms"])
@@ -246,7 +256,7 @@ def write_report(cells, args, resolutions, modes) -> None:
                                  "eseg_mode": a["mode"], "eseg_ms": a["median_ms"], "peer_model": peer,
                                  "peer_mode": b["mode"], "peer_ms": b["median_ms"],
                                  "ratio": round(a["median_ms"] / b["median_ms"], 3)})
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+    meta = {"date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "device": f"cpu ({platform.processor() or platform.machine()})", "threads": args.threads,
             "rounds": args.rounds, "warmup": args.warmup, "batch": 1, "dtype": "float32",
             "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
@@ -254,8 +264,17 @@ def write_report(cells, args, resolutions, modes) -> None:
             "notes": "ratio = ESeg median / peer median (lower is better for ESeg); model = normalised tensor to "
                      "logits at the network's output stride; e2e = uint8 image to uint8 mask with the same exact "
                      "post-processing for every model"}
+    # for Figure 4's measured panel: each model's best end-to-end FPS per resolution
+    fig4 = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for res in meta["resolutions"]:
+            cand = [r for r in rows if r["model"] == model and r["resolution"] == res and r["kind"] == "e2e"]
+            if cand:
+                b = max(cand, key=lambda r: r["fps"])
+                fig4.append({"model": model, "resolution": res, "mode": b["mode"], "fps": b["fps"],
+                             "device": f"{meta['device']}, {meta['threads']} threads"})
     out = Path(args.out)
-    atomic_write_json(out / f"{args.name}.json", {"meta": meta, "rows": rows, "best": best})
+    atomic_write_json(out / f"{args.name}.json", {"meta": meta, "rows": rows, "best": best, "fps_best_e2e": fig4})
     atomic_write_text(out / f"{args.name}.md", markdown(rows, best, meta))
     print(markdown(rows, best, meta))
 
