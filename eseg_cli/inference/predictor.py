@@ -109,8 +109,8 @@ class BasePredictor:
     device: torch.device = torch.device("cpu")
     channels_last: bool = False
     num_classes: int = 0
-    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
-    std: tuple[float, ...] = tuple(IMAGENET_STD)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def _set_normalization(self, mean, std) -> None:
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
