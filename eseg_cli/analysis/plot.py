@@ -410,12 +410,7 @@ def _run_label(run_dir: Path, runs: list[Path]) -> str:
 
 def run_setting(run_dir: Path) -> dict:
     """Model, dataset and steps of a run folder (from its ``config.yaml``; missing values are None)."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        cfg = {}
+    cfg = Run(run_dir).read_config() or {}
     return {"model": cfg.get("scale"), "dataset": cfg.get("dataset"), "steps": cfg.get("steps")}
 
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from eseg_cli.analysis.plot import read_confusion, read_run
+from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
 
 
@@ -35,11 +36,11 @@ class RunRecord:
 
     @property
     def checkpoint(self) -> Path | None:
-        for name in ("best.pt", "last.pt"):
-            p = self.path / "checkpoints" / name
-            if p.is_file():
-                return p
-        return None
+        """``best.pt``, else ``last.pt``, else None."""
+        try:
+            return Run(self.path).checkpoint()
+        except EsegError:
+            return None
 
     def describe(self) -> str:
         """``lite-s on synthetic, 500 steps`` (model, dataset and schedule from the resolved config)."""
@@ -67,29 +68,26 @@ def _whole_first(name: str) -> tuple:
 
 def read_run_record(path: str | Path) -> RunRecord:
     """Read everything a report shows about the run folder ``path``."""
-    path = Path(path)
-    rec = RunRecord(path)
-    cfg_path = path / "config.yaml"
-    if cfg_path.is_file():
-        rec.config_text = cfg_path.read_text()
+    run = Run(path)
+    rec = RunRecord(run.path)
+    if run.config_path.is_file():
+        rec.config_text = run.config_path.read_text()
         try:
             rec.config = yaml.safe_load(rec.config_text) or {}
         except yaml.YAMLError as e:
-            raise EsegError(f"{cfg_path} is not valid YAML: {e}") from None
-    logs = read_run(path)
+            raise EsegError(f"{run.config_path} is not valid YAML: {e}") from None
+    logs = read_run(run.path)
     rec.log, rec.val = logs["log"], logs["val"]
-    if (path / "summary.json").is_file():
-        rec.summary = json.loads((path / "summary.json").read_text())
-    for f in sorted(path.glob("eval*.json")):
+    rec.summary = run.read_summary() or {}
+    for stem, paths in run.evaluations().items():
         try:
-            data = json.loads(f.read_text())
+            data = json.loads(paths["json"].read_text())
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict) and "mIoU" in data:
-            rec.evals[f.stem] = data
-            csv = path / f"{f.stem}_confusion.csv"
-            if csv.is_file():
-                rec.confusions[f.stem] = csv
+            rec.evals[stem] = data
+            if paths["confusion_csv"].is_file():
+                rec.confusions[stem] = paths["confusion_csv"]
     return rec
 
 

@@ -124,6 +124,13 @@ class Run:
         stem = self.eval_stem(mode)
         return {"json": self.path / f"{stem}.json", "confusion_csv": self.path / f"{stem}_confusion.csv"}
 
+    def evaluations(self) -> dict[str, dict[str, Path]]:
+        """Every evaluation saved in this folder, by stem (``eval``, ``eval_whole``, ``eval_slide`` ...), as
+        :meth:`eval_paths` gives them."""
+        stems = sorted(f.stem for f in self.path.glob("eval*.json") if f.stem == "eval" or f.stem.startswith("eval_"))
+        return {stem: {"json": self.path / f"{stem}.json", "confusion_csv": self.path / f"{stem}_confusion.csv"}
+                for stem in stems}
+
     # ------------------------------------------------------------------ finding runs
     @classmethod
     def of(cls, path: str | os.PathLike) -> Run:
