@@ -132,7 +132,9 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
         raise EsegError(f"output {out} is a file; give a folder for the pseudo-labelled dataset")
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location="cpu", use_ema=use_ema)
-    model.to(dev)
+    from eseg_cli.inference.prepare import prepare_model  # (eseg_cli.inference uses eseg_cli.engine)
+
+    model = prepare_model(model, device=dev, copy_model=False)  # eval's (and the Predictor's) inference path
     num_classes = int(model.num_classes)
     classes = list(ckpt.get("classes") or [])
     palette: list = []
