@@ -43,3 +43,75 @@ def test_models_json():
     rows = json.loads(res.stdout)
     assert rows[3] == {"model": "eseg-s", "paper_name": "ESeg-S", "width": 1.0, "depth": 1.1, "channels": 96,
                        "repeats": 4}
+
+
+def _all_commands():
+    """(path, click command) for every command and subcommand."""
+    root = typer.main.get_command(app)
+    out = []
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            if getattr(sub, "commands", None):
+                walk(sub, [*path, name])
+            else:
+                out.append((" ".join([*path, name]), sub))
+
+    walk(root, [])
+    return out
+
+
+# commands that compute with torch: each takes --threads and --device
+COMPUTING = {"profile", "train", "eval", "ablate", "browse", "plot", "report", "pseudo-label", "predict", "export"}
+
+
+def _options(cmd):
+    return [p for p in cmd.params if p.param_type_name == "option"]
+
+
+def test_every_option_of_every_command_has_help():
+    assert sum(len(_options(cmd)) for _, cmd in _all_commands()) > 100
+    missing = [f"{path} {p.opts[0]}" for path, cmd in _all_commands() for p in _options(cmd)
+               if not (p.help or "").strip()]
+    assert not missing, f"options without help: {missing}"
+
+
+def test_short_flags_mean_the_same_everywhere():
+    meaning: dict[str, set] = {}
+    for _path, cmd in _all_commands():
+        for p in _options(cmd):
+            if True:
+                longs = [o for o in p.opts if o.startswith("--")]
+                for short in (o for o in p.opts if not o.startswith("--")):
+                    meaning.setdefault(short, set()).add(longs[-1] if "--out" not in longs else "--out")
+    clash = {s: m for s, m in meaning.items() if len(m) > 1}
+    assert not clash, f"one short flag, several meanings: {clash}"
+    assert meaning.get("-o") == {"--out"}
+
+
+def test_every_computing_command_takes_threads_and_device():
+    for path, cmd in _all_commands():
+        if path.split()[0] in COMPUTING:
+            opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+            # browse runs no model: only the data pipeline's CPU threads apply
+            assert ({"--threads"} if path == "browse" else {"--threads", "--device"}) <= opts, path
+
+
+def test_root_help_has_examples():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0 and "Examples" in res.output and "eseg train" in res.output
+
+
+def test_choices_complete_and_accept_any_case():
+    from eseg_cli.analysis.ablate import cells_for
+    from eseg_cli.cli._common import CELLS, SCALES
+    from eseg_cli.models import list_models
+
+    ablate = typer.main.get_command(app).commands["ablate"]
+    ctx = ablate.make_context("ablate", ["levels", "--cell", "P3-P7", "--scale", "S"])
+    assert [c.value for c in ctx.params["cells"]] == ["p3-p7"] and ctx.params["scale"].value == "s"
+    res = runner.invoke(app, ["ablate", "levels", "--cell", "P3-P8"])
+    assert res.exit_code == 2 and "P3-P8" in res.output
+
+    assert {c.name for k in ("decoder", "levels", "fusion") for c in cells_for(k)} == {c.value for c in CELLS}
+    assert set(list_models()) <= {s.value for s in SCALES}

@@ -9,8 +9,7 @@ from eseg_cli.cli import _common
 from eseg_cli.cli._common import EsegTyper, console
 
 app = EsegTyper(
-    name="eseg",
-    help="ESeg semantic segmentation: train, evaluate, ablate, profile and regenerate the paper's tables.",
+    name="eseg",  # the help text is the root callback's docstring (with its examples)
     rich_markup_mode="rich",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -32,9 +31,17 @@ def _root(
 
     Examples:
 
-      [cyan]eseg profile --scale S[/]          params, FLOPs and latency of ESeg-S
+      [cyan]eseg train -s lite-s -o runs/quickstart --yes[/] train on the synthetic set
 
-      [cyan]eseg profile --all --json[/]       every scale, as JSON
+      [cyan]eseg eval -c runs/quickstart --mode slide[/]     crop from the run's config
+
+      [cyan]eseg profile --scale S[/]                        params, FLOPs, latency
+
+      [cyan]eseg ablate levels --cell P3-P7[/]               one ablation cell
+
+      [cyan]eseg report --results runs/ --yes[/]             tables, figures, report.html
+
+      [cyan]eseg COMMAND --help[/]                           options and their defaults
     """
     _common.DEBUG = debug
 

@@ -9,6 +9,8 @@ import os
 import re
 import sys
 import traceback
+from enum import Enum
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperOption
 
 from eseg_cli.errors import EsegError, Interrupted, os_error_hint
 
@@ -181,3 +184,68 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= div:
             return f"{n / div:.2f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+# ----------------------------------------------------------------------------- shared choices
+# Enum choices give validation and shell completion; case-insensitive (`--scale S`, `--cell P3-P7`). The values
+# are written here, not imported, so that `eseg --help` needs no torch; tests/test_cli.py checks them against
+# the model registry and the ablation cells.
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, {v.replace("-", "_").replace(".", "_"): v for v in values}, type=str)
+
+
+SCALES = _choices("Scale", ("lite-s", "lite-m", "lite-l", "s", "m", "l", "eseg-lite-s", "eseg-lite-m",
+                            "eseg-lite-l", "eseg-s", "eseg-m", "eseg-l", "deeplabv3plus"))
+MODES = _choices("Mode", ("whole", "slide", "msflip"))
+AMPS = _choices("Amp", ("bf16", "fp16"))
+CELLS = _choices("Cell", ("b1-bifpn", "b1-deeplab-os16", "b1-deeplab-os32", "r50-bifpn", "r50-deeplab-os16",
+                          "r50-deeplab-os32", "p3-p7", "p2-p7", "p3-p9", "p2-p9", "fastattn", "softmax", "sum",
+                          "head-sum"))
+
+
+def value(choice) -> Any:
+    """An Enum choice (or None, or a plain value) as the plain value the library takes."""
+    return choice.value if isinstance(choice, Enum) else choice
+
+
+def complete_device(incomplete: str) -> list[str]:
+    """Shell completion for --device (free text: cuda:N is valid too)."""
+    return [d for d in ("auto", "cpu", "cuda", "cuda:0", "xla") if d.startswith(incomplete)]
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's intra-op CPU threads (left to torch's default when not given)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+THREADS_HELP = "torch CPU threads (default: torch's own, one per core)."
+
+
+# A flag takes no value: typer would still print its type (`<bool>`) in the help. Show none.
+def _display_type_rich(self, ctx, _orig=TyperOption.display_type_rich):
+    return None if self.is_flag else _orig(self, ctx)
+
+
+TyperOption.display_type_rich = _display_type_rich
+
+
+@functools.cache
+def _recipe(name: str) -> dict:
+    import yaml
+
+    from eseg_cli import recipes
+
+    return yaml.safe_load((files(recipes) / f"{name}.yaml").read_text()) or {}
+
+
+def default_from_recipe(key: str, dataset: str = "synthetic") -> str:
+    """Help text for a flag whose default is a recipe value: ``default: from the recipe (synthetic: 1500)``."""
+    try:
+        v = {**_recipe("base"), **_recipe(dataset)}.get(key)
+    except (OSError, ModuleNotFoundError):
+        return "default: from the recipe"
+    shown = "x".join(str(x) for x in v) if isinstance(v, list) else ("none" if v is None else v)
+    return f"default: from the recipe ({dataset}: {shown})"

@@ -10,7 +10,18 @@ from rich import box
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, human, parse_sets, print_json
+from eseg_cli.cli._common import (
+    CELLS,
+    SCALES,
+    THREADS_HELP,
+    complete_device,
+    console,
+    human,
+    parse_sets,
+    print_json,
+    set_threads,
+    value,
+)
 
 
 @app.command("ablate", rich_help_panel="Paper workbench")
@@ -19,17 +30,23 @@ def ablate_cmd(
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o",
                              help="Output folder; rows go to <out>/<kind>/results.jsonl."),
     resolution: str = typer.Option("1024x2048", "--resolution", "-r", help="Input HxW for FLOPs (paper: 1024x2048)."),
-    scale: str = typer.Option("s", "--scale", "-s", help="ESeg scale of the levels/fusion ablations."),
-    cells: Optional[list[str]] = typer.Option(None, "--cell", help="Run only this cell (repeatable)."),
+    scale: SCALES = typer.Option("s", "--scale", "-s", case_sensitive=False,
+                                 help="ESeg scale of the levels/fusion ablations."),
+    cells: Optional[list[CELLS]] = typer.Option(None, "--cell", case_sensitive=False,
+                                                help="Run only this cell (repeatable; any case, e.g. P3-P7)."),
     num_classes: int = typer.Option(19, "--num-classes", min=1, help="Classifier outputs."),
     train: bool = typer.Option(False, "--train", help="Also train every cell and record its eval mIoU."),
     steps: int = typer.Option(200, "--steps", min=1, help="Training steps per cell (with --train)."),
-    dataset: str = typer.Option("synthetic", "--dataset", help="Training dataset (with --train)."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d", help="Training dataset (with --train)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (synthetic: generated)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe YAML shared by every cell."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Training config override KEY=VALUE (YAML "
                                              "value, repeatable), e.g. --set batch_size=2 --set crop_size=[128,128]."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached params/FLOPs measurements."),
+    device: Optional[str] = typer.Option(None, "--device", autocompletion=complete_device,
+                                         help="Training device of every cell (with --train; default: the recipe's). "
+                                              "FLOPs are counted on the CPU."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ):
     """Run an ablation: params, FLOPs and (with --train) mIoU of every cell.
@@ -46,6 +63,8 @@ def ablate_cmd(
 
       [cyan]eseg ablate decoder --train --steps 30 --set crop_size=[128,128] --set max_val_images=10[/]
     """
+    scale, cells = value(scale), [value(c) for c in cells] if cells else None
+    set_threads(threads)
     from eseg_cli.analysis.ablate import run_ablation
     from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.utils import parse_size
@@ -53,6 +72,8 @@ def ablate_cmd(
     res = parse_size(resolution, "--resolution")
     folder = out / kind
     overrides = parse_sets(sets or [])
+    if device:
+        overrides["device"] = device
 
     with ProgressReporter(bar=use_bar(), quiet=json_out) as on_event:
         rows = run_ablation(kind, folder, scale=scale, resolution=res, num_classes=num_classes, cells=cells,

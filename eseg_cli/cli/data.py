@@ -10,7 +10,14 @@ import typer
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import EsegTyper, confirm_overwrite, console, print_json
+from eseg_cli.cli._common import (
+    THREADS_HELP,
+    EsegTyper,
+    confirm_overwrite,
+    console,
+    print_json,
+    set_threads,
+)
 from eseg_cli.cli._progress import ProgressReporter, use_bar
 
 prepare_app = EsegTyper(
@@ -257,6 +264,7 @@ def browse_cmd(
                                  "(scale, crop, flip, colour jitter) or the plain images."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Training crop HxW (default: the dataset's)."),
     seed: int = typer.Option(0, "--seed", help="Which samples (and augmentations) are drawn."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     yes: bool = _YES,
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
@@ -270,6 +278,7 @@ def browse_cmd(
 
       [cyan]eseg browse cityscapes --root data/cityscapes --split val --no-augment --n 4[/]
     """
+    set_threads(threads)
     from eseg_cli.data.datasets import dataset_class
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size

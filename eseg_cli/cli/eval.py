@@ -9,7 +9,18 @@ import typer
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import confirm_overwrite, console, err_console, print_json
+from eseg_cli.cli._common import (
+    AMPS,
+    MODES,
+    THREADS_HELP,
+    complete_device,
+    confirm_overwrite,
+    console,
+    err_console,
+    print_json,
+    set_threads,
+    value,
+)
 
 
 @app.command("eval", rich_help_panel="Train and evaluate")
@@ -22,18 +33,25 @@ def eval_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cityscapes, ade20k, synthetic or folder "
                                                                         "(default: the checkpoint's)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the checkpoint's)."),
-    split: str = typer.Option("val", "--split"),
-    mode: str = typer.Option("whole", "--mode", help="whole (single scale, the paper's protocol), slide, or "
-                                                     "msflip (multi-scale + flip)."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (slide; optional for msflip)."),
+    split: str = typer.Option("val", "--split", help="Dataset split to score."),
+    mode: MODES = typer.Option("whole", "--mode", case_sensitive=False,
+                               help="whole (single scale, the paper's protocol), slide, or msflip (multi-scale + "
+                                    "flip)."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (default for slide: the run's "
+                                                            "training crop from its config; optional for msflip)."),
     stride: Optional[str] = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop)."),
     scales: str = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips."),
     ids: str = typer.Option("auto", "--ids", help="--predictions: trainid, labelid or auto."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1),
-    workers: int = typer.Option(2, "--workers", min=0),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or xla."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="bf16 or fp16 autocast."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per forward pass (images of "
+                                                                        "different sizes need 1)."),
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Data-loader worker processes (0: load in the "
+                                                                  "main process)."),
+    device: str = typer.Option("auto", "--device", autocompletion=complete_device,
+                               help="auto (cuda if present), cpu, cuda[:N] or xla."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False, help="bf16 or fp16 autocast (default: "
+                                                                                 "none, float32)."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Only the first N images."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval_<mode>.json and "
                                                                  "eval_<mode>_confusion.csv (eval.json ... for "
@@ -52,11 +70,13 @@ def eval_cmd(
 
       [cyan]eseg eval -c best.pt -d cityscapes --data-root data/cityscapes --mode msflip --json[/]
 
-      [cyan]eseg eval -c best.pt --mode slide --crop 512x1024 --save-predictions preds/[/]
+      [cyan]eseg eval -c runs/quickstart --mode slide --save-predictions preds/[/]   crop: the run's own
 
       [cyan]eseg eval --predictions preds/ -d cityscapes --data-root data/cityscapes[/]
     """
     from eseg_cli.cli._progress import ProgressReporter, use_bar
+    mode, amp = value(mode), value(amp)
+    set_threads(threads)
     from eseg_cli.engine import evaluate, score_predictions
     from eseg_cli.engine.run import Run
     from eseg_cli.errors import EsegError
@@ -66,8 +86,6 @@ def eval_cmd(
         raise EsegError("give exactly one of --checkpoint PATH or --predictions DIR")
     if ids not in ("auto", "trainid", "labelid"):
         raise EsegError(f"--ids must be auto, trainid or labelid, got {ids!r}")
-    if amp not in (None, "bf16", "fp16"):
-        raise EsegError(f"--amp must be bf16 or fp16, got {amp!r}")
     try:
         scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
     except ValueError:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import confirm_overwrite, console, print_json
+from eseg_cli.cli._common import THREADS_HELP, complete_device, confirm_overwrite, console, print_json, set_threads
 
 _FIGURES = ("figure1", "figure4", "curves")
 
@@ -22,7 +22,9 @@ def plot_cmd(
                                                   "for Figure 4 (repeatable)."),
     measure_fps: bool = typer.Option(False, "--measure-fps", help="Time ESeg-Lite-S/M/L on this device for Figure 4."),
     fps_resolution: str = typer.Option("1024x2048", "--fps-resolution", help="Input HxW for --measure-fps."),
-    device: str = typer.Option("auto", "--device", help="Device for --measure-fps: auto, cpu or cuda[:N]."),
+    device: str = typer.Option("auto", "--device", autocompletion=complete_device,
+                               help="Device for --measure-fps: auto, cpu or cuda[:N]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per model for --measure-fps."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="figure1, figure4 or curves (repeatable)."),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure FLOPs not yet cached."),
@@ -39,6 +41,7 @@ def plot_cmd(
 
       [cyan]eseg plot --results runs/ablate --only curves[/]     loss and mIoU vs step of the ablation runs
     """
+    set_threads(threads)
     from eseg_cli.analysis.plot import generate_figures
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size

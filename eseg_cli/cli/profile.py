@@ -8,13 +8,24 @@ import typer
 from rich.table import Table
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, err_console, human, print_json
+from eseg_cli.cli._common import (
+    AMPS,
+    SCALES,
+    THREADS_HELP,
+    complete_device,
+    console,
+    err_console,
+    human,
+    print_json,
+    value,
+)
 
 
 @app.command("profile", rich_help_panel="Models")
 def profile_cmd(
-    scale: Optional[str] = typer.Option(None, "--scale", "-s", help="lite-s, lite-m, lite-l, s, m or l (any case), "
-                                        "or any registered model name."),
+    scale: Optional[SCALES] = typer.Option(None, "--scale", "-s", case_sensitive=False,
+                                           help="lite-s, lite-m, lite-l, s, m or l (any case), or a registered model "
+                                                "name."),
     all_: bool = typer.Option(False, "--all", help="Profile every ESeg scale into one table."),
     resolution: str = typer.Option("1024x2048", "--resolution", "-r", help="Input HxW for FLOPs (and latency)."),
     num_classes: int = typer.Option(19, "--num-classes", min=1, help="Classifier outputs."),
@@ -24,14 +35,16 @@ def profile_cmd(
                                                      help="Input HxW for timing, if not --resolution."),
     runs: int = typer.Option(10, "--runs", min=1, help="Timed runs (the median is reported)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up runs."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    device: str = typer.Option("auto", "--device", autocompletion=complete_device,
+                               help="auto (cuda if present), cpu or cuda[:N]."),
     eager: bool = typer.Option(False, "--eager", help="Time model(x) as built instead of the inference path "
                                                       "(folded, channels_last, fast exact upsample + argmax)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="With --eager: channels_last memory format."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     fuse_bn: bool = typer.Option(False, "--fuse-bn", help="With --eager: fold batch norm into the convs."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="Autocast dtype: bf16 or fp16."),
+    amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False,
+                                       help="Autocast dtype: bf16 or fp16 (default: none, float32)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (an object, or a list with --all)."),
 ):
     """Parameters, FLOPs (fvcore multiply-adds), median latency and peak memory.
@@ -44,6 +57,7 @@ def profile_cmd(
 
       [cyan]eseg profile -s lite-s -r 1024x2048 --latency-resolution 512x1024 --channels-last[/]
     """
+    scale, amp = value(scale), value(amp)
     from eseg_cli.analysis.profiler import profile_model
     from eseg_cli.errors import EsegError
     from eseg_cli.models import SCALES

@@ -8,7 +8,16 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import console, err_console, print_json
+from eseg_cli.cli._common import (
+    AMPS,
+    MODES,
+    THREADS_HELP,
+    complete_device,
+    console,
+    err_console,
+    print_json,
+    value,
+)
 
 
 @app.command("pseudo-label", rich_help_panel="Train and evaluate")
@@ -21,15 +30,17 @@ def pseudo_label_cmd(
     threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0,
                                     help="Keep a pixel's class where the teacher's top probability is at least "
                                          "this; 255 (ignore) elsewhere."),
-    mode: str = typer.Option("whole", "--mode", help="whole, slide or msflip (as in eseg eval)."),
+    mode: MODES = typer.Option("whole", "--mode", case_sensitive=False,
+                               help="whole, slide or msflip (as in eseg eval)."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (slide; optional for msflip)."),
     stride: Optional[str] = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop)."),
     scales: str = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips."),
     split: str = typer.Option("train", "--split", help="Split folder name in the output layout."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="bf16 or fp16 autocast."),
+    device: str = typer.Option("auto", "--device", autocompletion=complete_device, help="auto, cpu or cuda[:N]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False, help="bf16 or fp16 autocast (default: "
+                                                                                 "none, float32)."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on a terminal; plain "
                                                                          "lines without."),
@@ -46,6 +57,7 @@ def pseudo_label_cmd(
 
       [cyan]eseg pseudo-label -c best.pt -i 'frames/*.jpg' -o data/pl --mode msflip --threshold 0.7 --json[/]
     """
+    mode, amp = value(mode), value(amp)
     import torch
 
     from eseg_cli.cli._progress import ProgressReporter, use_bar

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import confirm_overwrite, console, err_console, print_json
+from eseg_cli.cli._common import THREADS_HELP, complete_device, confirm_overwrite, console, err_console, print_json
 
 
 @app.command("report", rich_help_panel="Paper workbench")
@@ -29,8 +29,9 @@ def report_cmd(
                                 "HTML page (0: none)."),
     wide: bool = typer.Option(False, "--wide", help="Print every column in the terminal (default: a narrow view "
                               "of each table; the files always have every column)."),
-    device: str = typer.Option("cpu", "--device", help="Device for the HTML page's sample predictions."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    device: str = typer.Option("cpu", "--device", autocompletion=complete_device,
+                               help="Device for the HTML page's sample predictions."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing generated tables without asking."),
     json_out: bool = typer.Option(False, "--json", help="Print the tables as JSON."),
 ):

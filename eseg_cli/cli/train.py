@@ -8,34 +8,53 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import confirm_overwrite, err_console, parse_sets, print_json
+from eseg_cli.cli._common import (
+    AMPS,
+    SCALES,
+    THREADS_HELP,
+    complete_device,
+    confirm_overwrite,
+    err_console,
+    parse_sets,
+    print_json,
+    value,
+)
+from eseg_cli.cli._common import (
+    default_from_recipe as _r,
+)
 
 
 @app.command("train", rich_help_panel="Train and evaluate")
 def train_cmd(
-    scale: Optional[str] = typer.Option(None, "--scale", "-s", help="lite-s, lite-m, lite-l, s, m or l (or a model "
-                                                                     "name); default lite-s, or --init-from's."),
+    scale: Optional[SCALES] = typer.Option(None, "--scale", "-s", case_sensitive=False,
+                                           help="ESeg scale or registered model name; "
+                                                f"{_r('scale')}, or --init-from's model."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
                                           help="cityscapes, ade20k, synthetic or folder (default: the built-in "
                                                "synthetic set, generated on first use)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="A recipe YAML instead of recipes/<dataset>.yaml."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run folder (default runs/<scale>-<dataset>-"
-                                                                          "<time>, made unique)."),
+    run_dir: Optional[Path] = typer.Option(None, "--out", "-o", "--run-dir", help="Run folder (default: runs/<scale>-"
+                                                                                   "<dataset>-<time>, made unique)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where its "
                                                                  "last checkpoint stopped (with --steps: a new "
                                                                  "total; with --data-root: where its data moved)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training iterations."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per step per process."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Training crop HxW."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adamw."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", min=0),
-    loss: Optional[str] = typer.Option(None, "--loss", help="ohem or ce."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="bf16 (CPU, XLA, CUDA) or fp16 (CUDA)."),
-    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.9998."),
-    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Max gradient norm."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help=f"Training iterations; {_r('steps')}."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                            help=f"Images per step per process; {_r('batch_size')}."),
+    crop: Optional[str] = typer.Option(None, "--crop", help=f"Training crop HxW; {_r('crop_size')}."),
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate; {_r('lr')}."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"sgd or adamw; {_r('optimizer')}."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay",
+        help=f"L2 weight decay; {_r('weight_decay')}."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", min=0,
+        help=f"Linear learning-rate warm-up steps; {_r('warmup_steps')}."),
+    loss: Optional[str] = typer.Option(None, "--loss", help=f"ohem or ce; {_r('loss')}."),
+    amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False,
+                                         help=f"bf16 (CPU, XLA, CUDA) or fp16 (CUDA) autocast; {_r('amp')}."),
+    ema: Optional[float] = typer.Option(None, "--ema",
+        help=f"EMA decay of the weights, e.g. 0.9998; {_r('ema_decay')}."),
+    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help=f"Max gradient norm; {_r('clip_grad')}."),
     pretrained: Optional[Path] = typer.Option(
         None, "--pretrained", help="Local encoder weights: a .pth/.pt/.safetensors file or a Hugging Face cache "
                                    "folder, in timm, timm TF-port or efficientnet_pytorch names (never downloads)."),
@@ -51,12 +70,17 @@ def train_cmd(
                                    "pseudo-label`), mixed in at --extra-ratio; repeatable."),
     extra_ratio: float = typer.Option(0.5, "--extra-ratio", min=0.0, max=1.0,
                                       help="Share of training samples drawn from each --extra-data source."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loader workers per process."),
-    eval_interval: Optional[int] = typer.Option(None, "--eval-interval", min=1, help="Validate every N steps."),
-    log_interval: Optional[int] = typer.Option(None, "--log-interval", min=1, help="Log every N steps."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or xla (torch-xla, PJRT)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                         help=f"Data-loader workers per process; {_r('workers')}."),
+    eval_interval: Optional[int] = typer.Option(None, "--eval-interval", min=1,
+                                               help=f"Validate every N steps; {_r('eval_interval')}."),
+    log_interval: Optional[int] = typer.Option(None, "--log-interval", min=1,
+                                              help=f"Log every N steps; {_r('log_interval')}."),
+    seed: Optional[int] = typer.Option(None, "--seed",
+        help=f"Random seed (data order, augmentation, init); {_r('seed')}."),
+    device: Optional[str] = typer.Option(None, "--device", autocompletion=complete_device,
+                                          help=f"auto, cpu, cuda[:N] or xla (torch-xla, PJRT); {_r('device')}."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any config key: --set key=value (YAML value), "
                                                                  "repeatable."),
     check: bool = typer.Option(True, "--check/--no-check", help="Read every image/label pair before training "
@@ -85,6 +109,7 @@ def train_cmd(
 
       [cyan]eseg train -s lite-s --set ema_decay=0.999 --set amp=bf16[/]
     """
+    scale, amp = value(scale), value(amp)
     import torch
 
     from eseg_cli.cli._progress import ProgressReporter, use_bar

@@ -202,6 +202,8 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         data_root = cfg.get("data_root") or ckpt.get("data_root")
     if resize is None:
         resize = cfg.get("val_resize")
+    if mode == "slide" and crop is None and cfg.get("crop_size"):
+        crop = tuple(cfg["crop_size"])  # the run's training crop, as mmseg takes it from the config
     from eseg_cli.models.pretrained import model_normalization
 
     # the normalisation the model was trained with (its encoder weights'), recorded in its config
