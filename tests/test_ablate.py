@@ -87,6 +87,8 @@ def test_cli_json_table_and_errors(tmp_path):
     res = runner.invoke(app, ["ablate", "widths", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "unknown ablation" in res.output
     res = runner.invoke(app, ["ablate", "fusion", "--cell", "nope", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "nope" in res.output and "Invalid value" in res.output  # a choice: click refuses
+    res = runner.invoke(app, ["ablate", "fusion", "--cell", "P3-P7", "-o", str(tmp_path)])  # a cell of another grid
     assert res.exit_code == 2 and "unknown cell" in res.output
 
 

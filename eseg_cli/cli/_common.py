@@ -18,6 +18,7 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer import rich_utils as typer_rich_utils
 from typer.core import TyperOption
 
 from eseg_cli.errors import EsegError, Interrupted, os_error_hint
@@ -249,3 +250,17 @@ def default_from_recipe(key: str, dataset: str = "synthetic") -> str:
         return "default: from the recipe"
     shown = "x".join(str(x) for x in v) if isinstance(v, list) else ("none" if v is None else v)
     return f"default: from the recipe ({dataset}: {shown})"
+
+
+# A usage error (unknown choice, out-of-range number, missing option) is one red line like every other error,
+# not a boxed panel: `Error: Invalid value for '--amp': 'fp8' is not one of 'bf16', 'fp16'. (eseg eval --help)`.
+def _one_line_usage_error(self) -> None:
+    if type(self).__name__ == "NoArgsIsHelpError":
+        return
+    ctx = getattr(self, "ctx", None)
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    err_console.print(f"[bold red]Error:[/] {escape(' '.join(self.format_message().split()))}{hint}",
+                      highlight=False, soft_wrap=True)
+
+
+typer_rich_utils.rich_format_error = _one_line_usage_error
