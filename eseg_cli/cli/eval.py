@@ -75,12 +75,13 @@ def eval_cmd(
       [cyan]eseg eval --predictions preds/ -d cityscapes --data-root data/cityscapes[/]
     """
     from eseg_cli.cli._progress import ProgressReporter, use_bar
-    mode, amp = value(mode), value(amp)
-    set_threads(threads)
     from eseg_cli.engine import evaluate, score_predictions
     from eseg_cli.engine.run import Run
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
+
+    mode, amp = value(mode), value(amp)
+    set_threads(threads)
 
     if (checkpoint is None) == (predictions is None):
         raise EsegError("give exactly one of --checkpoint PATH or --predictions DIR")
