@@ -93,8 +93,8 @@ def test_every_computing_command_takes_threads_and_device():
     for path, cmd in _all_commands():
         if path.split()[0] in COMPUTING:
             opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
-            # browse runs no model: only the data pipeline's CPU threads apply
-            assert ({"--threads"} if path == "browse" else {"--threads", "--device"}) <= opts, path
+            # browse runs no model, export traces on the CPU: only the CPU threads apply to them
+            assert ({"--threads"} if path in ("browse", "export") else {"--threads", "--device"}) <= opts, path
 
 
 def test_root_help_has_examples():
