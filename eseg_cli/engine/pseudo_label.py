@@ -114,7 +114,7 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
     from PIL import Image
 
     from eseg_cli.data import build_transforms
-    from eseg_cli.data.datasets import _auto_palette, read_image
+    from eseg_cli.data.datasets import read_image
     from eseg_cli.engine.checkpoint import load_model
     from eseg_cli.engine.distributed import resolve_device
     from eseg_cli.engine.evaluator import MODES
@@ -136,22 +136,9 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
 
     model = prepare_model(model, device=dev, copy_model=False)  # eval's (and the Predictor's) inference path
     num_classes = int(model.num_classes)
-    classes = list(ckpt.get("classes") or [])
-    palette: list = []
-    dataset = (ckpt.get("config") or {}).get("dataset")
-    if dataset:
-        try:
-            from eseg_cli.data.datasets import dataset_class
+    from eseg_cli.inference.predictor import checkpoint_classes
 
-            cls = dataset_class(dataset)
-            classes = classes or list(cls.classes)
-            palette = list(cls.palette)
-        except EsegError:
-            pass
-    if len(classes) != num_classes:
-        classes = [f"class{i}" for i in range(num_classes)]
-    if len(palette) != num_classes:
-        palette = _auto_palette(num_classes)
+    classes, palette, _ = checkpoint_classes(ckpt, num_classes)
 
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "step": ckpt.get("step"), "threshold": threshold,
                 "mode": mode, "crop": list(crop) if crop else None, "stride": list(stride) if stride else None,

@@ -58,7 +58,7 @@ def read_image(image) -> np.ndarray:
     raise EsegError(f"expected an image path, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
 
 
-def _metadata(ckpt: dict, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]], str | None]:
+def checkpoint_classes(ckpt: dict, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]], str | None]:
     """Class names, palette and dataset name of a checkpoint (or numbered classes for a bare model)."""
     cfg = ckpt.get("config") or {}
     dataset = cfg.get("dataset")
@@ -74,7 +74,7 @@ def _metadata(ckpt: dict, num_classes: int) -> tuple[list[str], list[tuple[int, 
         except EsegError:
             pass
     if len(names) != num_classes:
-        names = [f"class {i}" for i in range(num_classes)]
+        names = [f"class{i}" for i in range(num_classes)]
     if len(palette) != num_classes:
         from eseg_cli.data.datasets import _auto_palette
 
@@ -204,7 +204,7 @@ class Predictor(BasePredictor):
         self._set_normalization(mean or m, std or s)
         # models of this project give logits at the head's stride; others (peers) at the input size
         self._has_low_res = hasattr(self.model, "forward_logits")
-        self.class_names, self.palette, self.dataset = _metadata(ckpt, self.num_classes or 0)
+        self.class_names, self.palette, self.dataset = checkpoint_classes(ckpt, self.num_classes or 0)
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source}, device={self.device}, classes={self.num_classes}, "
