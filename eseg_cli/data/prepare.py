@@ -312,6 +312,20 @@ def _check_ade(job) -> np.ndarray:
     return np.bincount(lab.ravel(), minlength=256)
 
 
+def _pair_by_stem(img_dir: Path, label_dir: Path, label: str) -> tuple[dict, dict]:
+    """Images (.jpg/.jpeg/.png) and ``label`` PNGs of two folders by file stem; an image without its ``label``,
+    or a ``label`` without its image, is an error naming the first one and the count."""
+    imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+    labs = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
+    for stem in sorted(set(imgs) - set(labs)):
+        raise EsegError(f"{imgs[stem]}: no {label} {stem}.png in {label_dir}; add it or remove the image "
+                        f"({len(set(imgs) - set(labs))} image(s) without {label})")
+    for stem in sorted(set(labs) - set(imgs)):
+        raise EsegError(f"{labs[stem]}: {label} without an image {stem}.jpg in {img_dir}; add the image "
+                        f"or remove the {label} ({len(set(labs) - set(imgs))} such {label}(s))")
+    return imgs, labs
+
+
 def scan_ade20k(root) -> tuple[Path, list[tuple[str, Path, Path]]]:
     """Locate ``ADEChallengeData2016`` under ``root`` and pair images with annotations."""
     root = Path(root)
@@ -329,14 +343,7 @@ def scan_ade20k(root) -> tuple[Path, list[tuple[str, Path, Path]]]:
         for d in (img_dir, ann_dir):
             if not d.is_dir():
                 raise EsegError(f"{d} not found: both images/{s} and annotations/{s} are needed")
-        imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
-        anns = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
-        for stem in sorted(set(imgs) - set(anns)):
-            raise EsegError(f"{imgs[stem]}: no annotation {stem}.png in {ann_dir}; add it or remove the image "
-                            f"({len(set(imgs) - set(anns))} image(s) without annotation)")
-        for stem in sorted(set(anns) - set(imgs)):
-            raise EsegError(f"{anns[stem]}: annotation without an image {stem}.jpg in {img_dir}; add the image "
-                            f"or remove the annotation ({len(set(anns) - set(imgs))} such annotation(s))")
+        imgs, anns = _pair_by_stem(img_dir, ann_dir, "annotation")
         rows += [(ADE_SPLITS[s], imgs[k], anns[k]) for k in sorted(imgs)]
     return base, rows
 
@@ -401,14 +408,7 @@ def scan_mapillary(root) -> tuple[list[dict], list[tuple[str, Path, Path]]]:
     for sub in present:
         split = {v: k for k, v in MapillaryDataset.SPLITS.items() if k in ("train", "val")}[sub]
         img_dir, lab_dir = mapillary_split_dirs(root, split)
-        imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
-        labs = {p.stem: p for p in lab_dir.iterdir() if p.suffix.lower() == ".png"}
-        for stem in sorted(set(imgs) - set(labs)):
-            raise EsegError(f"{imgs[stem]}: no label {stem}.png in {lab_dir}; add it or remove the image "
-                            f"({len(set(imgs) - set(labs))} image(s) without a label)")
-        for stem in sorted(set(labs) - set(imgs)):
-            raise EsegError(f"{labs[stem]}: label without an image {stem}.jpg in {img_dir} "
-                            f"({len(set(labs) - set(imgs))} such label(s))")
+        imgs, labs = _pair_by_stem(img_dir, lab_dir, "label")
         if not imgs:
             raise EsegError(f"{img_dir}: no images found")
         rows += [(split, imgs[k], labs[k]) for k in sorted(imgs)]
