@@ -316,9 +316,9 @@ def _requested_stop() -> int | None:
 
 def _worker_ignores_signals(_worker_id: int) -> None:
     # Ctrl-C reaches every process of the terminal's group; the loader workers leave it to the main process,
-    # which finishes its step and shuts them down.
-    for s in _StopOnSignal.SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    # which finishes its step and shuts them down. SIGTERM keeps its default: it is how multiprocessing ends
+    # daemonic workers at exit (ignoring it left an interpreter joining a live worker forever).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------- the trainer
