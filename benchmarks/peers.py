@@ -9,7 +9,8 @@ Pairs (19 classes, batch 1, fp32, random weights: speed does not depend on them)
 
 Modes: ``eager`` (NCHW, as built), ``channels_last``, ``folded`` (``eseg_cli.inference.prepare_model`` for every
 model: batch norm folded, channels_last, 1x1 convs through oneDNN, and for ESeg the frozen fusion weights:
-eseg's default inference path), ``compiled`` (folded + torch.compile),
+eseg's default inference path), ``compiled`` (folded + ``torch.compile`` with inductor's freezing, as
+``eseg predict --compile`` does),
 ``onnxruntime`` (the folded model exported to ONNX, CPU provider). Each mode is timed two ways:
 
 - ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
@@ -106,11 +107,11 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
         return copy.deepcopy(model).to(memory_format=torch.channels_last), True
     # eseg's preparation for every model: BN folded, channels_last, 1x1 convs through oneDNN (and, for ESeg,
     # the frozen fusion weights)
+    if mode == "compiled":  # + torch.compile with inductor's freezing (oneDNN convs with fused activations)
+        return prepare_model(model, channels_last=True, compile=True), True
     folded = prepare_model(model, channels_last=True)
     if mode == "folded":
         return folded, True
-    if mode == "compiled":
-        return torch.compile(folded, dynamic=False), True
     if mode == "onnxruntime":
         import onnxruntime as ort
 

@@ -229,3 +229,17 @@ def test_profile_times_the_inference_path_and_eager(tiny_model):
     eager = measure_latency(tiny_model, (64, 96), runs=1, warmup=0, eager=True)
     assert fast["path"].startswith("prepared") and eager["path"].startswith("eager")
     assert fast["latency_ms"] > 0 and eager["latency_ms"] > 0 and fast["fuse_bn"] and not eager["fuse_bn"]
+
+
+def test_compiled_prepared_model_equals_training_model(one_thread):
+    """``--compile`` (inductor with freezing: oneDNN convs with fused activations) stays exact."""
+    model = randomize(build_model("lite-s", **TINY))
+    prepared = prepare_model(model, compile=True)
+    assert prepared.prepared["compiled"]
+    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = model(x)
+        out = prepared(x)
+        logits = prepared.forward_logits(x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    assert logits.shape[-2:] == (16, 24)  # forward_logits (the Predictor's call) is compiled too and keeps stride 4

@@ -80,3 +80,23 @@ def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
     # (best.pt: last.pt of the final step is written before that step's validation)
     a, b = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "best.pt"), load_checkpoint(tmp_path / "single")
     assert a["best_mIoU"] == pytest.approx(b["best_mIoU"], abs=1e-6) and a["best_mIoU"] >= 0
+
+
+def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):
+    """``torchrun --nproc_per_node=1`` is DDP on one device (SyncBN on a GPU), not a plain single run."""
+    from eseg_cli.engine import distributed
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    rt = distributed.setup("cpu")
+    try:
+        assert rt.distributed and rt.backend == "gloo" and rt.world_size == 1 and rt.owns_group
+    finally:
+        distributed.cleanup(rt)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    alone = distributed.setup("cpu")
+    assert not alone.distributed and alone.backend is None

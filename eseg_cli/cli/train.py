@@ -181,7 +181,7 @@ def _resume_command(run, threads) -> str:
     import shlex
 
     tail = f"train --resume {shlex.quote(str(run))}" + (f" --threads {threads}" if threads else "")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return f"torchrun <the same launcher options> -m eseg_cli {tail}"
     return f"eseg {tail}"
 

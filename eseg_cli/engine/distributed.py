@@ -29,7 +29,8 @@ class Runtime:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """In a process group (DDP, SyncBN), also as torchrun's only process; or one of several XLA replicas."""
+        return self.backend is not None or self.world_size > 1
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -54,7 +55,8 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def setup(device: str = "auto") -> Runtime:
-    """Join the torchrun job if one is described by the environment (``WORLD_SIZE`` > 1), else run alone.
+    """Join the torchrun job if this process was started by torchrun (``TORCHELASTIC_RUN_ID``, also with
+    ``--nproc_per_node=1``) or the environment describes one (``WORLD_SIZE`` > 1); else run alone.
 
     The backend is nccl for CUDA and gloo for CPU. Multi-node jobs use torchrun's own rendezvous arguments.
     """
@@ -66,14 +68,15 @@ def setup(device: str = "auto") -> Runtime:
 
         # XLA replicas are managed by PJRT (one process per device), not by torchrun
         return Runtime(dev, rank=xr.global_ordinal(), world_size=xr.world_size(), xla=True)
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Runtime(dev)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # device_id binds the group to this process's GPU (no guess at the first barrier)
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
         owns = True
     return Runtime(dev, rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                    backend=backend, owns_group=owns)

@@ -407,6 +407,10 @@ class Trainer:
             from timm.layers import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)  # timm's keeps its fused BN+activation layers intact
+            if rt.is_main:
+                n = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+                self.emit.message(f"SyncBatchNorm: {n} layers, statistics over {rt.world_size} process(es) "
+                                  f"({rt.backend})")
         elif rt.distributed and rt.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                                    for m in model.modules()):
             self.emit.message("Note: SyncBatchNorm needs CUDA; on CPU each process keeps plain BatchNorm over "

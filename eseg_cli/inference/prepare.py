@@ -53,6 +53,22 @@ def default_channels_last(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
+def compile_inference(model: nn.Module) -> nn.Module:
+    """``torch.compile`` ``model`` (in place) for inference: its ``forward`` and, where it has one, its
+    ``forward_logits`` (what :class:`~eseg_cli.inference.Predictor` calls), each per bound method.
+
+    Inductor's *freezing* is on: the weights become constants, so on CPU every convolution gets oneDNN's
+    pre-packed weights with its activation (and residual add) fused in, and on CUDA constant folding
+    removes the weight-side work. It requires that the weights never change afterwards, which holds for a
+    prepared model. Shapes are static: a new image size compiles again.
+    """
+    options = {"freezing": True}
+    for name in ("forward_logits", "forward"):
+        if callable(getattr(model, name, None)):
+            setattr(model, name, torch.compile(getattr(model, name), dynamic=False, options=options))
+    return model
+
+
 def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold: bool = True,
                   channels_last: bool | None = None, compile: bool = False, copy_model: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` ready for inference on ``device``.
@@ -60,7 +76,7 @@ def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold:
     Args:
         fold: fold batch norm and freeze the fusion weights (exact; on by default).
         channels_last: ``None`` picks the faster layout for the device.
-        compile: wrap in ``torch.compile`` (the first call compiles; later calls with new sizes may recompile).
+        compile: :func:`compile_inference` (the first call compiles; a new input size compiles again).
         copy_model: leave ``model`` untouched (``False`` prepares it in place).
 
     The returned module keeps the model's interface (``forward`` gives logits at the input size) and
@@ -84,8 +100,7 @@ def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold:
         if device.type == "cpu" and torch.backends.mkldnn.is_available():
             info["pointwise_kernels"] = use_pointwise_kernels(model)
     info["channels_last"] = bool(channels_last)
-    if compile:  # compiled per bound method, so forward_logits (used by Predictor) is compiled too
-        model.forward_logits = torch.compile(model.forward_logits, dynamic=False)
-        model.forward = torch.compile(model.forward, dynamic=False)
+    if compile:
+        compile_inference(model)
     model.prepared = info
     return model
