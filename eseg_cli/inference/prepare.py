@@ -10,6 +10,7 @@ the caller around the forward pass and is *not* exact; it is never on by default
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -62,11 +63,26 @@ def compile_inference(model: nn.Module) -> nn.Module:
     removes the weight-side work. It requires that the weights never change afterwards, which holds for a
     prepared model. Shapes are static: a new image size compiles again.
     """
-    options = {"freezing": True}
     for name in ("forward_logits", "forward"):
         if callable(getattr(model, name, None)):
-            setattr(model, name, torch.compile(getattr(model, name), dynamic=False, options=options))
+            setattr(model, name, _compiled_frozen(getattr(model, name)))
     return model
+
+
+def _compiled_frozen(fn):
+    """``torch.compile(fn)`` whose compilations (the first call, and each new input size) run with inductor's
+    ``freezing`` on. It is read from the global config while compiling, where ``torch.compile(options=...)``
+    does not reach, so it is patched around each call rather than set for the whole process."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(fn, dynamic=False)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold: bool = True,
