@@ -6,7 +6,8 @@
 #      (`eseg profile`, the Predictor's path): ESeg-Lite-S fp32 / bf16 / bf16 + torch.compile, and
 #      ESeg-Lite-M/L and ESeg-S with bf16 + compile.
 # Usage (from the repository root, eseg importable):  OUT=/tmp/eseg-gpu bash benchmarks/gpu_checks.sh
-# Writes <check>.json and <check>.log under $OUT and prints a summary table last.
+# Writes <check>.json and <check>.log under $OUT, and gpu_speed.json (the speed rows, with each model's best
+# in fps_best_e2e for Figure 4: eseg report --profile), and prints a summary table last.
 set -uo pipefail
 OUT=${OUT:-/tmp/eseg-gpu}
 mkdir -p "$OUT"
@@ -36,18 +37,5 @@ check speed_lite-s_bf16 120 $PY -m eseg_cli "${PROF[@]}" -s lite-s --amp bf16
 for s in lite-s lite-m lite-l s; do
   check "speed_${s}_bf16_compile" 150 $PY -m eseg_cli "${PROF[@]}" -s "$s" --amp bf16 --compile
 done
-$PY - "$OUT" <<'PY'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-for f in sorted(out.glob("*.json")):
-    try:
-        d = json.loads(f.read_text() or "null")
-    except ValueError:
-        print(f"{f.stem:28s} (no JSON)"); continue
-    if isinstance(d, dict) and "latency_ms" in d:
-        print(f"{f.stem:28s} {d['latency_ms']:8.2f} ms  {d['fps']:7.1f} img/s  peak {d['peak_memory_mb']:.0f} MB  {d['device']}")
-    elif isinstance(d, dict):
-        keys = {k: d[k] for k in ("best_mIoU", "mIoU", "steps", "seconds") if k in d}
-        print(f"{f.stem:28s} {keys}")
-PY
+$PY benchmarks/gpu_summary.py "$OUT"
 rm -rf "$W"

@@ -58,3 +58,16 @@ class Emitter:
 
     def message(self, text: str, step: int = 0) -> None:
         self(kind="message", step=step, message=text)
+
+
+def tee(*callbacks: OnEvent | None) -> OnEvent | None:
+    """One callback that passes each event to every given one (``None`` entries are skipped)."""
+    live = [c for c in callbacks if c is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def on_event(ev: Event) -> None:
+        for c in live:
+            c(ev)
+
+    return on_event

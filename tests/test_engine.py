@@ -238,3 +238,52 @@ def test_bf16_autocast_and_sgd_run(tmp_path):
     assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())  # weights stay float32 under autocast
     with pytest.raises(EsegError, match="fp16 needs CUDA"):
         train(tiny_cfg(amp="fp16", device="cpu"), tmp_path / "fp16", model=_model(), train_dataset=Toy(4))
+
+
+def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_mirror_the_jsonl_logs_across_a_resume(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install -e '.[dev]')")
+    run = tmp_path / "run"
+    train(tiny_cfg(tensorboard=True), run, model=_model(), train_dataset=Toy(6), val_dataset=Toy(2, 1), stop_after=3)
+    train({}, run, resume=True, model=_model(), train_dataset=Toy(6), val_dataset=Toy(2, 1))
+    sc = _scalars(run / "tensorboard")
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in (run / "val.jsonl").read_text().splitlines()]
+    assert [s for s, _ in sc["train/loss"]] == [r["step"] for r in log] == [2, 3, 4, 6]  # 3: the stop
+    for (_, v), r in zip(sc["train/loss"], log):
+        assert v == pytest.approx(r["loss"], rel=1e-6)
+    assert [s for s, _ in sc["train/lr"]] == [2, 3, 4, 6]
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in sc["val/mIoU"]] == [(r["step"], r["mIoU"]) for r in val]
+
+
+def test_tensorboard_missing_is_refused_before_a_run_folder_is_made(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tb(name, *a, **k):
+        if name == "tensorboard" or name.startswith("tensorboard."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_tb)
+    with pytest.raises(EsegError, match=r"pip install 'eseg\[tensorboard\]'"):
+        train(tiny_cfg(tensorboard=True), tmp_path / "run", model=_model(), train_dataset=Toy(6))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_before_a_setting_existed_still_resumes(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(), run, model=_model(), train_dataset=Toy(6), val_dataset=Toy(2, 1), stop_after=3)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    del ck["config"]["tensorboard"]  # as an older eseg wrote it
+    torch.save(ck, run / "checkpoints" / "last.pt")
+    s = train({}, run, resume=True, model=_model(), train_dataset=Toy(6), val_dataset=Toy(2, 1))
+    assert s["finished"] and s["steps"] == 6

@@ -126,11 +126,22 @@ def test_figure4_paper_panel_and_measured_panel(tmp_path):
 
 
 def test_benchmark_json_rows_are_read(tmp_path):
-    (tmp_path / "peers.json").write_text(json.dumps({"results": [{"model": "fasterseg", "fps": 9.0, "device": "d"}]}))
+    (tmp_path / "peers.json").write_text(json.dumps({"rows": [{"model": "x", "fps": 1.0}], "fps_best_e2e": [
+        {"model": "ESeg-Lite-S", "fps": 20.0, "device": "cpu", "resolution": "512x1024", "mode": "compiled"},
+        {"model": "ESeg-Lite-S", "fps": 5.0, "device": "cpu", "resolution": "1024x2048", "mode": "compiled"}]}))
+    (tmp_path / "other.json").write_text(json.dumps({"results": [{"model": "fasterseg", "fps": 9.0, "device": "d"}]}))
     (tmp_path / "lite.json").write_text(json.dumps([{"model": "eseg-lite-s", "fps": 4.0, "device": "d"}]))
-    rows = plot.read_benchmarks(tmp_path)
-    assert sorted((r["model"], r["fps"]) for r in rows) == [("eseg-lite-s", 4.0), ("fasterseg", 9.0)]
-    assert plot.read_benchmarks(tmp_path / "absent") == []
+    rows = plot.read_profiles([tmp_path])  # a folder: every JSON in it; fps_best_e2e wins over the raw rows
+    assert sorted((r["model"], r["fps"]) for r in rows) == [("ESeg-Lite-S", 5.0), ("ESeg-Lite-S", 20.0),
+                                                             ("eseg-lite-s", 4.0), ("fasterseg", 9.0)]
+    with pytest.raises(plot.EsegError, match="absent.json"):
+        plot.read_profiles([tmp_path / "absent.json"])
+    pts = plot.figure4_points(paper.load("figure4"), rows)
+    fig, _, _ = plot.plot_figure4(pts)
+    bx = fig.axes[1]
+    labels = [t.get_text() for t in bx.get_yticklabels()]
+    assert "ESeg-Lite-S, cpu, 1024x2048, compiled" in labels and "ESeg-Lite-S, cpu, 512x1024, compiled" in labels
+    assert sorted(_bar_widths(bx, "measured")) == [4.0, 5.0, 9.0, 20.0]
 
 
 def test_training_curves_plot_the_run_logs(tmp_path):

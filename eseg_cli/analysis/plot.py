@@ -263,33 +263,23 @@ def plot_figure1(table4: pd.DataFrame, out_dir: str | Path | None = None):
 # ----------------------------------------------------------------------------- Figure 4
 
 def read_profiles(paths) -> list[dict]:
-    """Rows of ``eseg profile --json`` outputs (an object or a list of objects per file) that hold FPS."""
+    """FPS rows for Figure 4 from JSON files (a folder: its ``*.json``): ``eseg profile --json`` output (an
+    object, or a list with ``--all``) and benchmark reports (``benchmarks/peers.py``'s ``fps_best_e2e``, or
+    rows under ``results``/``rows``). Every object with ``model`` and ``fps`` counts."""
     rows = []
-    for p in paths:
-        p = Path(p)
+    files = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
+    for p in files:
         try:
             data = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise EsegError(f"'profiles' {p} is not readable profiler JSON: {e}", field="profiles") from None
-        for r in data if isinstance(data, list) else [data]:
+        if isinstance(data, dict):
+            data = data.get("fps_best_e2e") or data.get("results") or data.get("rows") or [data]
+        for r in data if isinstance(data, list) else []:
             if isinstance(r, dict) and r.get("fps") and r.get("model"):
                 rows.append(r)
-    return rows
-
-
-def read_benchmarks(folder: str | Path) -> list[dict]:
-    """FPS rows from the benchmark JSON files in ``folder`` (``reports/benchmarks/*.json``): any object with
-    ``model`` and ``fps``, alone, in a list, or under a ``results``/``rows`` key. Missing folder: none."""
-    folder = Path(folder)
-    rows: list[dict] = []
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict):
-            data = data.get("results") or data.get("rows") or [data]
-        rows += [r for r in data if isinstance(r, dict) and r.get("model") and r.get("fps")]
     return rows
 
 
@@ -304,16 +294,18 @@ def figure4_points(paper_points: pd.DataFrame, measured: list[dict]) -> pd.DataF
     project's measured FPS (kind ``measured``, no mIoU: nothing here was trained on Cityscapes). The latest
     row per model and device wins."""
     rows = [{"label": r["model"], "key": r["key"], "fps": float(r["fps"]), "miou": float(r["miou"]),
-             "kind": "eseg" if r["model"].startswith("ESeg") else "peer", "device": "paper", "resolution": ""}
+             "kind": "eseg" if r["model"].startswith("ESeg") else "peer", "device": "paper", "resolution": "",
+             "mode": ""}
             for r in paper_points.to_dict("records")]
     latest: dict[tuple, dict] = {}
     for m in measured:
-        latest[(m["model"], m.get("device", ""))] = m
-    for (key, device), m in latest.items():
+        res = str(m.get("latency_resolution") or m.get("resolution") or "")
+        latest[(m["model"], m.get("device", ""), res)] = m
+    for (key, device, res), m in latest.items():
         rows.append({"label": _display_name(key), "key": key, "fps": float(m["fps"]), "miou": float("nan"),
-                     "kind": "measured", "device": device or "this device",
-                     "resolution": str(m.get("latency_resolution") or m.get("resolution") or "")})
-    return pd.DataFrame(rows, columns=["label", "key", "fps", "miou", "kind", "device", "resolution"])
+                     "kind": "measured", "device": device or "this device", "resolution": res,
+                     "mode": str(m.get("mode") or "")})
+    return pd.DataFrame(rows, columns=["label", "key", "fps", "miou", "kind", "device", "resolution", "mode"])
 
 
 def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, resolution: str | None = None):
@@ -326,7 +318,7 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
     from matplotlib.ticker import FuncFormatter
 
     paper_pts = points[points.kind != "measured"]
-    meas = points[points.kind == "measured"].sort_values(["device", "fps"])
+    meas = points[points.kind == "measured"].sort_values(["device", "resolution", "fps"])
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=DPI, gridspec_kw={"width_ratios": [1.15, 1]})
     styles = {"eseg": dict(marker="o", s=50, color="tab:red", label="ESeg-Lite (paper)"),
               "peer": dict(marker="s", s=36, color="tab:blue", label="real-time peers (paper)")}
@@ -347,7 +339,8 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
         ax.set_ylim(paper_pts.miou.min() - 1.5, paper_pts.miou.max() + 1.5)
         ax.legend(loc="lower left", fontsize=8)
     if len(meas):
-        labels = [f"{r['label']}" + (f" ({r['device']})" if meas.device.nunique() > 1 else "")
+        varying = [k for k in ("device", "resolution") if len({v for v in meas[k] if v}) > 1]
+        labels = [", ".join(v for v in [r["label"], *(r[k] for k in varying), r["mode"]] if v)
                   for r in meas.to_dict("records")]
         bx.barh(range(len(meas)), meas.fps.to_numpy(), color="tab:green", height=0.6, gid="measured")
         bx.set_yticks(range(len(meas)), labels, fontsize=8)

@@ -87,6 +87,10 @@ def train_cmd(
                                "(cached by file size and time)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Start over in an existing --run-dir without asking (the "
                                                         "old run is moved to <name>.old-<time>)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write the log and validation rows as "
+                                     "TensorBoard scalars to <run>/tensorboard (pip install 'eseg[tensorboard]'; "
+                                     "view with: tensorboard --logdir runs); default: from the recipe "
+                                     "(tensorboard: false)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on a terminal; plain "
                                                                          "lines per log interval without."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -123,7 +127,8 @@ def train_cmd(
             if resume is not None:
                 given = [n for n, v in (("--dataset", dataset), ("--recipe", recipe), ("--batch-size", batch_size),
                                         ("--crop", crop), ("--lr", lr), ("--extra-data", extra_data),
-                                        ("--init-from", init_from), ("--scale", scale), ("--set", set_)) if v]
+                                        ("--init-from", init_from), ("--scale", scale), ("--set", set_),
+                                        ("--tensorboard", tensorboard)) if v]
                 if given:
                     raise EsegError(f"--resume continues the run with its saved config.yaml; drop {', '.join(given)}"
                                     " (only --steps and --data-root may change), or start a new run")
@@ -136,7 +141,8 @@ def train_cmd(
                     pretrained=str(pretrained) if pretrained else None, workers=workers, eval_interval=eval_interval,
                     init_from=str(init_from) if init_from else None, freeze_encoder_steps=freeze_encoder,
                     encoder_lr_mult=encoder_lr_mult,
-                    log_interval=log_interval, seed=seed, device=device, check_data=None if check else False),
+                    log_interval=log_interval, seed=seed, device=device, check_data=None if check else False,
+                    tensorboard=True if tensorboard else None),
                     extra_data, extra_ratio)
                 overwrite = run_dir is not None and _confirm_start_over(run_dir, yes)
                 summary = train(cfg, run_dir, overwrite=overwrite, on_event=on_event)

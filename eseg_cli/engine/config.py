@@ -83,6 +83,7 @@ class TrainConfig:
     deterministic: bool
     device: str
     log_interval: int
+    tensorboard: bool
     eval_interval: int
     checkpoint_interval: int
     max_val_images: Optional[int]
@@ -286,6 +287,13 @@ def _canonical(resolve, value: str, key: str, where: str) -> str:
         return resolve(value)
     except EsegError as e:
         raise EsegError(f"{where}: '{key}': {e}") from None
+
+
+def with_new_keys(saved: dict) -> dict:
+    """A run's saved config with the settings added to eseg since it was written, at their base-recipe value
+    (e.g. ``tensorboard: false``), so that an older run still resumes."""
+    base = read_recipe(builtin_recipe(BASE_RECIPE))
+    return {**{k: v for k, v in base.items() if k not in saved and k in _field_types()}, **saved}
 
 
 def load_config(dataset: str | None = None, scale: str | None = None, overrides: dict | None = None,

@@ -77,6 +77,10 @@ class Run:
         return self.path / "log.jsonl"
 
     @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
     def val_path(self) -> Path:
         return self.path / "val.jsonl"
 

@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from eseg_cli.engine import checkpoint as ckpt_io
-from eseg_cli.engine.config import TrainConfig, as_config, validate
+from eseg_cli.engine import tensorboard
+from eseg_cli.engine.config import TrainConfig, as_config, validate, with_new_keys
 from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, cleanup, setup
 from eseg_cli.engine.evaluator import evaluate_model
 from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
@@ -38,7 +39,7 @@ from eseg_cli.engine.run import Run
 from eseg_cli.engine.sampling import MixedDataset, MixedSampler, ResumableSampler, SeededDataset
 from eseg_cli.engine.schedule import WarmupCosine
 from eseg_cli.errors import EsegError, Interrupted
-from eseg_cli.events import Emitter, OnEvent
+from eseg_cli.events import Emitter, OnEvent, tee
 
 RUNS_DIR = Path("runs")  # where a run without a folder of its own goes (relative to the working directory)
 VAL_KEYS = ("mIoU", "pixAcc", "mAcc", "fwIoU")
@@ -196,7 +197,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         if not run.last_checkpoint.is_file():
             raise EsegError(f"cannot resume {run.path}: it has no checkpoints/last.pt; start a new run instead")
         state = ckpt_io.load_checkpoint(run.last_checkpoint)
-        cfg = validate(state["config"], where=f"config saved in {run.last_checkpoint}")
+        cfg = validate(with_new_keys(state["config"]), where=f"config saved in {run.last_checkpoint}")
         cfg, changes = _resume_changes(cfg, int(state["step"]), steps, data_root)
     else:
         if steps is not None or data_root is not None:
@@ -206,11 +207,17 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         if cfg.data_root:
             cfg = dataclasses.replace(cfg, data_root=_absolute(cfg.data_root))
 
+    if cfg.tensorboard:
+        tensorboard.require()
     rt = setup(cfg.device)
     emit = Emitter(on_event if rt.is_main else None, "train", total=cfg.steps)
     try:
         with contextlib.ExitStack() as stack:
             run = _open_run(rt, stack, cfg, run_dir, resume, overwrite, emit)
+            if cfg.tensorboard and rt.is_main:
+                tb = stack.enter_context(tensorboard.TensorBoardWriter(
+                    run.tensorboard_dir, purge_step=int(state["step"]) + 1 if state else None))
+                emit = Emitter(tee(on_event, tb), "train", total=cfg.steps)
             if handle_signals:
                 stack.enter_context(_StopOnSignal())
             try:
