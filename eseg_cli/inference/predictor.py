@@ -58,6 +58,25 @@ def read_image(image) -> np.ndarray:
     raise EsegError(f"expected an image path, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
 
 
+def normalization_constants(mean, std, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of shape ``(1, 3, 1, 1)`` such that ``pixel * scale + shift`` is ``(pixel / 255 - mean)
+    / std`` for 0..255 pixels."""
+    scale = torch.tensor([1 / (255.0 * v) for v in std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([-a / b for a, b in zip(mean, std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
+
+
+def normalize_uint8(arr: np.ndarray, scale: torch.Tensor, shift: torch.Tensor, device="cpu",
+                    channels_last: bool = True) -> torch.Tensor:
+    """``(B,)HxWx3`` uint8 -> the normalised ``(B, 3, H, W)`` float batch on ``device``, in one pass (one
+    ``addcmul`` from the uint8 pixels; the NHWC buffer seen as NCHW is channels_last already)."""
+    if arr.ndim == 3:
+        arr = arr[None]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    x = torch.addcmul(shift, t, scale)
+    return x if channels_last else x.contiguous()
+
+
 def checkpoint_classes(ckpt: dict, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]], str | None]:
     """Class names, palette and dataset name of a checkpoint (or numbered classes for a bare model)."""
     cfg = ckpt.get("config") or {}
@@ -116,18 +135,12 @@ class BasePredictor:
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise EsegError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
-        self._scale = torch.tensor([1 / (255.0 * v) for v in self.std], device=self.device).view(1, 3, 1, 1)
-        self._shift = torch.tensor([-a / b for a, b in zip(self.mean, self.std)], device=self.device).view(1, 3, 1, 1)
+        self._scale, self._shift = normalization_constants(self.mean, self.std, self.device)
 
     def to_tensor(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """HxWx3 uint8 array(s) of one size -> the normalised ``(B, 3, H, W)`` float batch on the device."""
         arr = np.stack(images) if not isinstance(images, np.ndarray) else images
-        if arr.ndim == 3:
-            arr = arr[None]
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, non_blocking=True)
-        x = t.permute(0, 3, 1, 2).float()  # an NHWC buffer seen as NCHW: already channels_last
-        x = x.mul_(self._scale).add_(self._shift)
-        return x if self.channels_last else x.contiguous()
+        return normalize_uint8(arr, self._scale, self._shift, self.device, self.channels_last)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
