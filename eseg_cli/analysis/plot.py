@@ -319,7 +319,9 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
 
     paper_pts = points[points.kind != "measured"]
     meas = points[points.kind == "measured"].sort_values(["device", "resolution", "fps"])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=DPI, gridspec_kw={"width_ratios": [1.15, 1]})
+    wide = len(meas) > 6  # long bar labels (model, device, resolution, mode): give panel (b) more room
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15 if wide else 13, 5.2 + 0.15 * max(len(meas) - 8, 0)), dpi=DPI,
+                                 gridspec_kw={"width_ratios": [1, 1.25] if wide else [1.15, 1]})
     styles = {"eseg": dict(marker="o", s=50, color="tab:red", label="ESeg-Lite (paper)"),
               "peer": dict(marker="s", s=36, color="tab:blue", label="real-time peers (paper)")}
     for kind, st in styles.items():
@@ -348,8 +350,12 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
             bx.text(v * 1.08, i, f"{v:.3g} FPS", va="center", fontsize=8)
         bx.set_xscale("log")
         bx.xaxis.set_major_formatter(plain)
-        bx.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-        bx.set_xlim(meas.fps.min() / 2, meas.fps.max() * 4)
+        lo, hi = meas.fps.min() / 2, meas.fps.max() * 4
+        if hi / lo < 300:  # minor labels (2, 5, 20, ...) only where they do not crowd each other
+            bx.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        else:
+            bx.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        bx.set_xlim(lo, hi)
         devices = ", ".join(sorted(set(meas.device)))
         res = resolution or ", ".join(sorted({r for r in meas.resolution if r})) or "?"
         bx.set_title(f"(b) measured here: {devices}\nbatch 1 at {res}; no Cityscapes mIoU (not trained here)",

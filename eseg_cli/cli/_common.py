@@ -23,8 +23,16 @@ from typer.core import TyperOption
 
 from eseg_cli.errors import EsegError, Interrupted, os_error_hint
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """Rich console. Piped into a file or another program (no terminal, no ``COLUMNS``), rich would lay
+    tables out in 80 columns and cut numbers short ("35.5…"); there it gets room for whole rows instead."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=160 if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 #: set by the root ``--debug`` flag; ``ESEG_DEBUG=1`` in the environment does the same
 DEBUG = False
@@ -225,12 +233,13 @@ def set_threads(threads: int | None) -> None:
 THREADS_HELP = "torch CPU threads (default: torch's own, one per core)."
 
 
-# A flag takes no value: typer would still print its type (`<bool>`) in the help. Show none.
-def _display_type_rich(self, ctx, _orig=TyperOption.display_type_rich):
-    return None if self.is_flag else _orig(self, ctx)
+# A flag takes no value: typer (the releases that print types, with this hook) would still print its type
+# (`<bool>`) in the help. Show none.
+if hasattr(TyperOption, "display_type_rich"):
+    def _display_type_rich(self, ctx, _orig=TyperOption.display_type_rich):
+        return None if self.is_flag else _orig(self, ctx)
 
-
-TyperOption.display_type_rich = _display_type_rich
+    TyperOption.display_type_rich = _display_type_rich
 
 
 @functools.cache
