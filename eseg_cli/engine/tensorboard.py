@@ -23,7 +23,7 @@ def require() -> None:
         import tensorboard  # noqa: F401
     except ImportError:
         raise EsegError("'tensorboard' needs the tensorboard package: pip install 'eseg[tensorboard]' "
-                        "(or train without --tensorboard)", field="tensorboard") from None
+                        "(or set tensorboard: false)", field="tensorboard") from None
 
 
 class TensorBoardWriter:
