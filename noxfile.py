@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nox
@@ -15,11 +14,6 @@ nox.options.reuse_existing_virtualenvs = True
 # The torch build the project is tested with (on this workplace's disk); named on every install line, as in the
 # README, so pip keeps it instead of downloading a newer multi-GB wheel. pyproject.toml itself has no cap.
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
-# The oldest torch that installs and works here without a multi-GB download. A 2.13.0+cpu wheel is on this
-# workplace's disk too, but the only torchvision 0.28 within reach is built for the CUDA torch and fails to load
-# against it ("operator torchvision::nms does not exist"), and timm imports torchvision. pyproject.toml allows
-# torch>=2.4, older than this: test that bound where it can be downloaded, with ESEG_MIN_TORCH=2.4.1.
-MIN_TORCH_INSTALLABLE = "2.14.1"
 TORCHVISION_FOR = {"2.4": "0.19", "2.5": "0.20", "2.6": "0.21", "2.7": "0.22", "2.8": "0.23", "2.9": "0.24",
                    "2.10": "0.25", "2.11": "0.26", "2.12": "0.27", "2.13": "0.28", "2.14": "0.29"}
 
@@ -32,27 +26,25 @@ def tests(session: nox.Session) -> None:
 
 
 def minimum_constraints() -> list[str]:
-    """Every dependency of pyproject.toml pinned at its lower bound (``>=X`` -> ``==X``); torch at
-    ``$ESEG_MIN_TORCH`` or the oldest one installable offline, torchvision (timm's dependency) to match."""
+    """Every dependency of pyproject.toml pinned at its lower bound (``>=X`` -> ``==X``), torchvision (timm's
+    dependency) to match torch's. torch's bound is a registry download (about 3 GB with its CUDA libraries)."""
     meta = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     pins = []
     for line in meta["dependencies"]:
         req = Requirement(line)
         lower = [s.version for s in req.specifier if s.operator == ">="]
-        if req.name == "torch":
-            lower = [os.environ.get("ESEG_MIN_TORCH", MIN_TORCH_INSTALLABLE)]
         if lower:
             pins.append(f"{req.name}=={lower[0]}")
     torch = next(p for p in pins if p.startswith("torch=="))[len("torch=="):]
     tv = TORCHVISION_FOR[".".join(torch.split(".")[:2])]
-    pins.append("torchvision==0.29.1" if torch == "2.14.1" else f"torchvision=={tv}.*")
+    pins.append(f"torchvision=={tv}.*")
     return pins
 
 
 @nox.session(python="3.11", reuse_venv=False)
 def minimum(session: nox.Session) -> None:
     """The test suite against the lowest version of every dependency that pyproject.toml allows (see
-    :func:`minimum_constraints`; torch: the oldest build installable offline unless ESEG_MIN_TORCH is set)."""
+    :func:`minimum_constraints`)."""
     pins = minimum_constraints()
     constraints = Path(session.create_tmp()) / "minimum-constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")

@@ -23,6 +23,7 @@ from typer.core import TyperOption
 
 from eseg_cli.errors import EsegError, Interrupted, os_error_hint
 
+
 def _console(stderr: bool = False) -> Console:
     """Rich console. Piped into a file or another program (no terminal, no ``COLUMNS``), rich would lay
     tables out in 80 columns and cut numbers short ("35.5…"); there it gets room for whole rows instead."""

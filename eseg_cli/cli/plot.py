@@ -18,9 +18,9 @@ def plot_cmd(
     results: Optional[list[Path]] = typer.Option(None, "--results", help="Run folders / `eseg ablate` output "
                                                  "(repeatable): training curves and measured mIoU."),
     out: Path = typer.Option(Path("reports/figures"), "--out", "-o", help="Folder for the PNG and SVG files."),
-    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help="FPS for Figure 4's measured panel: `eseg profile "
-                                                  "--json` output, a benchmark report (benchmarks/peers.py) or a "
-                                                  "folder of them (repeatable)."),
+    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help="FPS for Figure 4's measured panel: "
+                                                  "`eseg profile --json` output, a benchmark report "
+                                                  "(benchmarks/peers.py) or a folder of them (repeatable)."),
     measure_fps: bool = typer.Option(False, "--measure-fps", help="Time ESeg-Lite-S/M/L on this device for Figure 4."),
     fps_resolution: str = typer.Option("1024x2048", "--fps-resolution", help="Input HxW for --measure-fps."),
     device: str = typer.Option("auto", "--device", autocompletion=complete_device,
