@@ -82,10 +82,22 @@ def setup(device: str = "auto") -> Runtime:
                    backend=backend, owns_group=owns)
 
 
-def cleanup(rt: Runtime) -> None:
-    """Leave the process group if :func:`setup` created it."""
+def cleanup(rt: Runtime, finished: bool = False) -> None:
+    """Leave the process group if :func:`setup` created it.
+
+    ``finished``: every rank got here the same way (a completed run), so a barrier is safe first. Waiting on
+    it releases the GIL, so the backend's worker threads finish freeing the tensors of earlier collectives
+    before the group is destroyed. Without it torch 2.9's gloo group could deadlock at the end of a run: its
+    destructor joins a worker thread that waits for the GIL the destructor's caller holds
+    (tests/test_train_ddp.py hung under ``nox -s minimum``). After an error a rank may be inside another
+    collective, so no barrier then.
+    """
     if rt.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(rt: Runtime) -> None:

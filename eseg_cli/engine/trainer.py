@@ -210,6 +210,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
     if cfg.tensorboard:
         tensorboard.require()
     rt = setup(cfg.device)
+    finished = False
     emit = Emitter(on_event if rt.is_main else None, "train", total=cfg.steps)
     try:
         with contextlib.ExitStack() as stack:
@@ -229,9 +230,14 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
                 raise
             if rt.is_main:
                 run.record("resume" if resume else "start", trainer.step, changes)
-            return trainer.fit(cfg.steps if stop_after is None else min(cfg.steps, stop_after))
+            try:
+                summary = trainer.fit(cfg.steps if stop_after is None else min(cfg.steps, stop_after))
+                finished = True
+                return summary
+            finally:
+                del trainer  # DDP's reducer lets go of the process group before cleanup() destroys it
     finally:
-        cleanup(rt)
+        cleanup(rt, finished)
 
 
 def _absolute(path: str | Path) -> str:
