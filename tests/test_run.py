@@ -321,8 +321,9 @@ def test_interrupted_in_process_is_raised_with_summary(tmp_path, monkeypatch):
         return real_step(self, image, target)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", step_then_signal)
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted) as e:
         _train(tiny_cfg(steps=10, checkpoint_interval=100), tmp_path / "run")
     assert e.value.exit_code == 130 and e.value.summary["steps"] == 3
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the handler the run found is back
