@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,41 @@ def test_page_renders_in_headless_chromium(trained_run, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); nope();</script></body></html>")
     assert console_errors(render(bad, tmp_path / "bad.png", 400, 300))
+
+
+def test_plot_confusion_draws_the_runs_matrix_and_per_class_iou(trained_run, tmp_path):
+    from eseg_cli.analysis.plot import read_confusion, row_normalize
+    from eseg_cli.analysis.runs import confusion_figure, per_class_figure, read_run_record
+
+    out = tmp_path / "figs"
+    r = CliRunner().invoke(app, ["plot", "--confusion", str(trained_run), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    files = json.loads(r.output)["files"]
+    assert sorted(Path(f).name for f in files) == ["tiny_confusion.png", "tiny_confusion.svg",
+                                                   "tiny_per_class_iou.png", "tiny_per_class_iou.svg"]
+    assert Image.open(out / "tiny_confusion.png").size[0] > 300
+    # what was drawn is the eval's confusion CSV, row-normalised, and its per-class IoU
+    rec = read_run_record(trained_run)
+    name, (_, drawn, _) = confusion_figure(rec)
+    csv = read_confusion(rec.confusions[name])
+    np.testing.assert_allclose(drawn.to_numpy(dtype=float), row_normalize(csv).to_numpy(dtype=float))
+    source, (fig, iou, _) = per_class_figure(rec)
+    per_class = rec.evals[source]["per_class"]
+    assert list(iou.index) == list(per_class)
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths == pytest.approx([0.0 if v["IoU"] is None else v["IoU"] for v in per_class.values()])
+    # a second time asks before overwriting; --yes overwrites
+    r = CliRunner().invoke(app, ["plot", "--confusion", str(trained_run), "--out", str(out)], input="n\n")
+    assert r.exit_code != 0
+    r = CliRunner().invoke(app, ["plot", "--confusion", str(trained_run), "--out", str(out), "--yes"])
+    assert r.exit_code == 0, r.output
+
+
+def test_plot_confusion_of_a_run_without_an_evaluation_says_what_to_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("scale: lite-s\ndataset: synthetic\n")
+    r = CliRunner().invoke(app, ["plot", "--confusion", str(run), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "eseg eval --checkpoint" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["plot", "--confusion", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not a run folder" in r.output

@@ -18,7 +18,8 @@ import pandas as pd
 
 from eseg_cli.analysis import plot
 from eseg_cli.analysis.report import NOTES, TABLE_TITLES, format_frame
-from eseg_cli.analysis.runs import RunRecord, confusion, read_run_record, sample_predictions
+from eseg_cli.analysis.runs import (RunRecord, confusion_figure, per_class_figure, read_run_record,
+                                    sample_predictions)
 from eseg_cli.utils import atomic_write_text
 
 CSS = """
@@ -69,16 +70,13 @@ def _run_section(rec: RunRecord, samples: int, device: str) -> str:
                 for k, v in rec.evals.items()]
         parts.append(table_html(pd.DataFrame(rows)))
     figs = []
-    pc = rec.per_class()
+    pc = per_class_figure(rec)
     if pc:
-        source, per_class, miou = pc
-        fig, _, _ = plot.plot_per_class_iou(per_class, title=f"Per-class IoU ({source}) — {rec.describe()}",
-                                            miou=miou)
+        source, (fig, _, _) = pc
         figs.append(_figure(fig, f"Per-class IoU from {source}.", "per-class IoU bars"))
-    cm = confusion(rec)
+    cm = confusion_figure(rec)
     if cm:
-        name, mat = cm
-        fig, _, _ = plot.plot_confusion(mat, title=f"Confusion matrix ({name}, row-normalised) — {rec.describe()}")
+        name, (fig, _, _) = cm
         figs.append(_figure(fig, f"Row-normalised confusion matrix of {name}: each row sums to 1.", "confusion"))
     if figs:
         parts.append(f'<div class="grid">{"".join(figs)}</div>')

@@ -98,6 +98,32 @@ def confusion(rec: RunRecord) -> tuple[str, pd.DataFrame] | None:
     return None
 
 
+def per_class_figure(rec: RunRecord, out_dir: str | Path | None = None):
+    """The run's per-class IoU bars (whole-image evaluation first, else its final validation): ``(source,
+    (fig, Series, paths))``, or None when it has neither. ``out_dir`` saves ``<run>_per_class_iou.png/.svg``."""
+    from eseg_cli.analysis import plot
+
+    pc = rec.per_class()
+    if not pc:
+        return None
+    source, per_class, miou = pc
+    return source, plot.plot_per_class_iou(per_class, out_dir, title=f"Per-class IoU ({source}) — {rec.describe()}",
+                                           stem=f"{rec.name}_per_class_iou", miou=miou)
+
+
+def confusion_figure(rec: RunRecord, out_dir: str | Path | None = None):
+    """The run's row-normalised confusion matrix: ``(evaluation, (fig, DataFrame, paths))``, or None when it
+    has no evaluation with a confusion CSV. ``out_dir`` saves ``<run>_confusion.png/.svg``."""
+    from eseg_cli.analysis import plot
+
+    cm = confusion(rec)
+    if not cm:
+        return None
+    name, mat = cm
+    return name, plot.plot_confusion(mat, out_dir, title=f"Confusion matrix ({name}, row-normalised) — "
+                                                         f"{rec.describe()}", stem=f"{rec.name}_confusion")
+
+
 @torch.no_grad()
 def sample_predictions(checkpoint: str | Path, n: int = 3, *, device: str = "cpu", split: str = "val",
                        data_root: str | Path | None = None) -> tuple[list[dict], object]:

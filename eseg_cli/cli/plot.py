@@ -1,4 +1,5 @@
-"""``eseg plot``: Figure 1, Figure 4 and training curves as PNG and SVG."""
+"""``eseg plot``: Figure 1, Figure 4, training curves and a run's confusion matrix and per-class IoU, as PNG
+and SVG."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def plot_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per model for --measure-fps."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="figure1, figure4 or curves (repeatable)."),
+    confusion: Optional[list[Path]] = typer.Option(None, "--confusion", help="A run folder (repeatable): its "
+                                                   "row-normalised confusion matrix and per-class IoU bars, from "
+                                                   "its `eseg eval` output, as <out>/<run>_confusion.png and "
+                                                   "<run>_per_class_iou.png (alone unless --only is given)."),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure FLOPs not yet cached."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing figures without asking."),
     json_out: bool = typer.Option(False, "--json", help="Print the plotted points and files as JSON."),
@@ -41,12 +46,22 @@ def plot_cmd(
       [cyan]eseg profile -s lite-s --json > p.json && eseg plot --profile p.json --only figure4[/]
 
       [cyan]eseg plot --results runs/ablate --only curves[/]     loss and mIoU vs step of the ablation runs
+
+      [cyan]eseg eval -c runs/quickstart && eseg plot --confusion runs/quickstart[/]   confusion + per-class IoU
     """
     set_threads(threads)
     from eseg_cli.analysis.plot import generate_figures
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
 
+    run_files = _run_figures(confusion or [], out, yes)
+    if confusion and not only:
+        if json_out:
+            print_json({"files": run_files})
+        else:
+            for f in run_files:
+                console.print(f"[green]wrote[/] {f}")
+        return
     which = tuple(only) if only else _FIGURES
     bad = sorted(set(which) - set(_FIGURES))
     if bad:
@@ -57,6 +72,7 @@ def plot_cmd(
     summary = generate_figures(results or [], out, profiles=profiles or [], measure_fps_now=measure_fps,
                                fps_resolution=parse_size(fps_resolution, "--fps-resolution"), device=device,
                                runs=runs, measure_missing=measure, which=which)
+    summary["files"] = run_files + summary["files"]
     if json_out:
         print_json(summary)
         return
@@ -64,3 +80,32 @@ def plot_cmd(
         console.print(f"[green]wrote[/] {f}")
     for name, why in summary["skipped"].items():
         console.print(f"[yellow]skipped {name}:[/] {why}")
+
+
+def _run_figures(runs: list[Path], out: Path, yes: bool) -> list[str]:
+    """``--confusion``: each run's confusion matrix and per-class IoU bars into ``out``; the files written."""
+    from eseg_cli.analysis.plot import _mpl
+    from eseg_cli.analysis.runs import confusion_figure, per_class_figure, read_run_record
+    from eseg_cli.engine.run import Run
+    from eseg_cli.errors import EsegError
+
+    records = []
+    for path in runs:
+        if not Run(path).holds_run():
+            raise EsegError(f"--confusion {path}: not a run folder (it holds no config.yaml, logs or checkpoints)")
+        rec = read_run_record(path)
+        if not rec.confusions:
+            raise EsegError(f"--confusion {path}: no confusion matrix yet; run `eseg eval --checkpoint {path}` "
+                            "first (it writes eval_<mode>_confusion.csv)")
+        records.append(rec)
+    for rec in records:
+        for stem in ("confusion", "per_class_iou"):
+            confirm_overwrite(out / f"{rec.name}_{stem}.png", yes, "the figure")
+    files: list[str] = []
+    for rec in records:
+        for drawn in (confusion_figure(rec, out), per_class_figure(rec, out)):
+            if drawn:
+                fig, _, paths = drawn[1]
+                _mpl().close(fig)
+                files += [str(p) for p in paths]
+    return files
