@@ -18,8 +18,7 @@ import pandas as pd
 
 from eseg_cli.analysis import plot
 from eseg_cli.analysis.report import NOTES, TABLE_TITLES, format_frame
-from eseg_cli.analysis.runs import (RunRecord, confusion_figure, per_class_figure, read_run_record,
-                                    sample_predictions)
+from eseg_cli.analysis.runs import RunRecord, confusion_figure, per_class_figure, read_run_record, sample_predictions
 from eseg_cli.utils import atomic_write_text
 
 CSS = """
