@@ -54,7 +54,8 @@ def predict_cmd(
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes reading images."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     amp: Optional[Amp] = typer.Option(None, "--amp", help="Autocast: bf16 or fp16 (not exact)."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing: "
+                                  "the fastest PyTorch path; each new image size compiles once, tens of seconds)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
