@@ -123,7 +123,7 @@ def predict_cmd(
     if images:
         t.add_row("images", str(summary["images"]))
         t.add_row("time (s)", f"{summary['seconds']:.2f}")
-        t.add_row("images/s", f"{summary['images_per_s']:.2f}")
+        t.add_row("images/s", f"{summary['images_per_s']:.2f}" + (" (compiling included)" if compile_ else ""))
     for v in summary.get("videos", []):
         t.add_row(f"video {Path(v['video']).name}", f"{v['frames']} frames, {v['frames_per_s']:.2f} frames/s")
     console.print(t)
