@@ -327,3 +327,17 @@ def test_interrupted_in_process_is_raised_with_summary(tmp_path, monkeypatch):
     assert e.value.exit_code == 130 and e.value.summary["steps"] == 3
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
     assert signal.getsignal(signal.SIGINT) is before  # the handler the run found is back
+
+
+def test_a_failed_start_removes_the_folder_it_made_but_not_one_the_user_had(tmp_path):
+    bad = tmp_path / "notweights.pth"
+    bad.write_text("not a weights file")
+    new = tmp_path / "new-run"
+    with pytest.raises(EsegError, match="could not read pretrained weights"):
+        train(tiny_cfg(pretrained=str(bad)), new, train_dataset=Toy(4, size=32), val_dataset=Toy(2, seed=1, size=32))
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(EsegError, match="could not read pretrained weights"):
+        train(tiny_cfg(pretrained=str(bad)), mine, train_dataset=Toy(4, size=32), val_dataset=Toy(2, seed=1, size=32))
+    assert mine.is_dir()

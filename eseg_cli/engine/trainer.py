@@ -211,6 +211,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         tensorboard.require()
     rt = setup(cfg.device)
     finished = False
+    existed = run_dir is not None and Path(run_dir).exists()
     emit = Emitter(on_event if rt.is_main else None, "train", total=cfg.steps)
     try:
         with contextlib.ExitStack() as stack:
@@ -225,8 +226,8 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
                 trainer = Trainer(cfg, rt, run, emit, state=state, model=model, train_dataset=train_dataset,
                                   val_dataset=val_dataset)
             except BaseException:
-                if run_dir is None and rt.is_main:
-                    run.remove_if_unused()  # a failed start leaves no empty folder behind
+                if rt.is_main and (run_dir is None or not existed):
+                    run.remove_if_unused()  # a failed start leaves no empty folder behind (one it made)
                 raise
             if rt.is_main:
                 run.record("resume" if resume else "start", trainer.step, changes)

@@ -120,7 +120,10 @@ def _torch_load(path: Path) -> dict:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise EsegError(f"could not read pretrained weights {path}: {type(e).__name__}: {e}") from None
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch (torch.save)"
+        raise EsegError(f"could not read pretrained weights {path}: not a readable {kind} weights file "
+                        f"({type(e).__name__}: {e}); give an ImageNet encoder's weights file (timm, TF-port or "
+                        "efficientnet_pytorch names)", field="pretrained") from None
 
 
 def _hf_snapshot(folder: Path) -> Path | None:
