@@ -125,7 +125,8 @@ def check_dataset(ds, *, workers: int | None = None, cache_dir: str | Path | Non
             todo.append(i)
     results: list[tuple[int, str | None, tuple[int, int] | None]] = []
     workers = workers if workers is not None else max(1, min(8, os.cpu_count() or 1))
-    emit = Emitter(on_event, "check", total=len(todo))
+    # nothing to read (every pair unchanged since the last check): no progress to show
+    emit = Emitter(on_event if todo else None, "check", total=len(todo))
     emit("start", 0)
     if workers > 1 and len(todo) >= _PARALLEL_MIN:
         import multiprocessing as mp
