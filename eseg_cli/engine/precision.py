@@ -19,7 +19,7 @@ def amp_dtype(amp: str | None, device: torch.device | str | None = None) -> torc
     if amp not in AMP_DTYPES:
         raise EsegError(f"'amp' must be one of {', '.join(AMP_DTYPES)} (or none), got {amp!r}", field="amp")
     if device is not None and amp == "fp16" and torch.device(device).type != "cuda":
-        raise EsegError("amp fp16 needs CUDA; use amp bf16 on CPU and XLA")
+        raise EsegError("amp fp16 needs CUDA; use amp bf16 on CPU and XLA", field="amp")
     return AMP_DTYPES[amp]
 
 

@@ -207,12 +207,10 @@ class Predictor(BasePredictor):
         model, ckpt, self.source = resolve_checkpoint(checkpoint, use_ema)
         self.checkpoint = {k: ckpt.get(k) for k in ("config", "model_config", "step", "classes")}
         self.num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
+        self.amp = amp
+        self._amp_dtype = amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
         self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last, compile=compile)
         self.channels_last = self.model.prepared["channels_last"]
-        self.amp = amp
-        self._amp_dtype = amp_dtype(amp)
-        if self._amp_dtype is torch.float16 and self.device.type == "cpu":
-            raise EsegError("fp16 autocast is not supported on CPU; use bf16 or full precision")
         m, s = normalization(ckpt)
         self._set_normalization(mean or m, std or s)
         # models of this project give logits at the head's stride; others (peers) at the input size
