@@ -167,3 +167,13 @@ def test_plot_confusion_of_a_run_without_an_evaluation_says_what_to_run(tmp_path
     assert r.exit_code == 2 and "eseg eval --checkpoint" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["plot", "--confusion", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a run folder" in r.output
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00not utf-8", b"{not json"])
+def test_a_damaged_eval_json_is_named(tmp_path, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("scale: lite-s\ndataset: synthetic\n")
+    (run / "eval_whole.json").write_bytes(content)
+    r = CliRunner().invoke(app, ["plot", "--confusion", str(run), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "eval_whole.json" in r.output and "Traceback" not in r.output

@@ -37,8 +37,7 @@ class TensorBoardWriter:
         require()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def __call__(self, ev: Event) -> None:
         prefix = _PREFIX.get(ev.kind)
