@@ -84,7 +84,7 @@ def read_run_record(path: str | Path) -> RunRecord:
             data = json.loads(paths["json"].read_text(encoding="utf-8"))
         except ValueError as e:  # not JSON, or not UTF-8 text
             raise EsegError(f"{paths['json']} is not the JSON `eseg eval` writes ({type(e).__name__}: {e}); "
-                            f"run `eseg eval --checkpoint {run.path}` again to rewrite it") from None
+                            f"evaluate {run.path} again (`eseg eval`) to rewrite it") from None
         if isinstance(data, dict) and "mIoU" in data:
             rec.evals[stem] = data
             if paths["confusion_csv"].is_file():
