@@ -11,7 +11,9 @@ Modes: ``eager`` (NCHW, as built), ``channels_last``, ``folded`` (``eseg_cli.inf
 model: batch norm folded, channels_last, 1x1 convs through oneDNN, and for ESeg the frozen fusion weights:
 eseg's default inference path), ``compiled`` (folded + ``torch.compile`` with inductor's freezing, as
 ``eseg predict --compile`` does),
-``onnxruntime`` (the folded model exported to ONNX, CPU provider). Each mode is timed two ways:
+``onnxruntime`` (the folded model exported to ONNX, CPU provider), and ``bf16`` (compiled, run under bfloat16
+autocast as ``eseg predict --compile --amp bf16`` does: *not exact*, so it is kept out of the exact comparisons
+and its argmax agreement with the model's own fp32 mask is reported). Each mode is timed two ways:
 
 - ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
   bilinear upsampling, which is part of post-processing for every model);
@@ -21,8 +23,9 @@ eseg's default inference path), ``compiled`` (folded + ``torch.compile`` with in
 
 Rounds are interleaved (every model/mode/resolution once per round, in a shuffled order) so that load
 from other processes hits all of them alike; medians are reported, with ratios to the ESeg model of the
-pair in the same mode and best exact mode vs best exact mode. Writes ``reports/benchmarks/peers.json``
-(schema: see ``write_report``) and ``peers.md`` (``--name`` changes the stem).
+pair in the same mode, best exact mode vs best exact mode, and best mode (bf16 included) vs best mode.
+Writes ``reports/benchmarks/peers.json`` (schema: see ``write_report``) and ``peers.md`` (``--name`` changes the
+stem).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import itertools
 import json
 import platform
 import random
@@ -52,8 +56,8 @@ from eseg_cli.inference.predictor import normalization_constants, normalize_uint
 from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
-MODES = ("eager", "channels_last", "folded", "compiled", "onnxruntime")
-EXACT_MODES = MODES  # all fp32 and exact; bf16 is not benchmarked here
+MODES = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "bf16")
+EXACT_MODES = MODES[:-1]  # fp32, equal to the training model up to float rounding; bf16 is not exact
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -110,6 +114,14 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
     # the frozen fusion weights)
     if mode == "compiled":  # + torch.compile with inductor's freezing (oneDNN convs with fused activations)
         return prepare_model(model, channels_last=True, compile=True), True
+    if mode == "bf16":  # the compiled model under bfloat16 autocast (the casts are frozen into the graph)
+        compiled = prepare_model(model, channels_last=True, compile=True)
+
+        def run_bf16(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compiled(x)
+
+        return run_bf16, True
     folded = prepare_model(model, channels_last=True)
     if mode == "folded":
         return folded, True
@@ -202,14 +214,18 @@ def main() -> None:
                     def e2e(fn=fn, image=image, cl=cl, res=res):
                         return upsample_argmax(fn(to_input(image, cl)).float(), res).numpy()
 
-                    for _ in range(args.warmup):  # compiles here, for the compiled mode
+                    for _ in range(args.warmup):  # compiles here, for the compiled modes
                         model_only()
                         e2e()
+                    agreement = None
+                    if mode not in EXACT_MODES:  # share of pixels whose class equals the fp32 model's
+                        reference = upsample_argmax(prepare_model(model)(to_input(image, True)), res).numpy()
+                        agreement = round(float((e2e() == reference).mean()), 5)
                     print(f"prepared {name} {mode} {res[0]}x{res[1]} in {time.perf_counter() - t0:.1f}s",
                           file=sys.stderr, flush=True)
                     for kind, f in (("model", model_only), ("e2e", e2e)):
                         cells.append({"pair": pair, "model": name, "mode": mode, "resolution": f"{res[0]}x{res[1]}",
-                                      "kind": kind, "fn": f, "times_ms": []})
+                                      "kind": kind, "fn": f, "times_ms": [], "agreement": agreement})
             if pair == "Lite-S" and name.startswith("ESeg"):  # post-processing alone, on this model's logits
                 for res in resolutions:
                     logits = prepare_model(model).forward(to_input(load_image(res), True)).float()
@@ -238,16 +254,18 @@ def _median(v):
 
 def write_report(cells, args, resolutions, modes, date: str | None = None) -> None:
     """``peers.json``: {"meta": {...}, "rows": [{pair, model, mode, resolution, kind, median_ms, min_ms, fps,
-    times_ms, ratio_to_eseg}], "best": [{pair, resolution, kind, eseg_model, eseg_mode, eseg_ms, peer_model,
-    peer_mode, peer_ms, ratio}], "fps_best_e2e": [{model, resolution, mode, fps, device}], "postprocess": [{...,
-    median_ms, share_of_best_e2e: {mode, e2e_ms, share}}]} and ``peers.md``
+    times_ms, ratio_to_eseg, agreement (bf16 only)}], "best": [{pair, resolution, kind, exact, eseg_model,
+    eseg_mode, eseg_ms, peer_model, peer_mode, peer_ms, ratio, ratio_of_minimums}], "fps_best_e2e": [{model,
+    resolution, mode, fps, device}], "postprocess": [{..., median_ms, share_of_best_e2e: {mode, e2e_ms,
+    share}}]} and ``peers.md``
     with the same numbers as tables. ``ratio_to_eseg`` and ``ratio`` are ESeg time / peer time."""
     rows = []
     for c in cells:
         med = _median(c["times_ms"])
         rows.append({k: c[k] for k in ("pair", "model", "mode", "resolution", "kind")} |
                     {"median_ms": round(med, 2), "min_ms": round(min(c["times_ms"]), 2),
-                     "fps": round(1000 / med, 2), "times_ms": [round(t, 2) for t in c["times_ms"]]})
+                     "fps": round(1000 / med, 2), "times_ms": [round(t, 2) for t in c["times_ms"]]} |
+                    ({"agreement": c["agreement"]} if c.get("agreement") is not None else {}))
     post = [r for r in rows if r["kind"] == "postprocess"]
     rows = [r for r in rows if r["kind"] != "postprocess"]
     eseg_names = {"S": "ESeg-S", "Lite-S": "ESeg-Lite-S"}
@@ -258,26 +276,29 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
     best = []
     for pair, eseg in eseg_names.items():
         peers = sorted({r["model"] for r in rows if r["pair"] == pair and r["model"] != eseg})
-        for res in {r["resolution"] for r in rows}:
-            for kind in ("model", "e2e"):
-                mine = [r for r in rows if r["model"] == eseg and r["resolution"] == res and r["kind"] == kind]
-                for peer in peers:
-                    theirs = [r for r in rows if r["model"] == peer and r["resolution"] == res and r["kind"] == kind]
-                    if not mine or not theirs:
-                        continue
-                    a, b = min(mine, key=lambda r: r["median_ms"]), min(theirs, key=lambda r: r["median_ms"])
-                    best.append({"pair": pair, "resolution": res, "kind": kind, "eseg_model": eseg,
-                                 "eseg_mode": a["mode"], "eseg_ms": a["median_ms"], "peer_model": peer,
-                                 "peer_mode": b["mode"], "peer_ms": b["median_ms"],
-                                 "ratio": round(a["median_ms"] / b["median_ms"], 3)})
+        for res, kind, peer, exact in itertools.product(sorted({r["resolution"] for r in rows}), ("model", "e2e"),
+                                                        peers, (True, False)):
+            mine, theirs = ([r for r in rows if r["model"] == model and r["resolution"] == res and r["kind"] == kind
+                             and (r["mode"] in EXACT_MODES or not exact)] for model in (eseg, peer))
+            if not mine or not theirs:
+                continue
+            a, b = min(mine, key=lambda r: r["median_ms"]), min(theirs, key=lambda r: r["median_ms"])
+            a_min, b_min = min(mine, key=lambda r: r["min_ms"]), min(theirs, key=lambda r: r["min_ms"])
+            best.append({"pair": pair, "resolution": res, "kind": kind, "exact": exact, "eseg_model": eseg,
+                         "eseg_mode": a["mode"], "eseg_ms": a["median_ms"], "peer_model": peer,
+                         "peer_mode": b["mode"], "peer_ms": b["median_ms"],
+                         "ratio": round(a["median_ms"] / b["median_ms"], 3),
+                         "ratio_of_minimums": round(a_min["min_ms"] / b_min["min_ms"], 3)})
     meta = {"date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "device": f"cpu ({platform.processor() or platform.machine()})", "threads": args.threads,
-            "rounds": args.rounds, "warmup": args.warmup, "batch": 1, "dtype": "float32",
+            "rounds": args.rounds, "warmup": args.warmup, "batch": 1,
+            "dtype": "float32 (the bf16 mode: bfloat16 autocast)",
             "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
             "command": "python " + " ".join(sys.argv),
             "notes": "ratio = ESeg median / peer median (lower is better for ESeg); model = normalised tensor to "
                      "logits at the network's output stride; e2e = uint8 image to uint8 mask with the same exact "
-                     "post-processing for every model"}
+                     "post-processing for every model; exact modes are all but bf16, whose 'agreement' is the share "
+                     "of pixels whose class equals the model's own fp32 mask (random weights)"}
     # post-processing's share of ESeg-Lite-S's end-to-end time, in its best mode and in eseg's default (folded)
     for p in post:
         e2e = [r for r in rows if r["model"] == "ESeg-Lite-S" and r["resolution"] == p["resolution"]
@@ -304,7 +325,8 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
 
 def markdown(rows, best, meta, post=()) -> str:
     lines = [f"# ESeg vs peers — {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
-             f"median of {meta['rounds']} interleaved rounds, batch 1, fp32", "",
+             f"median of {meta['rounds']} interleaved rounds, batch 1, fp32 (bf16: compiled + bfloat16 autocast, "
+             "not exact)", "",
              f"`{meta['command']}` ({meta['date']})", ""]
     for res in meta["resolutions"]:
         for kind in ("e2e", "model"):
@@ -324,13 +346,24 @@ def markdown(rows, best, meta, post=()) -> str:
                         cells.append(f"{r['median_ms']:.1f} ({r['ratio_to_eseg']:.2f})")
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += ["## Best exact mode vs best exact mode", "", "| resolution | kind | ESeg (mode, ms) | peer (mode, ms) | "
-              "ratio |", "|---|---|---|---|---|"]
-    for b in sorted(best, key=lambda b: (b["pair"], b["resolution"], b["kind"])):
-        lines.append(f"| {b['resolution']} | {b['kind']} | {b['eseg_model']} ({b['eseg_mode']}, {b['eseg_ms']:.1f}) | "
-                     f"{b['peer_model']} ({b['peer_mode']}, {b['peer_ms']:.1f}) | {b['ratio']:.2f} |")
+    for exact, title in ((True, "Best exact mode vs best exact mode"),
+                         (False, "Best mode vs best mode (bf16 included)")):
+        lines += [f"## {title}", "", "| resolution | kind | ESeg (mode, median ms) | peer (mode, median ms) | "
+                  "ratio of medians | ratio of minimums |", "|---|---|---|---|---|---|"]
+        for b in sorted((b for b in best if b.get("exact", True) == exact),
+                        key=lambda b: (b["pair"], b["resolution"], b["kind"])):
+            lines.append(f"| {b['resolution']} | {b['kind']} | {b['eseg_model']} ({b['eseg_mode']}, "
+                         f"{b['eseg_ms']:.1f}) | {b['peer_model']} ({b['peer_mode']}, {b['peer_ms']:.1f}) | "
+                         f"{b['ratio']:.2f} | {b['ratio_of_minimums']:.2f} |")
+        lines.append("")
+    agree = [r for r in rows if "agreement" in r and r["kind"] == "e2e"]
+    if agree:
+        lines += ["## Not exact: argmax agreement with the model's own fp32 mask (demo frame, random weights)", "",
+                  "| model | mode | resolution | pixels equal |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['mode']} | {r['resolution']} | {100 * r['agreement']:.2f}% |" for r in agree]
+        lines.append("")
     if post:
-        lines += ["", "## Post-processing (exact bilinear upsampling + argmax of ESeg-Lite-S's logits)", "",
+        lines += ["## Post-processing (exact bilinear upsampling + argmax of ESeg-Lite-S's logits)", "",
                   "| resolution | median ms | share of ESeg-Lite-S end-to-end (best mode) |", "|---|---|---|"]
         for p in post:
             sh = p.get("share_of_best_e2e")

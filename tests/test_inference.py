@@ -185,7 +185,13 @@ def test_predictor_without_folding_and_bf16(tiny_model, one_thread):
     arr = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     ref = Predictor(tiny_model, device="cpu").predict(arr)
     assert (Predictor(tiny_model, device="cpu", fold=False, channels_last=False).predict(arr) == ref).mean() > 0.999
-    assert Predictor(tiny_model, device="cpu", amp="bf16").predict(arr).shape == (32, 48)
+    bf16 = Predictor(tiny_model, device="cpu", amp="bf16")
+    assert bf16.predict(arr).shape == (32, 48)
+    # the autocast is really applied (the logits are not fp32's bit for bit), and they stay within bf16's rounding
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float().div(255)
+    fp32_logits, bf16_logits = Predictor(tiny_model, device="cpu").logits(x), bf16.logits(x)
+    assert bf16_logits.dtype == torch.float32 and not torch.equal(bf16_logits, fp32_logits)
+    assert (bf16_logits - fp32_logits).abs().max() <= 0.05 * fp32_logits.abs().max()
     with pytest.raises(EsegError, match="fp16"):
         Predictor(tiny_model, device="cpu", amp="fp16")
 
@@ -229,6 +235,10 @@ def test_profile_times_the_inference_path_and_eager(tiny_model):
     eager = measure_latency(tiny_model, (64, 96), runs=1, warmup=0, eager=True)
     assert fast["path"].startswith("prepared") and eager["path"].startswith("eager")
     assert fast["latency_ms"] > 0 and eager["latency_ms"] > 0 and fast["fuse_bn"] and not eager["fuse_bn"]
+    bf16 = measure_latency(tiny_model, (64, 96), runs=1, warmup=0, amp="bf16")
+    assert fast["amp"] == "fp32" and bf16["amp"] == "bf16"
+    with pytest.raises(EsegError, match="fp16 needs CUDA"):  # the Predictor's own check, for the timed path too
+        measure_latency(tiny_model, (64, 96), runs=1, warmup=0, amp="fp16", device="cpu")
 
 
 def test_compiled_prepared_model_equals_training_model(one_thread):

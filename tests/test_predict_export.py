@@ -174,6 +174,9 @@ def test_predict_through_onnx_matches_pytorch(run_dir, images, tmp_path, one_thr
     p = Predictor(run_dir, device="cpu")
     label = np.array(Image.open(tmp_path / "out" / "a.png"))
     assert (label == p.predict(images / "a.png")).mean() > 0.999
+    # settings that only a checkpoint can take are refused, not ignored
+    res = invoke("predict", "--onnx", model, images, "--out", tmp_path / "out2", "--amp", "bf16")
+    assert res.exit_code == 2 and "--amp" in res.output and not (tmp_path / "out2").exists()
 
 
 def test_export_without_the_deploy_extra_says_how_to_install(run_dir, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -123,21 +124,15 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         fn = torch.compile(model) if compile else model
-    else:
-        from eseg_cli.inference import prepare_model, upsample_argmax
+        autocast = precision.autocast(dev, amp)
+    else:  # the Predictor's own path: autocast around the network only, exact post-processing in fp32
+        from eseg_cli.inference import Predictor
 
-        prepared = prepare_model(model, device=dev, compile=compile)
-        channels_last, fuse_bn = prepared.prepared["channels_last"], True
+        predictor = Predictor(model, device=dev, compile=compile, amp=amp)
+        channels_last, fuse_bn = predictor.channels_last, True
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        size = tuple(resolution)
-        if hasattr(prepared, "forward_logits"):
-            def fn(inp):
-                return upsample_argmax(prepared.forward_logits(inp).float(), size)
-        else:
-            def fn(inp):
-                return prepared(inp).argmax(1)
-    autocast = precision.autocast(dev, amp)
+        fn, autocast = predictor.labels, contextlib.nullcontext()
 
     def sync():
         if dev.type == "cuda":
@@ -167,6 +162,7 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
         "device": _device_name(dev),
         "channels_last": channels_last,
         "compile": compile,
+        "amp": amp or "fp32",
         "fuse_bn": fuse_bn,
         "path": "eager model(x)" if eager else "prepared (folded, exact upsample+argmax)",
         "peak_memory_mb": peak / 2**20,

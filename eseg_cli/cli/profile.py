@@ -63,8 +63,6 @@ def profile_cmd(
     from eseg_cli.models import SCALES
     from eseg_cli.utils import parse_size
 
-    if amp not in (None, "bf16", "fp16"):
-        raise EsegError(f"--amp must be bf16 or fp16, got {amp!r}")
     res = parse_size(resolution, "--resolution")
     lat_res = parse_size(latency_resolution, "--latency-resolution") if latency_resolution else None
     if all_ == bool(scale):
