@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -214,9 +215,13 @@ def main() -> None:
                     def e2e(fn=fn, image=image, cl=cl, res=res):
                         return upsample_argmax(fn(to_input(image, cl)).float(), res).numpy()
 
-                    for _ in range(args.warmup):  # compiles here, for the compiled modes
+                    graphs = counters["stats"]["unique_graphs"]
+                    for _ in range(max(args.warmup, 1)):  # compiles here, for the compiled modes
                         model_only()
                         e2e()
+                    if mode in ("compiled", "bf16") and counters["stats"]["unique_graphs"] == graphs:
+                        raise SystemExit(f"{name} {mode} {res[0]}x{res[1]} did not compile (dynamo ran it eagerly): "
+                                         "its times would not be what the mode says")
                     agreement = None
                     if mode not in EXACT_MODES:  # share of pixels whose class equals the fp32 model's
                         reference = upsample_argmax(prepare_model(model)(to_input(image, True)), res).numpy()

@@ -241,8 +241,13 @@ def test_profile_times_the_inference_path_and_eager(tiny_model):
         measure_latency(tiny_model, (64, 96), runs=1, warmup=0, amp="fp16", device="cpu")
 
 
-def test_compiled_prepared_model_equals_training_model(one_thread):
+def test_compiled_prepared_model_equals_training_model(one_thread, monkeypatch):
     """``--compile`` (inductor with freezing: oneDNN convs with fused activations) stays exact."""
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    # dynamo's own limit counts every instance of a method's code together; past it, it runs eagerly in silence
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 1)
     model = randomize(build_model("lite-s", **TINY))
     prepared = prepare_model(model, compile=True)
     assert prepared.prepared["compiled"]
@@ -253,3 +258,8 @@ def test_compiled_prepared_model_equals_training_model(one_thread):
         logits = prepared.forward_logits(x)
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-4
     assert logits.shape[-2:] == (16, 24)  # forward_logits (the Predictor's call) is compiled too and keeps stride 4
+    second = prepare_model(randomize(build_model("lite-s", **TINY)), compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        second.forward_logits(x)
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # a second model compiles too, past dynamo's limit

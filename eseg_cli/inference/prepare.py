@@ -69,17 +69,24 @@ def compile_inference(model: nn.Module) -> nn.Module:
     return model
 
 
+#: compiled graphs one method's code may hold (dynamo's own limit, 8, counts every model instance and input
+#: size together: past it dynamo silently runs the method eagerly, uncompiled and unfrozen)
+RECOMPILE_LIMIT = 64
+
+
 def _compiled_frozen(fn):
     """``torch.compile(fn)`` whose compilations (the first call, and each new input size) run with inductor's
     ``freezing`` on. It is read from the global config while compiling, where ``torch.compile(options=...)``
-    does not reach, so it is patched around each call rather than set for the whole process."""
+    does not reach, so it is patched around each call rather than set for the whole process; so is dynamo's
+    recompile limit (:data:`RECOMPILE_LIMIT`)."""
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     compiled = torch.compile(fn, dynamic=False)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with inductor_config.patch(freezing=True):
+        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
             return compiled(*args, **kwargs)
 
     return call
