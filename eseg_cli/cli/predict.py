@@ -55,7 +55,7 @@ def predict_cmd(
                                        help="Autocast: bf16 or fp16 (not exact). --compile --amp bf16 is the "
                                             "fastest path on CPUs with AVX512-BF16 or AMX and on GPUs."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing: "
-                                  "the fastest PyTorch path; each new image size compiles once, tens of seconds)."),
+                                  "the fastest exact path; each new image size compiles once, tens of seconds)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
