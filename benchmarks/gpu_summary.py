@@ -35,7 +35,7 @@ def main(out: Path) -> None:
     gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").is_file() else ""
 
     def mode(r):
-        amp = r.get("amp") or ("bf16" if "bf16" in r["check"] else "fp16" if "fp16" in r["check"] else "fp32")
+        amp = r.get("amp", "fp32")  # eseg profile --json records it
         return f"{amp} + compile" if r.get("compile") else amp
 
     fig4 = [{"model": m, "resolution": r.get("latency_resolution") or r.get("resolution"), "mode": mode(r),

@@ -58,6 +58,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eseg_cli.engine.precision import autocast  # noqa: E402
 from eseg_cli.inference import prepare_model, upsample_argmax  # noqa: E402
 from eseg_cli.inference.predictor import normalization_constants, normalize_uint8  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
@@ -125,7 +126,7 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
         compiled = prepare_model(model, channels_last=True, compile=True)
 
         def run_bf16(x):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast("cpu", "bf16"):
                 return compiled(x)
 
         return run_bf16, True

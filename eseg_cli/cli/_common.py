@@ -232,6 +232,8 @@ def set_threads(threads: int | None) -> None:
 
 
 THREADS_HELP = "torch CPU threads (default: torch's own, one per core)."
+PROFILES_HELP = ("FPS for Figure 4's measured panel: `eseg profile --json` output, a benchmark report "
+                 "(benchmarks/peers.py) or a folder of them (repeatable).")
 
 
 # A flag takes no value: typer (the releases that print types, with this hook) would still print its type

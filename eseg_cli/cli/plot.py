@@ -9,7 +9,15 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import THREADS_HELP, complete_device, confirm_overwrite, console, print_json, set_threads
+from eseg_cli.cli._common import (
+    PROFILES_HELP,
+    THREADS_HELP,
+    complete_device,
+    confirm_overwrite,
+    console,
+    print_json,
+    set_threads,
+)
 
 _FIGURES = ("figure1", "figure4", "curves")
 
@@ -19,9 +27,7 @@ def plot_cmd(
     results: Optional[list[Path]] = typer.Option(None, "--results", help="Run folders / `eseg ablate` output "
                                                  "(repeatable): training curves and measured mIoU."),
     out: Path = typer.Option(Path("reports/figures"), "--out", "-o", help="Folder for the PNG and SVG files."),
-    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help="FPS for Figure 4's measured panel: "
-                                                  "`eseg profile --json` output, a benchmark report "
-                                                  "(benchmarks/peers.py) or a folder of them (repeatable)."),
+    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help=PROFILES_HELP),
     measure_fps: bool = typer.Option(False, "--measure-fps", help="Time ESeg-Lite-S/M/L on this device for Figure 4."),
     fps_resolution: str = typer.Option("1024x2048", "--fps-resolution", help="Input HxW for --measure-fps."),
     device: str = typer.Option("auto", "--device", autocompletion=complete_device,

@@ -8,7 +8,15 @@ from typing import Optional
 import typer
 
 from eseg_cli.cli import app
-from eseg_cli.cli._common import THREADS_HELP, complete_device, confirm_overwrite, console, err_console, print_json
+from eseg_cli.cli._common import (
+    PROFILES_HELP,
+    THREADS_HELP,
+    complete_device,
+    confirm_overwrite,
+    console,
+    err_console,
+    print_json,
+)
 
 
 @app.command("report", rich_help_panel="Paper workbench")
@@ -21,9 +29,7 @@ def report_cmd(
                                  "(about a minute per model at 1024x2048 on a CPU)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Also draw Figures 1 and 4 and the "
                                  "training curves into <out>/figures (see `eseg plot`)."),
-    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help="FPS for Figure 4's measured panel: "
-                                                  "`eseg profile --json` output, a benchmark report "
-                                                  "(benchmarks/peers.py) or a folder of them (repeatable)."),
+    profiles: Optional[list[Path]] = typer.Option(None, "--profile", help=PROFILES_HELP),
     html: bool = typer.Option(True, "--html/--no-html", help="Also write <out>/report.html: one self-contained "
                               "page with every table, figure and run (default: on)."),
     samples: int = typer.Option(3, "--samples", min=0, help="Sample predictions per run with a checkpoint in the "

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from eseg_cli.engine.precision import amp_dtype, autocast
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.postprocess import upsample_argmax, upsample_logits
-from eseg_cli.inference.prepare import amp_dtype, prepare_model
+from eseg_cli.inference.prepare import prepare_model
 
 
 def read_image(image) -> np.ndarray:
@@ -208,7 +208,7 @@ class Predictor(BasePredictor):
         self.checkpoint = {k: ckpt.get(k) for k in ("config", "model_config", "step", "classes")}
         self.num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
         self.amp = amp
-        self._amp_dtype = amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
+        amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
         self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last, compile=compile)
         self.channels_last = self.model.prepared["channels_last"]
         m, s = normalization(ckpt)
@@ -221,15 +221,10 @@ class Predictor(BasePredictor):
         return (f"Predictor({self.source}, device={self.device}, classes={self.num_classes}, "
                 f"prepared={self.model.prepared}, amp={self.amp})")
 
-    def _autocast(self):
-        if self._amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self._amp_dtype)
-
     @torch.inference_mode()
     def low_res_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at the head's stride (or at the input size for models without ``forward_logits``)."""
-        with self._autocast():
+        with autocast(self.device, self.amp):
             out = self.model.forward_logits(x) if self._has_low_res else self.model(x)
         return out.float()
 
