@@ -195,4 +195,6 @@ def test_extra_level_pooling_matches_ceil_mode(size):
     from eseg_cli.models.bifpn import avg_pool2x
 
     x = torch.randn(2, 3, *size)
-    torch.testing.assert_close(avg_pool2x(x), F.avg_pool2d(x, 2, 2, ceil_mode=True))
+    # the reference: replicate-pad to even sizes, then a plain 2x pool (the form torch-xla runs)
+    padded = F.pad(x, (0, size[1] % 2, 0, size[0] % 2), mode="replicate")
+    torch.testing.assert_close(avg_pool2x(x), F.avg_pool2d(padded, 2, 2))

@@ -115,6 +115,7 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, files: list[tuple[Path, Path]], transform=None):
         self.files = files
+        self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None  # from preload()
         if transform is None:
             from eseg_cli.data.transforms import build_transforms
             transform = build_transforms(train=False)
@@ -132,7 +133,15 @@ class SegmentationDataset(Dataset):
         return label
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw ``(image HxWx3 uint8, mask HxW uint8)`` pair, before the transform."""
+        """The raw ``(image HxWx3 uint8, mask HxW uint8)`` pair, before the transform (a copy of the decoded pair
+        after :meth:`preload`, so that no transform can change what the next epoch reads)."""
+        if self._decoded is not None:
+            img, mask = self._decoded[index]
+            return img.copy(), mask.copy()
+        return self.read_pair(index)
+
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``load`` from the files: decode, map and check one pair."""
         ip, lp = self.files[index]
         img = read_image(ip)
         mask = self.map_label(read_label(lp), lp)
@@ -141,6 +150,25 @@ class SegmentationDataset(Dataset):
                             f"{img.shape[1]}x{img.shape[0]}; labels must match their images pixel for pixel")
         self.check_label_values(mask, lp)
         return img, mask
+
+    def decoded_bytes(self) -> int:
+        """The memory every pair takes decoded (image RGB + label), from the image headers alone."""
+        total = 0
+        for ip, _ in self.files:
+            try:
+                with Image.open(ip) as im:
+                    total += im.width * im.height * 4
+            except (OSError, SyntaxError, ValueError) as e:
+                raise EsegError(f"{ip}: cannot read the image ({e}); replace or remove the file") from None
+        return total
+
+    def preload(self) -> int:
+        """Decode every pair into memory once; :meth:`load` then serves copies of them (no file is read again,
+        and DataLoader workers share the arrays with the process that forked them). Returns the bytes held."""
+        self._decoded = None
+        decoded = [self.read_pair(i) for i in range(len(self))]
+        self._decoded = decoded
+        return sum(img.nbytes + mask.nbytes for img, mask in decoded)
 
     def check_label_values(self, mask: np.ndarray, path: Path) -> None:
         """Refuse (naming ``path``) a mapped label with values that are neither a class index nor the ignore

@@ -61,6 +61,7 @@ class TrainConfig:
     batch_size: int
     val_batch_size: int
     workers: int
+    preload_mb: int
     # optimisation
     optimizer: str
     lr: float
@@ -78,6 +79,7 @@ class TrainConfig:
     amp: Optional[str]
     ema_decay: Optional[float]
     channels_last: bool
+    compile: bool
     # bookkeeping
     seed: int
     deterministic: bool
@@ -188,8 +190,11 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
             check_model_options(cfg.scale, cfg.model)
         except EsegError as e:
             raise EsegError(f"{where}: 'model': {e}") from None
-    if cfg.warmup_steps < 0 or cfg.workers < 0 or cfg.freeze_encoder_steps < 0:
-        raise EsegError(f"{where}: 'warmup_steps', 'workers' and 'freeze_encoder_steps' must be >= 0")
+    if cfg.warmup_steps < 0 or cfg.workers < 0 or cfg.freeze_encoder_steps < 0 or cfg.preload_mb < 0:
+        raise EsegError(f"{where}: 'warmup_steps', 'workers', 'freeze_encoder_steps' and 'preload_mb' must be >= 0")
+    if cfg.compile and cfg.device == "xla":
+        raise EsegError(f"{where}: 'compile' is for CPU and CUDA (torch.compile); torch-xla compiles the training "
+                        "step itself, so set compile: false", field="compile")
     if cfg.encoder_lr_mult < 0:
         raise EsegError(f"{where}: 'encoder_lr_mult' must be >= 0, got {cfg.encoder_lr_mult!r}")
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:

@@ -27,3 +27,33 @@ def autocast(device: torch.device | str, amp: str | None) -> torch.autocast:
     """``torch.autocast`` for ``amp`` on ``device`` (a disabled one for full precision)."""
     dtype = amp_dtype(amp, device)
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def cpu_bf16_support() -> dict:
+    """What this CPU offers bfloat16 work, as torch's own CPU feature checks report it.
+
+    ``avx512_bf16`` (AVX512-BF16: bf16 dot products) and ``amx_bf16`` (AMX tiles: bf16 matrix multiply) run
+    bf16 convolutions and matmuls natively in oneDNN; ``native`` is either. Without them oneDNN converts to
+    float32 and back around each op, so bf16 autocast is slower than float32 there.
+    """
+    cpu = torch.cpu
+    avx512_bf16 = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    amx = bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "avx512_bf16": avx512_bf16, "amx_bf16": amx,
+            "native": avx512_bf16 or amx}
+
+
+def precision_note(amp: str | None, device: torch.device | str) -> str | None:
+    """One start-up line on CPU: the bf16 support found, and what it means for ``amp`` (None elsewhere)."""
+    if torch.device(device).type != "cpu":
+        return None
+    s = cpu_bf16_support()
+    found = " + ".join(n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if s[k])
+    if s["native"]:
+        tail = ("bf16 autocast on (amp: bf16)" if amp == "bf16"
+                else "amp: bf16 runs natively here (faster, not exact)")
+        return f"CPU: {s['capability']} with {found}: {tail}."
+    if amp == "bf16":
+        return (f"Warning: CPU: {s['capability']} without AVX512-BF16 or AMX: bf16 autocast is emulated here and "
+                "slower than float32; drop amp (--amp none) unless you need bf16's numerics.")
+    return f"CPU: {s['capability']} without AVX512-BF16 or AMX: training in float32 (bf16 would be emulated)."

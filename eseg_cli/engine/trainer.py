@@ -34,12 +34,13 @@ from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, clea
 from eseg_cli.engine.evaluator import evaluate_model
 from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
 from eseg_cli.engine.losses import build_loss
-from eseg_cli.engine.precision import amp_dtype, autocast
+from eseg_cli.engine.precision import amp_dtype, autocast, precision_note
 from eseg_cli.engine.run import Run
 from eseg_cli.engine.sampling import MixedDataset, MixedSampler, ResumableSampler, SeededDataset
 from eseg_cli.engine.schedule import WarmupCosine
 from eseg_cli.errors import EsegError, Interrupted
 from eseg_cli.events import Emitter, OnEvent, tee
+from eseg_cli.inference.prepare import compile_training
 
 RUNS_DIR = Path("runs")  # where a run without a folder of its own goes (relative to the working directory)
 VAL_KEYS = ("mIoU", "pixAcc", "mAcc", "fwIoU")
@@ -57,6 +58,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # ... but not its debugging aid that fills every new tensor with NaN (so that reading uninitialised
+        # memory shows): it changes no result of a correct program and made training steps 10x slower on CPU
+        # in channels_last (benchmarks/README.md)
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
 
 
@@ -130,6 +135,24 @@ def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Calla
         raise EsegError(problem)
 
 
+def preload_training_set(train_ds, max_mb: int, say: Callable[[str], None]) -> None:
+    """Decode the training set into memory once (:meth:`SegmentationDataset.preload`) when it takes at most
+    ``max_mb`` MB decoded: decoding PNGs was three quarters of the data pipeline's time (benchmarks/README.md).
+    A mixed set's sources share the budget; a dataset without ``preload`` (a user's own) is read as it is."""
+    sources = list(getattr(train_ds, "sources", [train_ds]))
+    if max_mb <= 0 or not all(hasattr(ds, "preload") for ds in sources):
+        return
+    need = sum(ds.decoded_bytes() for ds in sources)
+    if need > max_mb * 2 ** 20:
+        say(f"Training set: {need / 2 ** 20:.0f} MB decoded, more than preload_mb {max_mb}; read from disk each "
+            "step.")
+        return
+    t0 = time.perf_counter()
+    held = sum(ds.preload() for ds in sources)
+    say(f"Preloaded {sum(len(ds) for ds in sources)} training images ({held / 2 ** 20:.0f} MB decoded) in "
+        f"{time.perf_counter() - t0:.1f} s.")
+
+
 def build_train_model(cfg: TrainConfig, num_classes: int, weights=None, init: dict | None = None) -> nn.Module:
     """The model of ``cfg``; ``weights`` (from :func:`~eseg_cli.engine.initialize.encoder_start`) replace
     reading ``cfg.pretrained`` again; ``init`` (the ``init_from`` checkpoint) gives its architecture."""
@@ -157,9 +180,12 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         lr = cfg.lr * (cfg.encoder_lr_mult if is_enc else 1.0)
         groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "encoder": is_enc},
                    {"params": no_decay, "weight_decay": 0.0, "lr": lr, "encoder": is_enc}]
+    # one fused kernel per step over all parameters where torch has it (CPU, CUDA): the per-tensor loop took a
+    # third of an ESeg-Lite-S step on 2 CPU cores (benchmarks/README.md); torch-xla keeps the default
+    fused = {"fused": True} if next(model.parameters()).device.type in ("cpu", "cuda") else {}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -365,6 +391,7 @@ class Trainer:
                 self.run.write_pretrained_report(self.load_report.to_dict())
             if self.init_report is not None:
                 self.run.write_init_report(self.init_report.to_dict(), self.init_report.table())
+        self.compile_s: float | None = None  # seconds the first (compiling) step took, with cfg.compile
         self._losses: list[torch.Tensor] = []  # this log interval's losses, still on the device
         self._checked_step = -1  # the last step whose losses were checked finite
 
@@ -392,6 +419,7 @@ class Trainer:
             raise EsegError(f"the training set has {len(train_ds)} images, fewer than one batch "
                             f"({cfg.batch_size} x {rt.world_size} processes); lower batch_size")
         self.train_ds, self.val_ds = train_ds, val_ds
+        preload_training_set(train_ds, cfg.preload_mb, self.emit.message)
 
     def _setup_model(self, model: nn.Module | None, state: dict | None, weights, init: dict | None) -> None:
         cfg, rt = self.cfg, self.rt
@@ -455,6 +483,11 @@ class Trainer:
             self.ema = WeightEma(self.model, cfg.ema_decay)
         self.criterion = build_loss(cfg.loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                                     ignore_index=self.ignore_index)
+        self.forward_loss = self._forward_loss
+        if cfg.compile:
+            # forward and loss as one graph (AOTAutograd derives the backward); the optimizer step stays eager
+            # (fused already). The first step compiles: fit() reports how long it took.
+            self.forward_loss = compile_training(self._forward_loss)
 
     def _restore(self, state: dict) -> None:
         """Continue from ``state`` (a ``last.pt``): optimizer, schedule, scaler, EMA, RNG, step and best so far."""
@@ -528,13 +561,7 @@ class Trainer:
         clipping.
         """
         cfg, rt = self.cfg, self.rt
-        image = image.to(self.device, non_blocking=True)
-        target = target.to(self.device, non_blocking=True)
-        if cfg.channels_last and not rt.xla:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, cfg.amp):
-            logits = self.net(image)
-        loss = self.criterion(logits.float(), target)
+        loss = self.forward_loss(*self.to_device(image, target))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if rt.xla:
@@ -557,6 +584,19 @@ class Trainer:
         if rt.xla:
             torch_xla.sync()
         return loss.detach()
+
+    def to_device(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the run's device, the image in the run's memory format."""
+        image = image.to(self.device, non_blocking=True)
+        if self.cfg.channels_last and not self.rt.xla:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, target.to(self.device, non_blocking=True)
+
+    def _forward_loss(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The network under the run's autocast, then the loss in float32: what ``compile`` compiles."""
+        with autocast(self.device, self.cfg.amp):
+            logits = self.net(image)
+        return self.criterion(logits.float(), target)
 
     # ------------------------------------------------------------------ hooks
     def _is_validation_step(self, step: int) -> bool:
@@ -653,6 +693,9 @@ class Trainer:
         """Train from the current step to ``end``; write and return the summary."""
         cfg, rt = self.cfg, self.rt
         self.emit("start", self.step)
+        note = precision_note(cfg.amp, self.device)
+        if note:
+            self.emit.message(note, self.step)
         last_metrics = self.history[-1] if self.history else None
         if self.pending_validation:  # its checkpoint was written, then the run stopped before validating
             last_metrics = self.validate(self.step)
@@ -662,7 +705,14 @@ class Trainer:
         self.net.train()
         while self.step < end:
             image, target = next(batches)
-            self._losses.append(self.train_step(image, target))
+            if cfg.compile and self.compile_s is None:
+                t_compile = time.perf_counter()
+                self._losses.append(self.train_step(image, target))
+                self.compile_s = round(time.perf_counter() - t_compile, 1)
+                self.emit.message(f"Compiled the training step in {self.compile_s:.0f} s (the first step; it pays "
+                                  "back over the run).", self.step + 1)
+            else:
+                self._losses.append(self.train_step(image, target))
             images += image.shape[0] * rt.world_size
             self.step += 1
             step, is_last = self.step, self.step == end
@@ -694,6 +744,7 @@ class Trainer:
             "best_mIoU": self.best if self.best >= 0 else None, "best_step": self.best_step,
             "final_metrics": last_metrics, "history": self.history,
             "checkpoint": str(best_path if best_path.is_file() else last_path), "last_checkpoint": str(last_path),
+            "compile_s": self.compile_s,
         }
         if stopped_by:
             summary["stopped_by"] = signal.Signals(stopped_by).name

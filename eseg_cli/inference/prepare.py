@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from eseg_cli.engine.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
+from eseg_cli.errors import EsegError
 from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
 
 
@@ -77,19 +78,45 @@ RECOMPILE_LIMIT = 64
 def _compiled_frozen(fn):
     """``torch.compile(fn)`` whose compilations (the first call, and each new input size) run with inductor's
     ``freezing`` on. It is read from the global config while compiling, where ``torch.compile(options=...)``
-    does not reach, so it is patched around each call rather than set for the whole process; so is dynamo's
-    recompile limit (:data:`RECOMPILE_LIMIT`)."""
+    does not reach, so it is patched around each call rather than set for the whole process."""
+    return compiled(fn, freezing=True)
+
+
+def compile_training(fn):
+    """``torch.compile(fn)`` for a training step's forward and loss (no freezing: the weights change)."""
+    return compiled(fn, freezing=False)
+
+
+def compiled(fn, *, freezing: bool):
+    """``torch.compile(fn, dynamic=False)`` with inductor's ``freezing`` as given and dynamo's recompile limit
+    raised to :data:`RECOMPILE_LIMIT`, both patched around each call; refuses early (naming what to do) when
+    inductor's CPU kernels would need a C++ compiler that is not there."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(fn, dynamic=False)
+    require_cpp_compiler()
+    compiled_fn = torch.compile(fn, dynamic=False)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return compiled(*args, **kwargs)
+        with inductor_config.patch(freezing=freezing), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled_fn(*args, **kwargs)
 
     return call
+
+
+def require_cpp_compiler() -> None:
+    """Raise :class:`~eseg_cli.errors.EsegError` when inductor has no C++ compiler (it builds every CPU
+    kernel with one, ``$CXX`` or ``g++``), instead of an internal error at the first compiled call."""
+    import shutil
+
+    import torch._inductor.config as inductor_config
+
+    names = [c for c in inductor_config.cpp.cxx if c]
+    if not any(shutil.which(c) for c in names):
+        raise EsegError(f"compile needs a C++ compiler for inductor's CPU kernels and none of {', '.join(names)} "
+                        "was found; install one (e.g. apt-get install g++, or set CXX) or drop compile",
+                        field="compile")
 
 
 def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold: bool = True,

@@ -138,13 +138,15 @@ class BiFPNLayer(nn.Module):
 def avg_pool2x(x: torch.Tensor) -> torch.Tensor:
     """2x average pooling to ceil(H/2) x ceil(W/2), averaging only real pixels at odd edges.
 
-    Replicate padding to even sizes gives exactly ``avg_pool2d(ceil_mode=True)``'s result, but unlike
-    it also works on torch-xla, where ``ceil_mode`` turns a 1x1 map into 0x0.
+    ``avg_pool2d(ceil_mode=True)`` divides a partial edge window by its real pixels, so it equals replicate
+    padding to even sizes followed by a plain 2x pool (checked in tests/test_models.py). The padded form is kept
+    for torch-xla only, where ``ceil_mode`` turns a 1x1 map into 0x0: everywhere else it costs a copy per level
+    and its backward (``replication_pad2d_backward``) broke inductor's compiled training step in channels-last.
     """
-    h, w = x.shape[-2:]
-    # unconditional (a zero pad is a no-op): a traced or exported graph then pads odd sizes too
-    x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
-    return F.avg_pool2d(x, kernel_size=2, stride=2)
+    if x.device.type == "xla":
+        h, w = x.shape[-2:]
+        return F.avg_pool2d(F.pad(x, (0, w % 2, 0, h % 2), mode="replicate"), kernel_size=2, stride=2)
+    return F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
 
 
 class BiFPNDecoder(nn.Module):

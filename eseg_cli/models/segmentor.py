@@ -46,5 +46,7 @@ class Segmentor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        logits = self.forward_logits(x)
+        # the small stride-4 logits in NCHW: the full-size ones then come out NCHW, the layout the loss's
+        # gradient has, and the upsampling's backward needs no full-size layout copy (channels_last training)
+        logits = self.forward_logits(x).contiguous()
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
