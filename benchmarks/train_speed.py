@@ -25,7 +25,6 @@ the ratios asked by the acceptance, and the CPU model and flags.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
