@@ -21,9 +21,9 @@ from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
 
 # Why a private op: for 1x1 kernels PyTorch's CPU dispatcher picks its generic ``_slow_conv2d_forward`` (a
 # GEMM), which first copies the bias into the whole output. Once batch norm is folded every 1x1 conv has a bias,
-# and that copy costs about as much as the GEMM; ESeg's decoder and MBConv blocks are mostly 1x1 convs, so eager
-# CPU inference was ~1.5x slower than it need be. ``aten::mkldnn_convolution`` (oneDNN, what the dispatcher picks
-# for larger kernels) computes the same result in about half the time. It is private: no stability promise. So
+# and that copy costs about as much as the GEMM; ESeg's MBConv blocks and decoder are full of 1x1 convs.
+# ``aten::mkldnn_convolution`` (oneDNN, what the dispatcher picks for larger kernels) computes the same result
+# (bit for bit in our tests) in about half the time. It is private: no stability promise. So
 # it is used only after :func:`check_onednn_pointwise` found it with the schema below and computing what
 # ``conv2d`` computes; otherwise preparing a model fails loudly (never silently slower, never wrong).
 ONEDNN_OP = "mkldnn_convolution"
