@@ -104,15 +104,27 @@ def test_root_help_has_examples():
 
 def test_choices_complete_and_accept_any_case():
     from eseg_cli.analysis.ablate import cells_for
-    from eseg_cli.cli._common import CELLS, SCALES, value
+    from eseg_cli.cli._common import CELLS, complete_model, value
     from eseg_cli.models import list_models
 
     ablate = typer.main.get_command(app).commands["ablate"]
     ctx = ablate.make_context("ablate", ["levels", "--cell", "P3-P7", "--scale", "S"])
     # typer >= 0.17 hands the Enum members to the command, older releases their strings: value() takes both
-    assert [value(c) for c in ctx.params["cells"]] == ["p3-p7"] and value(ctx.params["scale"]) == "s"
+    assert [value(c) for c in ctx.params["cells"]] == ["p3-p7"] and ctx.params["scale"] == "S"
     res = runner.invoke(app, ["ablate", "levels", "--cell", "P3-P8"])
     assert res.exit_code == 2 and "P3-P8" in res.output
 
     assert {c.name for k in ("decoder", "levels", "fusion") for c in cells_for(k)} == {c.value for c in CELLS}
-    assert set(list_models()) <= {s.value for s in SCALES}
+    # --scale completes from the registry: every registered name, and the ESeg family's short ones
+    assert set(complete_model("")) == {*list_models(), "lite-s", "lite-m", "lite-l", "s", "m", "l"}
+    assert complete_model("DEEP") == ["deeplabv3plus"]
+
+
+@pytest.mark.parametrize("command", [["train", "--steps", "1"], ["profile", "--no-latency", "--no-flops"],
+                                     ["ablate", "levels"]])
+def test_an_unknown_model_is_one_line_naming_scale(command):
+    res = runner.invoke(app, [*command, "--scale", "eseg-xl"])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "--scale" in line and "'eseg-xl'" in line and "eseg-lite-s" in line

@@ -81,8 +81,9 @@ def _folder(root, n=2, num_classes=3, size=(64, 128)):
     return root
 
 
-def test_cli_init_from_another_class_count_with_a_frozen_encoder(tmp_path):
+def test_cli_init_from_another_class_count_with_a_frozen_encoder(tmp_path, monkeypatch):
     from eseg_cli.data import synthetic
+    from eseg_cli.engine import checkpoint
 
     syn = tmp_path / "syn"
     synthetic.generate(syn, num_train=2, num_val=1, size=(64, 128), seed=0)
@@ -93,11 +94,19 @@ def test_cli_init_from_another_class_count_with_a_frozen_encoder(tmp_path):
                                  "--set", f"model={TINY}", "--set", "ema_decay=null", *common])
     assert r.exit_code == 0, r.output
     dst = tmp_path / "dst"
+    reads, load = [], checkpoint.load_checkpoint
+
+    def counted(path, *a, **k):
+        reads.append(str(path))
+        return load(path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", counted)
     r = CliRunner().invoke(app, ["train", "--dataset", "folder", "--data-root", str(_folder(tmp_path / "three")),
                                  "--run-dir", str(dst), "--init-from", str(src), "--freeze-encoder", "2",
                                  "--encoder-lr-mult", "0.1", *common])
     assert r.exit_code == 0, r.output
     assert "re-initialised" in r.output
+    assert reads.count(str(src)) == 1  # --init-from is read once: its scale and its weights come from that read
     report = json.loads((dst / "init_from.json").read_text())
     assert {x["tensor"] for x in report["reinitialised"]} == {"head.classifier.1.weight", "head.classifier.1.bias"}
     assert (dst / "init_from.txt").is_file()

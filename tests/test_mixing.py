@@ -59,7 +59,8 @@ def test_mixing_sampler_resumes_and_splits_over_processes():
 
 def test_extra_data_config_is_checked():
     cfg = load_config(overrides={"extra_data": [{"root": "pl"}, {"dataset": "synthetic", "root": "x", "ratio": 0.25}]})
-    assert cfg.extra_data[0] == {"dataset": "folder", "root": "pl", "ratio": 0.5, "split": "train"}
+    assert cfg.extra_data[0] == {"dataset": "folder", "root": "pl", "ratio": 0.5, "split": "train"}  # base.yaml's
+    assert load_config(overrides={"extra_data": [{"root": "pl"}], "extra_ratio": 0.3}).extra_data[0]["ratio"] == 0.3
     for bad, msg in [([{"root": "a", "ratio": 1.5}], "ratio"), ([{"ratio": 0.5}], "root"),
                      ([{"root": "a", "ratio": 0.6}, {"root": "b", "ratio": 0.5}], "add up"),
                      ([{"root": "a", "dataset": "imagenet"}], "dataset"), ([{"root": "a", "rate": 0.1}], "unknown")]:

@@ -23,6 +23,8 @@ from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json, atomic_write_text, cache_dir
 
 RESULTS_FILE = "results.jsonl"
+#: training steps per cell when ``run_ablation(train=True)`` is given none: a short schedule that ranks the cells
+ABLATION_STEPS = 200
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,12 @@ def cells_for(kind: str, scale: str = "eseg-s") -> list[Cell]:
     """The cells of ablation ``kind`` (``decoder``, ``levels`` or ``fusion``)."""
     if kind not in ABLATIONS:
         raise EsegError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
-    from eseg_cli.models import resolve_scale
+    from eseg_cli.models import SCALES, model_name
 
-    return ABLATIONS[kind](resolve_scale(scale).name)  # "s", "S" -> "eseg-s": one name per model in the rows
+    name = model_name(scale, field="scale")  # "s", "S" -> "eseg-s": one name per model in the rows
+    if name not in SCALES:
+        raise EsegError(f"'scale' must be an ESeg scale ({', '.join(SCALES)}), got {scale!r}", field="scale")
+    return ABLATIONS[kind](name)
 
 
 # ----------------------------------------------------------------------------- measurement cache
@@ -116,9 +121,9 @@ def cached_measurement(model: str, kwargs: dict | None = None, *, resolution: tu
 
 def measure(model: str, kwargs: dict | None = None, *, resolution: tuple[int, int] = (1024, 2048),
             num_classes: int = 19, use_cache: bool = True) -> dict:
-    """Params and FLOPs (fvcore total and conv-only multiply-adds) of one model, cached on disk."""
+    """Params and FLOPs (fvcore total and conv-only multiply-adds) of the registered model ``model``, cached on disk."""
     from eseg_cli.analysis.profiler import count_flops, count_params
-    from eseg_cli.models import build_model
+    from eseg_cli.models import create_model
 
     kwargs = dict(kwargs or {})
     key = _cache_key(model, kwargs, num_classes, resolution)
@@ -126,7 +131,7 @@ def measure(model: str, kwargs: dict | None = None, *, resolution: tuple[int, in
     if key in cache:
         return dict(cache[key], cached=True)
     try:
-        net = build_model(model, num_classes=num_classes, **kwargs)
+        net = create_model(model, num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise EsegError(f"model {model!r} does not accept these options {kwargs}: {e}") from None
     res = dict(count_params(net))
@@ -224,17 +229,19 @@ def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, datase
 
 def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resolution: tuple[int, int] = (1024, 2048),
                  num_classes: int = 19, model_kwargs: dict | None = None, cells: list[str] | None = None,
-                 train: bool = False, steps: int = 200, dataset: str = "synthetic", data_root: str | None = None,
-                 recipe: str | None = None, train_overrides: dict | None = None, use_cache: bool = True,
-                 on_event: OnEvent | None = None) -> list[dict]:
+                 train: bool = False, steps: int | None = None, dataset: str = "synthetic",
+                 data_root: str | None = None, recipe: str | None = None, train_overrides: dict | None = None,
+                 use_cache: bool = True, on_event: OnEvent | None = None) -> list[dict]:
     """Run ablation ``kind`` into ``out_dir``; return one row per cell (finished earlier or now).
 
     ``model_kwargs`` are added to every cell's model options (tiny models for tests). ``cells`` picks a
-    subset by name. ``on_event`` gets progress events: task ``ablate`` (one ``advance`` per cell, its
+    subset by name; with ``train``, each cell trains ``steps`` steps (default
+    :data:`ABLATION_STEPS`). ``on_event`` gets progress events: task ``ablate`` (one ``advance`` per cell, its
     ``item`` the cell name, ``message`` "skipped" or "done", ``metrics`` its row) and the ``train`` events
     of each cell's training.
     """
     all_cells = cells_for(kind, scale)
+    steps = ABLATION_STEPS if steps is None else steps
     if cells:
         unknown = sorted(set(cells) - {c.name for c in all_cells})
         if unknown:

@@ -128,12 +128,12 @@ def _run_config(folder: Path) -> dict | None:
     cfg = Run(folder).read_config()
     if not isinstance(cfg, dict) or "scale" not in cfg:
         return None
-    from eseg_cli.models import resolve_scale
+    from eseg_cli.models import model_name
 
-    try:
-        name = resolve_scale(cfg["scale"]).name
+    try:  # a config read from disk: eseg stores the registered name, a hand-written one may not
+        name = model_name(cfg["scale"])
     except EsegError:
-        name = str(cfg["scale"])  # another registered model, e.g. deeplabv3plus
+        name = str(cfg["scale"])  # a model this installation does not register: shown as written
     return {"model_config": {"name": name, **(cfg.get("model") or {})}, "dataset": cfg.get("dataset")}
 
 

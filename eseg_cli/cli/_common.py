@@ -197,15 +197,14 @@ def human(n: float, unit: str = "") -> str:
 
 
 # ----------------------------------------------------------------------------- shared choices
-# Enum choices give validation and shell completion; case-insensitive (`--scale S`, `--cell P3-P7`). The values
-# are written here, not imported, so that `eseg --help` needs no torch; tests/test_cli.py checks them against
-# the model registry and the ablation cells.
+# Enum choices give validation and shell completion; case-insensitive (`--cell P3-P7`). The values are written
+# here, not imported, so that `eseg --help` needs no torch; tests/test_cli.py checks them against the ablation
+# cells. Model names are not listed here: the registry (which needs torch) has them, so `--scale` takes any
+# text, the library resolves it (an unknown name is one line naming --scale), and TAB asks the registry.
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v.replace("-", "_").replace(".", "_"): v for v in values}, type=str)
 
 
-SCALES = _choices("Scale", ("lite-s", "lite-m", "lite-l", "s", "m", "l", "eseg-lite-s", "eseg-lite-m",
-                            "eseg-lite-l", "eseg-s", "eseg-m", "eseg-l", "deeplabv3plus"))
 MODES = _choices("Mode", ("whole", "slide", "msflip"))
 AMPS = _choices("Amp", ("bf16", "fp16"))
 CELLS = _choices("Cell", ("b1-bifpn", "b1-deeplab-os16", "b1-deeplab-os32", "r50-bifpn", "r50-deeplab-os16",
@@ -216,6 +215,17 @@ CELLS = _choices("Cell", ("b1-bifpn", "b1-deeplab-os16", "b1-deeplab-os32", "r50
 def value(choice) -> Any:
     """An Enum choice (or None, or a plain value) as the plain value the library takes."""
     return choice.value if isinstance(choice, Enum) else choice
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """Shell completion for --scale: the registered model names, and the ESeg family's without ``eseg-`` (imports
+    the registry, so torch, only when TAB asks)."""
+    from eseg_cli.models import list_models
+    from eseg_cli.models.registry import FAMILY_PREFIX
+
+    names = list_models()
+    names += [n[len(FAMILY_PREFIX):] for n in names if n.startswith(FAMILY_PREFIX)]
+    return [n for n in names if n.startswith(incomplete.lower())]
 
 
 def complete_device(incomplete: str) -> list[str]:

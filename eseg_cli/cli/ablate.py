@@ -12,9 +12,9 @@ from rich.table import Table
 from eseg_cli.cli import app
 from eseg_cli.cli._common import (
     CELLS,
-    SCALES,
     THREADS_HELP,
     complete_device,
+    complete_model,
     console,
     human,
     parse_sets,
@@ -30,13 +30,15 @@ def ablate_cmd(
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o",
                              help="Output folder; rows go to <out>/<kind>/results.jsonl."),
     resolution: str = typer.Option("1024x2048", "--resolution", "-r", help="Input HxW for FLOPs (paper: 1024x2048)."),
-    scale: SCALES = typer.Option("s", "--scale", "-s", case_sensitive=False,
-                                 help="ESeg scale of the levels/fusion ablations."),
+    scale: str = typer.Option("s", "--scale", "-s", metavar="NAME", autocompletion=complete_model,
+                              help="ESeg scale of the levels/fusion ablations (any case)."),
     cells: Optional[list[CELLS]] = typer.Option(None, "--cell", case_sensitive=False,
                                                 help="Run only this cell (repeatable; any case, e.g. P3-P7)."),
     num_classes: int = typer.Option(19, "--num-classes", min=1, help="Classifier outputs."),
     train: bool = typer.Option(False, "--train", help="Also train every cell and record its eval mIoU."),
-    steps: int = typer.Option(200, "--steps", min=1, help="Training steps per cell (with --train)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="Training steps per cell (with --train); default: a short schedule that "
+                                             "ranks the cells (eseg_cli.analysis.ablate.ABLATION_STEPS)."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d", help="Training dataset (with --train)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (synthetic: generated)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe YAML shared by every cell."),
@@ -63,7 +65,7 @@ def ablate_cmd(
 
       [cyan]eseg ablate decoder --train --steps 30 --set crop_size=[128,128] --set max_val_images=10[/]
     """
-    scale, cells = value(scale), [value(c) for c in cells] if cells else None
+    cells = [value(c) for c in cells] if cells else None
     set_threads(threads)
     from eseg_cli.analysis.ablate import run_ablation
     from eseg_cli.cli._progress import ProgressReporter, use_bar

@@ -10,9 +10,9 @@ from rich.table import Table
 from eseg_cli.cli import app
 from eseg_cli.cli._common import (
     AMPS,
-    SCALES,
     THREADS_HELP,
     complete_device,
+    complete_model,
     console,
     err_console,
     human,
@@ -23,9 +23,9 @@ from eseg_cli.cli._common import (
 
 @app.command("profile", rich_help_panel="Models")
 def profile_cmd(
-    scale: Optional[SCALES] = typer.Option(None, "--scale", "-s", case_sensitive=False,
-                                           help="lite-s, lite-m, lite-l, s, m or l (any case), or a registered model "
-                                                "name."),
+    scale: Optional[str] = typer.Option(None, "--scale", "-s", metavar="NAME", autocompletion=complete_model,
+                                        help="lite-s, lite-m, lite-l, s, m or l (any case), or a registered model "
+                                             "name (`eseg models`)."),
     all_: bool = typer.Option(False, "--all", help="Profile every ESeg scale into one table."),
     resolution: str = typer.Option("1024x2048", "--resolution", "-r", help="Input HxW for FLOPs (and latency)."),
     num_classes: int = typer.Option(19, "--num-classes", min=1, help="Classifier outputs."),
@@ -57,17 +57,17 @@ def profile_cmd(
 
       [cyan]eseg profile -s lite-s -r 1024x2048 --latency-resolution 512x1024 --channels-last[/]
     """
-    scale, amp = value(scale), value(amp)
+    amp = value(amp)
     from eseg_cli.analysis.profiler import profile_model
     from eseg_cli.errors import EsegError
-    from eseg_cli.models import SCALES
+    from eseg_cli.models import SCALES, model_name
     from eseg_cli.utils import parse_size
 
     res = parse_size(resolution, "--resolution")
     lat_res = parse_size(latency_resolution, "--latency-resolution") if latency_resolution else None
     if all_ == bool(scale):
         raise EsegError("give exactly one of --scale NAME or --all")
-    names = list(SCALES) if all_ else [scale]
+    names = list(SCALES) if all_ else [model_name(scale, field="scale")]
     results = []
     for name in names:
         if not json_out:

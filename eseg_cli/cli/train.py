@@ -10,9 +10,9 @@ import typer
 from eseg_cli.cli import app
 from eseg_cli.cli._common import (
     AMPS,
-    SCALES,
     THREADS_HELP,
     complete_device,
+    complete_model,
     confirm_overwrite,
     err_console,
     parse_sets,
@@ -26,9 +26,9 @@ from eseg_cli.cli._common import (
 
 @app.command("train", rich_help_panel="Train and evaluate")
 def train_cmd(
-    scale: Optional[SCALES] = typer.Option(None, "--scale", "-s", case_sensitive=False,
-                                           help="ESeg scale or registered model name; "
-                                                f"{_r('scale')}, or --init-from's model."),
+    scale: Optional[str] = typer.Option(None, "--scale", "-s", metavar="NAME", autocompletion=complete_model,
+                                        help="ESeg scale (lite-s ... l, any case) or registered model name (`eseg "
+                                             f"models`); {_r('scale')}, or --init-from's model."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
                                           help="cityscapes, ade20k, synthetic or folder (default: the built-in "
                                                "synthetic set, generated on first use)."),
@@ -68,8 +68,9 @@ def train_cmd(
     extra_data: Optional[list[Path]] = typer.Option(
         None, "--extra-data", help="Another training source in the folder-dataset layout (e.g. from `eseg "
                                    "pseudo-label`), mixed in at --extra-ratio; repeatable."),
-    extra_ratio: float = typer.Option(0.5, "--extra-ratio", min=0.0, max=1.0,
-                                      help="Share of training samples drawn from each --extra-data source."),
+    extra_ratio: Optional[float] = typer.Option(None, "--extra-ratio", min=0.0, max=1.0,
+                                                help="Share of training samples drawn from each --extra-data "
+                                                     f"source; {_r('extra_ratio')}."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
                                          help=f"Data-loader workers per process; {_r('workers')}."),
     eval_interval: Optional[int] = typer.Option(None, "--eval-interval", min=1,
@@ -118,6 +119,7 @@ def train_cmd(
 
     from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.engine import train
+    from eseg_cli.engine.initialize import read_init_source
     from eseg_cli.errors import EsegError, Interrupted
 
     if threads:
@@ -134,25 +136,28 @@ def train_cmd(
                                     " (only --steps and --data-root may change), or start a new run")
                 summary = train({}, resume, resume=True, steps=steps, data_root=data_root, on_event=on_event)
             else:
+                init = read_init_source(init_from) if init_from else None  # read once, handed to the trainer
+                if scale is None and init is not None:  # the architecture of the run it starts from
+                    scale = (init.get("model_config") or {}).get("name")
                 cfg = _config(scale, dataset, recipe, set_, dict(
                     data_root=str(data_root) if data_root else None, steps=steps, batch_size=batch_size,
                     crop_size=crop, lr=lr, optimizer=optimizer, weight_decay=weight_decay, warmup_steps=warmup_steps,
                     loss=loss, amp=amp, ema_decay=ema, clip_grad=clip_grad,
                     pretrained=str(pretrained) if pretrained else None, workers=workers, eval_interval=eval_interval,
                     init_from=str(init_from) if init_from else None, freeze_encoder_steps=freeze_encoder,
-                    encoder_lr_mult=encoder_lr_mult,
+                    encoder_lr_mult=encoder_lr_mult, extra_ratio=extra_ratio,
                     log_interval=log_interval, seed=seed, device=device, check_data=None if check else False,
                     tensorboard=True if tensorboard else None),
-                    extra_data, extra_ratio)
+                    extra_data)
                 overwrite = run_dir is not None and _confirm_start_over(run_dir, yes)
-                summary = train(cfg, run_dir, overwrite=overwrite, on_event=on_event)
+                summary = train(cfg, run_dir, overwrite=overwrite, on_event=on_event, init=init)
         except Interrupted as e:
             e.resume = f"run: {_resume_command(e.summary.get('run_dir', resume), threads)}"
             raise
     _report(summary, json_out)
 
 
-def _config(scale, dataset, recipe, set_, flags: dict, extra_data, extra_ratio):
+def _config(scale, dataset, recipe, set_, flags: dict, extra_data):
     """The recipe, then ``--set key=value`` items, then the flags that were given."""
     from eseg_cli.engine import load_config
     from eseg_cli.utils import parse_size
@@ -162,11 +167,7 @@ def _config(scale, dataset, recipe, set_, flags: dict, extra_data, extra_ratio):
         flags["crop_size"] = list(parse_size(flags["crop_size"], "--crop"))
     overrides.update({k: v for k, v in flags.items() if v is not None})  # flags beat --set, unset flags don't
     if extra_data:
-        overrides["extra_data"] = [{"dataset": "folder", "root": str(d), "ratio": extra_ratio} for d in extra_data]
-    if scale is None and flags.get("init_from"):  # the architecture of the run it starts from
-        from eseg_cli.engine.checkpoint import load_checkpoint
-
-        scale = (load_checkpoint(flags["init_from"]).get("model_config") or {}).get("name")
+        overrides["extra_data"] = [{"dataset": "folder", "root": str(d)} for d in extra_data]  # at extra_ratio
     return load_config(dataset, scale, overrides, recipe=recipe)
 
 

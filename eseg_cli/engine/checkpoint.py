@@ -42,14 +42,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def build_from_config(model_config: dict):
-    """Rebuild a model from ``Segmentor.config`` (``{"name": ..., **kwargs}``)."""
-    from eseg_cli.models import build_model
+    """Rebuild a model from ``Segmentor.config`` (``{"name": ..., **kwargs}``; the name is the registered one)."""
+    from eseg_cli.models import create_model
 
     cfg = dict(model_config)
     name = cfg.pop("name", None)
     if not name:
         raise EsegError("checkpoint's model_config has no 'name'; it cannot rebuild the model")
-    return build_model(name, **{k: v for k, v in cfg.items() if v is not None})
+    return create_model(name, **{k: v for k, v in cfg.items() if v is not None})
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True):

@@ -24,6 +24,7 @@ import yaml
 
 from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
+from eseg_cli.models.registry import check_model_options, model_name
 from eseg_cli.utils import check_size
 
 RECIPES_PACKAGE = "eseg_cli.recipes"
@@ -52,6 +53,7 @@ class TrainConfig:
     train_split: str
     val_split: str
     extra_data: list
+    extra_ratio: float
     num_classes: Optional[int]
     crop_size: list
     scale_range: list
@@ -110,6 +112,7 @@ _RANGES = (
     ("warmup_factor", 0.0, 1.0, True, False),
     ("min_lr_ratio", 0.0, 1.0, False, False),
     ("clip_grad", 0.0, float("inf"), True, True),
+    ("extra_ratio", 0.0, 1.0, True, True),
 )
 _POSITIVE = ("batch_size", "val_batch_size", "steps", "log_interval", "eval_interval", "checkpoint_interval", "lr")
 
@@ -158,7 +161,7 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
         raise EsegError(f"{where}: no value for {', '.join(repr(k) for k in missing)}; every key needs one "
                         f"(recipes/{BASE_RECIPE}.yaml gives those every dataset shares)")
     cfg = TrainConfig(**values)
-    cfg.scale = _canonical(model_name_of, cfg.scale, "scale", where)
+    cfg.scale = _canonical(model_name, cfg.scale, "scale", where)  # stored canonical: nothing below resolves it
     cfg.dataset = _canonical(dataset_name_of, cfg.dataset, "dataset", where)
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
@@ -184,8 +187,6 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
     if not all(isinstance(k, str) for k in cfg.model):
         raise EsegError(f"{where}: 'model' must map model option names to values, got {cfg.model!r}")
     if cfg.model:
-        from eseg_cli.models.registry import check_model_options
-
         try:
             check_model_options(cfg.scale, cfg.model)
         except EsegError as e:
@@ -207,15 +208,16 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
             lo_b, hi_b = "(" if lo_open else "[", ")" if hi_open else "]"
             raise EsegError(f"{where}: '{key}' must be in {lo_b}{lo}, {hi}{hi_b}, got {v!r}")
     cfg.crop_size = [int(x) for x in cfg.crop_size]
-    cfg.extra_data = [_check_source(i, src, where) for i, src in enumerate(cfg.extra_data)]
+    cfg.extra_data = [_check_source(i, src, where, cfg.extra_ratio) for i, src in enumerate(cfg.extra_data)]
     if cfg.extra_data and sum(s["ratio"] for s in cfg.extra_data) >= 1:
         raise EsegError(f"{where}: the extra_data ratios add up to {sum(s['ratio'] for s in cfg.extra_data):g}; "
                         "they must leave the main training set a share (sum < 1)")
     return cfg
 
 
-def _check_source(i: int, src: Any, where: str) -> dict:
-    """One ``extra_data`` entry, completed with its defaults (dataset folder, split train, ratio 0.5)."""
+def _check_source(i: int, src: Any, where: str, ratio: float) -> dict:
+    """One ``extra_data`` entry, completed with its defaults (dataset folder, split train, ``ratio``: the config's
+    ``extra_ratio``)."""
     key = f"extra_data[{i}]"
     if isinstance(src, str):
         src = {"root": src}
@@ -225,7 +227,7 @@ def _check_source(i: int, src: Any, where: str) -> dict:
     unknown = set(src) - {"dataset", "root", "ratio", "split"}
     if unknown:
         raise EsegError(f"{where}: '{key}' has unknown keys {sorted(unknown)}; use dataset, root, ratio, split")
-    out = {"dataset": src.get("dataset", "folder"), "root": str(src["root"]), "ratio": src.get("ratio", 0.5),
+    out = {"dataset": src.get("dataset", "folder"), "root": str(src["root"]), "ratio": src.get("ratio", ratio),
            "split": src.get("split", "train")}
     out["dataset"] = _canonical(dataset_name_of, str(out["dataset"]), f"{key}.dataset", where)
     r = out["ratio"]
@@ -273,13 +275,6 @@ def read_recipe(path: str | Path | Traversable) -> dict:
     return data
 
 
-def model_name_of(name: str) -> str:
-    """The registered model ``name`` stands for (``"S"``, ``"lite-s"`` -> ``"eseg-s"``, ``"eseg-lite-s"``)."""
-    from eseg_cli.models import model_name
-
-    return model_name(name)
-
-
 def dataset_name_of(name: str) -> str:
     """The registered dataset ``name`` stands for (``"ade"``, ``"ADE20K"`` -> ``"ade20k"``)."""
     from eseg_cli.data.datasets import dataset_class
@@ -291,7 +286,7 @@ def _canonical(resolve, value: str, key: str, where: str) -> str:
     try:
         return resolve(value)
     except EsegError as e:
-        raise EsegError(f"{where}: '{key}': {e}") from None
+        raise EsegError(f"{where}: '{key}': {e}", field=key) from None
 
 
 def with_new_keys(saved: dict) -> dict:
@@ -324,20 +319,22 @@ def load_config(dataset: str | None = None, scale: str | None = None, overrides:
     merged["dataset"] = dataset
     if scale is not None:
         merged["scale"] = scale
-    key = _canonical(model_name_of, merged["scale"], "scale", "options" if scale is not None else "recipe")
+    key = merged["scale"] = _canonical(model_name, merged["scale"], "scale",
+                                       "options" if scale is not None else "recipe")
     for path, data in layers:
         per_scale = data.get("scales") or {}
         if not isinstance(per_scale, dict):
             raise EsegError(f"recipe {path}: 'scales' must map scale names to overrides")
         for name, block in per_scale.items():
-            if _canonical(model_name_of, str(name), f"scales.{name}", f"recipe {path}") == key:
+            if _canonical(model_name, str(name), f"scales.{name}", f"recipe {path}") == key:
                 if not isinstance(block, dict):
                     raise EsegError(f"recipe {path}: 'scales.{name}' must be a mapping of config keys")
                 merged.update(block)
     cfg = validate(merged, where=f"recipe {layers[-1][0]}")
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
     if over:
-        cfg = validate({**cfg.to_dict(), **over}, where="options")
+        # the recipe's extra_data as written: a source without a ratio takes the final extra_ratio
+        cfg = validate({**cfg.to_dict(), "extra_data": merged["extra_data"], **over}, where="options")
     return cfg
 
 

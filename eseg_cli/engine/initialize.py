@@ -82,15 +82,9 @@ def read_init_source(source: str | Path) -> dict:
 def init_model_kwargs(cfg: TrainConfig, ckpt: dict) -> dict:
     """Build kwargs for the new model: the source's architecture when the scale is the same (so that names
     and shapes match), always its encoder variant and normalisation; the recipe's ``model`` wins."""
-    from eseg_cli.models import resolve_scale
-
     src = dict(ckpt.get("model_config") or {})
-    name = src.pop("name", None)
+    same = src.pop("name", None) == cfg.scale  # both registered names: a config and a checkpoint store those
     src.pop("num_classes", None)
-    try:
-        same = name is not None and resolve_scale(name).name == resolve_scale(cfg.scale).name
-    except EsegError:
-        same = name == cfg.scale
     keep = src if same else {k: src[k] for k in ("encoder_variant", "mean", "std") if k in src}
     return {**{k: v for k, v in keep.items() if v is not None}, **cfg.model}
 

@@ -156,12 +156,12 @@ def preload_training_set(train_ds, max_mb: int, say: Callable[[str], None]) -> N
 def build_train_model(cfg: TrainConfig, num_classes: int, weights=None, init: dict | None = None) -> nn.Module:
     """The model of ``cfg``; ``weights`` (from :func:`~eseg_cli.engine.initialize.encoder_start`) replace
     reading ``cfg.pretrained`` again; ``init`` (the ``init_from`` checkpoint) gives its architecture."""
-    from eseg_cli.models import build_model
+    from eseg_cli.models import create_model
 
     kw = init_model_kwargs(cfg, init) if init is not None else dict(cfg.model)
     if cfg.pretrained:
         kw["pretrained"] = weights or cfg.pretrained
-    return build_model(cfg.scale, num_classes=num_classes, **kw)
+    return create_model(cfg.scale, num_classes=num_classes, **kw)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -193,7 +193,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False,
           overwrite: bool = False, steps: int | None = None, data_root: str | Path | None = None,
           model: nn.Module | None = None, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
-          on_event: OnEvent | None = None, stop_after: int | None = None, handle_signals: bool = True) -> dict:
+          on_event: OnEvent | None = None, stop_after: int | None = None, handle_signals: bool = True,
+          init: dict | None = None) -> dict:
     """Train a model as ``config`` says, writing the run folder ``run_dir``; return a summary dict.
 
     The summary holds ``best_mIoU``, ``best_step``, ``final_metrics`` (the last validation), ``run_dir``,
@@ -209,6 +210,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
     the cosine schedule is recomputed from the current step) and ``data_root`` (the data moved).
 
     ``model``, ``train_dataset`` and ``val_dataset`` replace those built from the config (Python API, tests).
+    ``init`` is the checkpoint ``init_from`` names, when the caller has read it already (the CLI, for its scale).
     ``stop_after`` stops (with a checkpoint) after that many steps in total, as if the run were killed there.
     ``on_event`` receives progress :class:`~eseg_cli.events.Event` objects (task ``train``).
     With ``handle_signals`` (in the main thread), SIGINT / SIGTERM finish the current step, write a
@@ -250,7 +252,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
                 stack.enter_context(_StopOnSignal())
             try:
                 trainer = Trainer(cfg, rt, run, emit, state=state, model=model, train_dataset=train_dataset,
-                                  val_dataset=val_dataset)
+                                  val_dataset=val_dataset, init=init)
             except BaseException:
                 if rt.is_main and (run_dir is None or not existed):
                     run.remove_if_unused()  # a failed start leaves no empty folder behind (one it made)
@@ -368,12 +370,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, run: Run, emit: Emitter, *, state: dict | None = None,
                  model: nn.Module | None = None, train_dataset: Dataset | None = None,
-                 val_dataset: Dataset | None = None):
+                 val_dataset: Dataset | None = None, init: dict | None = None):
         self.cfg, self.rt, self.run, self.emit = cfg, rt, run, emit
         self.device = rt.device
         seed_everything(cfg.seed, cfg.deterministic and not rt.xla)
         # pretrained encoder weights decide the input normalisation, so they are read before the data
-        init = read_init_source(cfg.init_from) if cfg.init_from and state is None and model is None else None
+        if state is not None or model is not None or not cfg.init_from:
+            init = None  # a resumed run or a given model has its weights already
+        elif init is None:
+            init = read_init_source(cfg.init_from)
         weights, norm = encoder_start(cfg, model, state, init)
         self._setup_data(train_dataset, val_dataset, norm)
         self._setup_model(model, state, weights, init)

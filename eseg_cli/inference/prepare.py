@@ -13,21 +13,50 @@ import copy
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.engine.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
 
+# Why a private op: for 1x1 kernels PyTorch's CPU dispatcher picks its generic ``_slow_conv2d_forward`` (a
+# GEMM), which first copies the bias into the whole output. Once batch norm is folded every 1x1 conv has a bias,
+# and that copy costs about as much as the GEMM; ESeg's MBConv blocks and decoder are full of 1x1 convs.
+# ``aten::mkldnn_convolution`` (oneDNN, what the dispatcher picks for larger kernels) computes the same result
+# (bit for bit in our tests) in about half the time. It is private: no stability promise. So
+# it is used only after :func:`check_onednn_pointwise` found it with the schema below and computing what
+# ``conv2d`` computes; otherwise preparing a model fails loudly (never silently slower, never wrong).
+ONEDNN_OP = "mkldnn_convolution"
+ONEDNN_SCHEMA = ("aten::mkldnn_convolution(Tensor self, Tensor weight, Tensor? bias, SymInt[] padding, "
+                 "SymInt[] stride, SymInt[] dilation, SymInt groups) -> Tensor")
+
+
+@functools.cache
+def check_onednn_pointwise() -> None:
+    """Raise when the private ``aten::mkldnn_convolution`` that :class:`PointwiseConv` calls is gone, has
+    another signature, or no longer computes ``conv2d`` (checked once per process)."""
+    fix = (f"eseg_cli/inference/prepare.py's PointwiseConv must be updated for torch {torch.__version__} (or "
+           "use_pointwise_kernels dropped, which makes CPU inference slower)")
+    op = getattr(torch.ops.aten, ONEDNN_OP, None)
+    if op is None:
+        raise RuntimeError(f"torch.ops.aten.{ONEDNN_OP} is gone; {fix}")
+    schema = str(op.default._schema)
+    if schema != ONEDNN_SCHEMA:
+        raise RuntimeError(f"torch.ops.aten.{ONEDNN_OP} changed its signature to {schema}; {fix}")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(4, 8, 1, 1, generator=g), torch.randn(4, generator=g)
+    with torch.inference_mode():
+        got, want = op(x, w, b, [0, 0], [1, 1], [1, 1], 1), F.conv2d(x, w, b)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+        raise RuntimeError(f"torch.ops.aten.{ONEDNN_OP} no longer computes conv2d; {fix}")
+
 
 class PointwiseConv(nn.Conv2d):
-    """A 1x1 convolution that calls oneDNN directly for float32 channels_last inputs on CPU.
-
-    For 1x1 kernels PyTorch's CPU dispatcher picks its generic ``_slow_conv2d_forward`` (a GEMM), which
-    first copies the bias into the whole output: once batch norm is folded every 1x1 conv has a bias, and
-    that copy costs about as much as the GEMM. ``mkldnn_convolution`` computes the same result (bit for bit
-    in our tests) in about half the time. Anything else (autocast, tracing, export, compile, other devices)
-    takes the ordinary ``conv2d``.
+    """A 1x1 convolution that calls oneDNN directly for float32 channels_last inputs on CPU (half the time of
+    the dispatcher's choice once a folded bias is there; see :data:`ONEDNN_OP`). Anything else (autocast,
+    tracing, export, compile, other devices) takes the ordinary ``conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +69,9 @@ class PointwiseConv(nn.Conv2d):
 
 
 def use_pointwise_kernels(model: nn.Module) -> int:
-    """Swap every plain 1x1 ``nn.Conv2d`` of ``model`` (in place) for :class:`PointwiseConv`; return how many."""
+    """Swap every plain 1x1 ``nn.Conv2d`` of ``model`` (in place) for :class:`PointwiseConv`; return how many.
+    Raises ``RuntimeError`` when :func:`check_onednn_pointwise` finds the private op changed."""
+    check_onednn_pointwise()
     count = 0
     for m in model.modules():
         if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1

@@ -15,7 +15,7 @@ from eseg_cli.models.pretrained import (
     read_encoder_weights,
 )
 from eseg_cli.models.registry import register_model
-from eseg_cli.models.scales import SCALES, resolve_scale
+from eseg_cli.models.scales import SCALES
 from eseg_cli.models.segmentor import Segmentor
 
 
@@ -42,7 +42,8 @@ def build_eseg(
     """Build an ESeg model of a Table 3 ``scale``.
 
     Args:
-        scale: ``eseg-s`` ... or ``lite-s`` ... (see :mod:`eseg_cli.models.scales`).
+        scale: a Table 3 scale by its registered name, ``eseg-s`` ... ``eseg-lite-l`` (the registry's
+            :func:`~eseg_cli.models.registry.model_name` reads other spellings).
         pretrained: local backbone weights of the matching EfficientNet: a file or a Hugging Face cache folder,
             in any format :mod:`eseg_cli.models.pretrained` reads (or what its ``read_encoder_weights``
             returned). TF-ported weights get the TF encoder variant; the load report is ``model.load_report``.
@@ -57,7 +58,9 @@ def build_eseg(
             ``efficientnet_lite0`` for ImageNet EfficientNet-Lite0 weights).
         width, depth, channels, repeats: override Table 3 (tiny models for tests and experiments).
     """
-    s = resolve_scale(scale)
+    if scale not in SCALES:
+        raise EsegError(f"{scale!r} is not an ESeg scale; choose one of {', '.join(SCALES)}", field="scale")
+    s = SCALES[scale]
     act = act or ("relu" if s.lite else "silu")
     weights = None
     if pretrained:

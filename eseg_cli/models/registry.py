@@ -1,4 +1,12 @@
-"""A small model registry: ``@register_model`` on a builder function, lookup by name."""
+"""The model registry: ``@register_model`` on a builder function, lookup by name.
+
+A builder registers itself when its module is imported; ``eseg_cli/models/__init__.py`` imports every model
+module (as timm does), so ``import eseg_cli.models`` fills the registry. This module imports none of them.
+
+Names: :func:`model_name` is the one spelling rule (any case, ``_`` or a space for ``-``, the ``eseg-`` prefix
+optional). It is applied once, where a name comes in (the config, the public :func:`build_model`); everything
+below takes the registered (canonical) name.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +15,80 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from eseg_cli.errors import EsegError
-from eseg_cli.models.scales import normalize_name
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: the prefix of the ESeg family's names, optional when a name is given (``"S"`` is ``eseg-s``)
+FAMILY_PREFIX = "eseg-"
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a builder under its function name, with ``_`` spelled ``-`` (``eseg_s`` -> ``eseg-s``)."""
-    _MODELS[fn.__name__.replace("_", "-")] = fn
+    name = fn.__name__.replace("_", "-")
+    if _MODELS.get(name, fn) is not fn:
+        raise ValueError(f"a model named {name!r} is registered already ({_MODELS[name].__module__})")
+    _MODELS[name] = fn
     return fn
 
 
 def list_models() -> list[str]:
     """Names of every registered model: the ESeg family in Table 3's order, then the others."""
-    _ensure_loaded()
-    return sorted(_MODELS, key=lambda name: not name.startswith("eseg-"))
+    return sorted(_MODELS, key=lambda name: not name.startswith(FAMILY_PREFIX))
 
 
-def _ensure_loaded() -> None:
-    # builders register themselves on import
-    from eseg_cli.models import deeplab, eseg  # noqa: F401
-
-
-def model_name(name: str) -> str:
-    """The registered name ``name`` stands for: any case, ``_`` for ``-``, and ``eseg-`` optional for the ESeg
-    scales (``"S"``, ``"lite_s"`` -> ``"eseg-s"``, ``"eseg-lite-s"``). Raises :class:`EsegError` listing the
-    registered names otherwise."""
-    _ensure_loaded()
-    key = normalize_name(name)
-    if key not in _MODELS and f"eseg-{key}" in _MODELS:
-        key = f"eseg-{key}"
-    if key not in _MODELS:
-        close = difflib.get_close_matches(key, list(_MODELS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise EsegError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
-    return key
+def model_name(name: str, field: str | None = None) -> str:
+    """The registered name ``name`` stands for: any case, ``_`` or a space for ``-``, and ``eseg-`` optional
+    (``"S"``, ``"lite_s"`` -> ``"eseg-s"``, ``"eseg-lite-s"``). Raises :class:`EsegError` listing the
+    registered names otherwise (naming the argument ``field`` when given)."""
+    key = str(name).strip().lower().replace("_", "-").replace(" ", "-")
+    for candidate in (key, FAMILY_PREFIX + key):
+        if candidate in _MODELS:
+            return candidate
+    close = difflib.get_close_matches(key, list(_MODELS), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    where = f"'{field}': " if field else ""
+    raise EsegError(f"{where}unknown model {name!r}.{hint} Available: {', '.join(list_models())} (any case; the "
+                    "eseg- prefix is optional)", field=field)
 
 
 def build_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``build_model("eseg-s", num_classes=19)``.
 
-    ``name`` is read by :func:`model_name` (``"S"`` and ``"lite-s"`` work). Keyword arguments go to the builder
-    (``pretrained=PATH``, ``min_level``, ``max_level``, ``fusion``, ``head_fusion``, ``channels``, ``repeats`` ...).
+    The public entry point: ``name`` is read by :func:`model_name` (``"S"`` and ``"lite-s"`` work), then
+    :func:`create_model` builds it. Keyword arguments go to the builder (``pretrained=PATH``, ``min_level``,
+    ``max_level``, ``fusion``, ``head_fusion``, ``channels``, ``repeats`` ...).
     """
-    key = model_name(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    return create_model(model_name(name), num_classes, **kwargs)
+
+
+def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
+    """Build the model registered as ``name`` (its canonical name, as a config or checkpoint stores it)."""
+    builder = _builder(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise EsegError(f"num_classes must be a positive integer, got {num_classes!r}")
-    check_model_options(key, kwargs)
-    return _MODELS[key](num_classes=num_classes, **kwargs)
+    check_model_options(name, kwargs)
+    return builder(num_classes=num_classes, **kwargs)
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise EsegError(f"no model is registered as {name!r} (registered: {', '.join(list_models())}); "
+                        "model_name() reads other spellings") from None
 
 
 def check_model_options(name: str, options: dict) -> None:
-    """Refuse keyword arguments that the builder of model ``name`` does not take (before building anything)."""
-    key = model_name(name)
-    params = inspect.signature(_MODELS[key]).parameters
+    """Refuse keyword arguments that the builder of the registered model ``name`` does not take (before building
+    anything)."""
+    builder = _builder(name)
+    params = inspect.signature(builder).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     valid = [n for n, p in params.items() if n != "num_classes" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
@@ -72,13 +96,13 @@ def check_model_options(name: str, options: dict) -> None:
         if k not in valid:
             close = difflib.get_close_matches(str(k), valid, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise EsegError(f"unknown model option '{k}' for {key}{hint}; its options: {', '.join(valid)}")
-    hints = _type_hints(_MODELS[key])
+            raise EsegError(f"unknown model option '{k}' for {name}{hint}; its options: {', '.join(valid)}")
+    hints = _type_hints(builder)
     for k, v in options.items():
         want = _simple_types(hints.get(k))
         if want and v is not None and not _is_a(v, want):
             names = " or ".join(t.__name__ for t in want)
-            raise EsegError(f"model option '{k}' of {key} must be {names}, got {type(v).__name__} {v!r}")
+            raise EsegError(f"model option '{k}' of {name} must be {names}, got {type(v).__name__} {v!r}")
 
 
 def _type_hints(fn) -> dict:

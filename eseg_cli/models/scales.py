@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eseg_cli.errors import EsegError
-
 
 @dataclass(frozen=True)
 class Scale:
@@ -52,21 +50,3 @@ SCALES: dict[str, Scale] = {
         Scale("eseg-l", False, channels=288, repeats=6, **_like(7)),
     )
 }
-
-
-def normalize_name(name: str) -> str:
-    """The one spelling rule for model and scale names: case-insensitive, ``_`` or a space for ``-``."""
-    return str(name).strip().lower().replace("_", "-").replace(" ", "-")
-
-
-def resolve_scale(name: str) -> Scale:
-    """Accept ``eseg-s``, ``ESeg-S``, ``s``, ``S``, ``lite-s``, ``Lite_S`` ... and return the scale.
-
-    Raises :class:`EsegError` listing the valid names otherwise.
-    """
-    key = normalize_name(name)
-    key = key if key in SCALES else f"eseg-{key}"
-    if key not in SCALES:
-        valid = ", ".join(s.split("eseg-", 1)[1] for s in SCALES)
-        raise EsegError(f"unknown scale {name!r}; choose one of: {valid} (case-insensitive, e.g. lite-s)")
-    return SCALES[key]
