@@ -134,6 +134,20 @@ def run_guarded(fn, *a, flags: dict[str, str] | None = None, **k):
         raise typer.Exit(code) from None
 
 
+def _finite_options(fn):
+    """``fn`` refusing a NaN or infinite value of any float option (click's ``min``/``max`` let NaN through:
+    every comparison with it is false), before the command runs."""
+    from eseg_cli.utils import check_finite
+
+    @functools.wraps(fn)
+    def checked(*a, **k):
+        for name, v in k.items():
+            check_finite(v, f"'{name}'", field=name)
+        return fn(*a, **k)
+
+    return checked
+
+
 class EsegTyper(typer.Typer):
     """A Typer app whose commands turn any exception into a red one-line message: exit code 2 for input
     problems (:class:`EsegError`, OS errors, bad encodings or YAML, memory), 1 for bugs. ``--debug`` or
@@ -147,7 +161,7 @@ class EsegTyper(typer.Typer):
 
             @functools.wraps(fn)
             def wrapper(*a, **k):
-                return run_guarded(fn, *a, flags=flags, **k)
+                return run_guarded(_finite_options(fn), *a, flags=flags, **k)
 
             register(wrapper)
             return fn

@@ -24,7 +24,7 @@ import yaml
 
 from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import check_size
+from eseg_cli.utils import check_finite, check_size
 
 RECIPES_PACKAGE = "eseg_cli.recipes"
 BASE_RECIPE = "base"  # recipes/base.yaml: the settings every dataset shares
@@ -135,6 +135,7 @@ def _check_type(key: str, value: Any, tp: Any, where: str) -> Any:
     if not ok:
         raise EsegError(f"{where}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
     if tp is float:
+        check_finite(float(value), f"{where}: '{key}'")
         return float(value)
     if tp is list:
         return list(value)
@@ -168,6 +169,8 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
             continue
         if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
             raise EsegError(f"{where}: '{key}' must be a list of two positive numbers, got {v!r}")
+        for x in v:
+            check_finite(x, f"{where}: '{key}'")
     for key in _POSITIVE:
         if getattr(cfg, key) <= 0:
             raise EsegError(f"{where}: '{key}' must be positive, got {getattr(cfg, key)!r}")

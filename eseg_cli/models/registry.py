@@ -12,6 +12,7 @@ from torch import nn
 
 from eseg_cli.errors import EsegError
 from eseg_cli.models.scales import normalize_name
+from eseg_cli.utils import check_finite
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -79,6 +80,7 @@ def check_model_options(name: str, options: dict) -> None:
         if want and v is not None and not _is_a(v, want):
             names = " or ".join(t.__name__ for t in want)
             raise EsegError(f"model option '{k}' of {key} must be {names}, got {type(v).__name__} {v!r}")
+        check_finite(v, f"model option '{k}' of {key}")
 
 
 def _type_hints(fn) -> dict:
