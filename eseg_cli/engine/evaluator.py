@@ -292,12 +292,14 @@ def _find_prediction(index: dict[str, Path], image_path: str | Path) -> Path | N
 
 def _read_prediction(path: Path) -> np.ndarray:
     """A prediction PNG as an array; a corrupt or unreadable file is an EsegError naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from eseg_cli.data.imageio import UNREADABLE
 
     try:
         with Image.open(path) as im:
             return np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UNREADABLE as e:
         raise EsegError(f"prediction {path} cannot be read ({e}); write it again or remove it") from None
 
 
