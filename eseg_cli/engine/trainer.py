@@ -84,12 +84,24 @@ def _mix_sources(main, cfg: TrainConfig, train_tf):
     sources, names = [main], [f"{cfg.dataset}:{cfg.train_split}"]
     for i, src in enumerate(cfg.extra_data):
         ds = build_dataset(src["dataset"], src["root"], src["split"], transform=train_tf)
-        if ds.num_classes != main.num_classes:
-            raise EsegError(f"extra_data[{i}] {src['root']} has {ds.num_classes} classes but the training set has "
-                            f"{main.num_classes}; a mixed source must use the same class list")
+        _check_same_classes(ds, main, f"extra_data[{i}] {src['root']}")
         sources.append(ds)
         names.append(f"{src['dataset']}:{src['root']}")
     return MixedDataset(sources, names)
+
+
+def _check_same_classes(ds, main, what: str) -> None:
+    """A mixed source must label with the training set's classes in the same order: class ``k`` of one is
+    class ``k`` of the other (the same count in another order would teach the wrong classes)."""
+    if ds.num_classes != main.num_classes:
+        raise EsegError(f"{what} has {ds.num_classes} classes but the training set has {main.num_classes}; a mixed "
+                        "source must use the same class list")
+    ours, theirs = [str(c).strip().lower() for c in main.classes], [str(c).strip().lower() for c in ds.classes]
+    if ours != theirs:
+        k = next(k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        how = "the same classes in another order" if sorted(ours) == sorted(theirs) else "other classes"
+        raise EsegError(f"{what} lists {how}: class {k} is {ds.classes[k]!r} there but {main.classes[k]!r} in the "
+                        "training set; write its classes.txt (and masks) in the training set's order")
 
 
 def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Callable[[str], None],
