@@ -229,3 +229,31 @@ def same_content(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
         return False
     return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list, bool]:
+    """The rows of a JSON-lines file and whether its last line was cut short (a process killed mid-write: the
+    normal state of a killed run, so that line is left out). A damaged line before the last is an
+    :class:`~eseg_cli.errors.EsegError` naming the file and line. A missing file has no rows."""
+    from eseg_cli.errors import EsegError
+
+    path = Path(path)
+    if not path.is_file():
+        return [], False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EsegError(f"{path} is not UTF-8 text (byte {e.start}); it is damaged: restore or delete it") from None
+    lines = text.splitlines()
+    rows, cut = [], bool(text) and not text.endswith("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if n < len(lines):
+                raise EsegError(f"{path}: line {n} is damaged (not JSON); delete that line, or restore the file") \
+                    from None
+            cut = True
+    return rows, cut

@@ -210,7 +210,7 @@ def test_a_stats_line_cut_by_a_crash_redoes_that_image_only(teacher, tmp_path):
     assert (again["labelled"], again["skipped"]) == (1, 2)
     assert all(json.loads(x) for x in stats.read_text().splitlines())  # whole rows only
     stats.write_text("{not json\n" + stats.read_text())  # damage before the last line: refused, named
-    with pytest.raises(EsegError, match="pseudo_label_stats.jsonl: line 1"):
+    with pytest.raises(EsegError, match="pseudo_label_stats.jsonl: line 1 is damaged"):
         pseudo_label(ckpt, [images], out, device="cpu")
 
 

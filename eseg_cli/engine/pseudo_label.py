@@ -43,6 +43,7 @@ from eseg_cli.utils import (
     file_sha256,
     output_lock,
     path_component,
+    read_jsonl,
     same_content,
 )
 
@@ -162,29 +163,12 @@ def _previous_work(layout: _Layout, settings: dict) -> tuple[dict[str, dict], bo
 def _read_stats(path: Path) -> tuple[dict[str, dict], bool]:
     """The rows of ``pseudo_label_stats.jsonl`` by image name (a later row wins), and whether its last line was
     cut short (a killed run: that image is labelled again). A damaged line before the last is refused."""
-    if not path.is_file():
-        return {}, False
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise EsegError(f"{path} is not UTF-8 text (byte {e.start}); delete it to label every image again") from None
-    lines = text.splitlines()
-    rows: dict[str, dict] = {}
-    cut = bool(text) and not text.endswith("\n")
-    for n, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line) if line.strip() else {"name": None}
-        except ValueError:
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("name"), (str, type(None))):
-            if n == len(lines):
-                cut = True
-                continue
-            raise EsegError(f"{path}: line {n} is damaged; delete that line (its image is labelled again) or the "
-                            "whole file (every image is)")
-        if row["name"] is not None:
-            rows[row["name"]] = row
-    return rows, cut
+    rows, cut = read_jsonl(path)
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise EsegError(f"{path}: row {n} is not a pseudo-label row; delete that line (its image is labelled "
+                            "again) or the whole file (every image is)")
+    return {r["name"]: r for r in rows}, cut
 
 
 def _finished(row: dict | None, src: Path, layout: _Layout) -> bool:

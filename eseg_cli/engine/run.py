@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_json, atomic_write_text, folder_lock, remove_if_only_lock
+from eseg_cli.utils import atomic_write_json, atomic_write_text, folder_lock, read_jsonl, remove_if_only_lock
 
 CHECKPOINT_NAMES = ("best", "last")
 _RUN_FILES = ("config.yaml", "log.jsonl", "val.jsonl", "summary.json")
@@ -244,6 +244,20 @@ class Run:
             return None
         return cfg if isinstance(cfg, dict) else None
 
+    def load_config(self) -> dict | None:
+        """The saved config as a dict (None when there is none); a damaged one is an EsegError naming it."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            cfg = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise EsegError(f"{self.config_path} is damaged ({' '.join(str(e).split())}); restore it from the "
+                            "checkpoint's config or fix the edit") from None
+        if not isinstance(cfg, dict):
+            raise EsegError(f"{self.config_path} is damaged: a run's config is a mapping of keys, got "
+                            f"{type(cfg).__name__}")
+        return cfg
+
     def write_config(self, config: dict) -> Path:
         return atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
@@ -328,15 +342,5 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
+    """The rows of a run's JSON-lines file (a last line cut short by a killed run is left out)."""
+    return [r for r in read_jsonl(path)[0] if isinstance(r, dict)]

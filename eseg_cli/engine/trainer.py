@@ -211,6 +211,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         state = ckpt_io.load_checkpoint(run.last_checkpoint)
         cfg = validate(with_new_keys(state["config"]), where=f"config saved in {run.last_checkpoint}")
         cfg, changes = _resume_changes(cfg, int(state["step"]), steps, data_root)
+        _check_config_file(run, cfg, given=changes)
     else:
         if steps is not None or data_root is not None:
             raise EsegError("'steps' and 'data_root' change a resumed run; for a new run put them in the config",
@@ -274,6 +275,23 @@ def _resume_changes(cfg: TrainConfig, at: int, steps: int | None, data_root) -> 
     if changes:
         cfg = validate({**cfg.to_dict(), **{k: new for k, (_, new) in changes.items()}}, where="resumed config")
     return cfg, changes
+
+
+def _check_config_file(run: Run, cfg: TrainConfig, given: dict) -> None:
+    """A resumed run continues with its checkpoint's config: an edited ``config.yaml`` is refused with the
+    difference, not silently written back over. The keys ``given`` (``--steps``, ``--data-root``: the changes a
+    resume takes) are the user's explicit word and are not compared."""
+    on_disk = run.load_config()
+    if on_disk is None:
+        return
+    ours, edited = cfg.to_dict(), validate(with_new_keys(on_disk), where=str(run.config_path)).to_dict()
+    diff = [k for k in ours if k not in given and ours[k] != edited.get(k)]
+    if diff:
+        shown = "; ".join(f"'{k}' {ours[k]!r} in the checkpoint, {edited.get(k)!r} in config.yaml" for k in diff)
+        raise EsegError(f"{run.config_path} differs from the config of {run.last_checkpoint} ({shown}); --resume "
+                        "continues with the checkpoint's config: undo the edit (--steps and --data-root change "
+                        f"those on resume), or start a new run from these weights with --init-from {run.path}",
+                        field=tuple(diff))
 
 
 def _open_run(rt: Runtime, stack: contextlib.ExitStack, cfg: TrainConfig, run_dir, resume: bool, overwrite: bool,
