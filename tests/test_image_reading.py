@@ -3,13 +3,12 @@ files named -- by every reader: datasets (training, eval, pseudo-label) and the 
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from toydata import decompression_bomb
 
 from eseg_cli.data.datasets import read_image as dataset_read_image
 from eseg_cli.data.datasets import read_label
@@ -73,17 +72,6 @@ def test_a_floating_point_image_is_refused(tmp_path):
     Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(EsegError, match="f.tif.*floating-point"):
         dataset_read_image(tmp_path / "f.tif")
-
-
-def decompression_bomb(path: Path, side: int = 30000) -> Path:
-    """A valid PNG header declaring a ``side`` x ``side`` image (900M pixels) in a few bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
-                     chunk(b"IEND", b""))
-    return path
 
 
 @pytest.mark.parametrize("reader", list(READERS))

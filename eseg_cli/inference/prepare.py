@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from eseg_cli.engine.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
+from eseg_cli.errors import EsegError
 from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
 
 
@@ -87,9 +88,31 @@ def _compiled_frozen(fn):
     @functools.wraps(fn)
     def call(*args, **kwargs):
         with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return compiled(*args, **kwargs)
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - dynamo wraps the backend's failure in its own types
+                missing = missing_compiler(e)
+                if missing:
+                    raise EsegError(f"'compile' (torch.compile) needs {missing}, which this machine lacks; install "
+                                    "it, or run without compiling (drop --compile): the result is the same, "
+                                    "only slower", field="compile") from None
+                raise
 
     return call
+
+
+def missing_compiler(e: BaseException) -> str | None:
+    """What a failed ``torch.compile`` lacks (a C++ compiler on CPU, triton on GPU), or None for other failures.
+    Dynamo wraps the backend's error (``BackendCompilerFailed``), so the chain of causes is searched."""
+    seen = 0
+    while e is not None and seen < 8:
+        text = f"{type(e).__name__}: {e}"
+        if "InvalidCxxCompiler" in text or "C++ compiler" in text:
+            return "a working C++ compiler (e.g. g++: apt install g++)"
+        if "triton" in text.lower() and ("cannot find" in text.lower() or "not installed" in text.lower()):
+            return "triton (pip install triton)"
+        e, seen = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold: bool = True,
