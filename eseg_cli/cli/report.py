@@ -66,7 +66,7 @@ def report_cmd(
     import json
 
     tables = build_tables(results or [], measure_missing=measure)
-    if html or figures:  # every input read before the first file is written: a damaged run is named, nothing half-written
+    if html or figures:  # every input read before the first write: a damaged run is named, nothing half-written
         from eseg_cli.analysis.html_report import read_inputs
 
         read_inputs(results or [], profiles or [])
