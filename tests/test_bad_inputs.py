@@ -1258,6 +1258,34 @@ def export_opset_beyond_torch(tmp, base):
     return ["export", "-c", str(base["ckpt"]), "--out", str(tmp / "m.onnx"), "--opset", "99"], "--opset"
 
 
+@case
+def export_out_is_the_checkpoint(tmp, base):
+    import shutil
+
+    shutil.copyfile(base["ckpt"], tmp / "best.pt")
+    return ["export", "-c", str(tmp / "best.pt"), "-f", "torchscript", "--out", str(tmp / "best.pt"), "--yes"], \
+        "is the checkpoint being exported"
+
+
+CLASSES_19 = b"\n".join(f"c{k}".encode() for k in range(19)) + b"\n"  # the tiny checkpoint's class count
+
+
+@case
+def eval_save_predictions_inside_the_dataset(tmp, base):
+    root = folder_set(tmp / "ds", classes=CLASSES_19)
+    return ev("--checkpoint", base["ckpt"], "--dataset", "folder", "--data-root", root, "--out", tmp / "o",
+              "--save-predictions", root / "images" / "val", "--yes"), "--save-predictions"
+
+
+@case
+def eval_save_predictions_names_clash(tmp, base):
+    root = folder_set(tmp / "ds", classes=CLASSES_19)
+    for sub in ("images", "masks"):
+        (root / sub / "val" / "im0.png").rename(root / sub / "val" / "im1_color.png")
+    return ev("--checkpoint", base["ckpt"], "--dataset", "folder", "--data-root", root, "--out", tmp / "o",
+              "--save-predictions", tmp / "preds"), "im1_color.png"
+
+
 def _run_folder(tmp) -> Path:
     run = tmp / "runs" / "run"
     run.mkdir(parents=True)

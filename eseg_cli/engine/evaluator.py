@@ -16,7 +16,14 @@ from eseg_cli.engine.precision import autocast
 from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
-from eseg_cli.utils import atomic_write_json, atomic_write_text, check_finite, check_size
+from eseg_cli.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_finite,
+    check_output_apart,
+    check_size,
+)
 
 MODES = ("whole", "slide", "msflip")
 
@@ -178,17 +185,37 @@ def _palette_image(label: np.ndarray, palette: list[tuple[int, int, int]]):
 
 
 def save_prediction(pred: torch.Tensor, image_path: str | Path, out_dir: Path, palette=None) -> Path:
-    """``<stem>.png`` (trainIds) and, with a palette, ``<stem>_color.png`` in ``out_dir``."""
+    """``<stem>.png`` (trainIds) and, with a palette, ``<stem>_color.png`` in ``out_dir`` (each written whole)."""
+    import io
+
     from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def png(img) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
     stem = Path(image_path).stem
     arr = pred.numpy().astype(np.uint8)
-    path = out_dir / f"{stem}.png"
-    Image.fromarray(arr).save(path)
+    path = atomic_write_bytes(out_dir / f"{stem}.png", png(Image.fromarray(arr)))
     if palette:
-        _palette_image(arr, palette).save(out_dir / f"{stem}_color.png")
+        atomic_write_bytes(out_dir / f"{stem}_color.png", png(_palette_image(arr, palette)))
     return path
+
+
+def check_prediction_outputs(ds, out_dir: str | Path) -> None:
+    """Refuse a ``save_predictions`` folder inside the dataset (a prediction ``<stem>.png`` would replace an image
+    or label), and images whose prediction files would share a name (``x_color.png`` is also ``x.png``'s)."""
+    out_dir = Path(out_dir)
+    check_output_apart(out_dir, [ds.root] if getattr(ds, "root", None) else [], [], field="save_predictions")
+    owners: dict[str, Path] = {}
+    for ip, _ in ds.files:
+        for p in (out_dir / f"{Path(ip).stem}.png", out_dir / f"{Path(ip).stem}_color.png"):
+            key = str(p).casefold()
+            if key in owners:
+                raise EsegError(f"images {owners[key]} and {ip} would both write {p} ('save_predictions'); "
+                                "save the predictions of one of them elsewhere", field="save_predictions")
+            owners[key] = Path(ip)
 
 
 def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, resize=None, norm=None):
@@ -244,6 +271,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     on_pred = None
     if save_predictions:
         pdir = Path(save_predictions)
+        check_prediction_outputs(ds, pdir)
 
         def on_pred(i, pred):
             save_prediction(pred, ds.files[i][0], pdir, getattr(ds, "palette", None))

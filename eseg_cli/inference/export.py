@@ -203,6 +203,11 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
     out = Path(out)
     if out.is_dir():
         raise EsegError(f"{out} is a folder; give the output file name (e.g. {out / ('model' + SUFFIX[fmt])})")
+    if isinstance(checkpoint, (str, Path)) and out.exists():
+        from eseg_cli.engine.run import resolve_checkpoint
+
+        if out.resolve() == resolve_checkpoint(checkpoint).resolve():
+            raise EsegError(f"'out' {out} is the checkpoint being exported; give another file name", field="out")
     if len(sizes) < 1 or any(min(s) < 32 for s in sizes):
         raise EsegError(f"check sizes must be at least 32x32, got {sizes}")
     predictor = Predictor(checkpoint, device="cpu", channels_last=False, use_ema=use_ema)
