@@ -242,6 +242,39 @@ def test_ctrl_c_during_a_video_leaves_no_partial_file(run_dir, tmp_path, monkeyp
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name != ".lock"]
 
 
+@pytest.mark.parametrize("failure, needle", [
+    ("cxx", "a working C++ compiler"),
+    ("triton", "triton"),
+])
+def test_compile_without_its_toolchain_says_what_is_missing(failure, needle, run_dir, images, tmp_path, monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    inner = InvalidCxxCompiler() if failure == "cxx" else RuntimeError("Cannot find a working triton installation.")
+
+    def compiled_without_toolchain(fn, **kw):
+        def call(*a, **k):
+            raise BackendCompilerFailed(lambda: None, inner, None)
+        return call
+
+    monkeypatch.setattr(torch, "compile", compiled_without_toolchain)
+    res = invoke("predict", "-c", run_dir, images, "--out", tmp_path / "out", "--compile", "--device", "cpu")
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(errors) == 1 and needle in errors[0] and "drop --compile" in errors[0], res.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_compile_with_no_cxx_compiler_for_real(run_dir, images, tmp_path, monkeypatch, one_thread):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "out", "--compile", "--device", "cpu")
+    assert res.exit_code == 2 and "C++ compiler" in res.output and "Traceback" not in res.output, res.output
+
+
 # ------------------------------------------------------------------------------------------- export
 
 SIZES = "96x160,75x101"  # the second is not a multiple of 32
