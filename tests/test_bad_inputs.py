@@ -1286,6 +1286,32 @@ def eval_save_predictions_names_clash(tmp, base):
               "--save-predictions", tmp / "preds"), "im1_color.png"
 
 
+@case
+def eval_split_escapes_the_dataset(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--split", "../../etc", "--out", tmp / "o"), "--split"
+
+
+@case
+def train_set_val_split_escapes_the_dataset(tmp, base):
+    return train("--data-root", base["syn"], "--set", "val_split=../val"), "val_split"
+
+
+@case
+def train_set_extra_data_split_escapes(tmp, base):
+    return train("--data-root", base["syn"], "--set", "extra_data=[{root: pl, split: ../../x}]"), "extra_data[0].split"
+
+
+@case
+def browse_split_escapes_the_dataset(tmp, base):
+    return ["browse", "synthetic", "--root", str(base["syn"]), "--split", "../..", "--out", str(tmp / "p.png")], \
+        "--split"
+
+
+@case
+def prepare_cityscapes_split_escapes_the_root(tmp, base):
+    return ["prepare-data", "cityscapes", "--root", str(_city(tmp, base)), "--split", "../../elsewhere"], "split"
+
+
 def _run_folder(tmp) -> Path:
     run = tmp / "runs" / "run"
     run.mkdir(parents=True)

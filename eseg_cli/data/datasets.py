@@ -25,6 +25,7 @@ from eseg_cli.data.classes import (
 )
 from eseg_cli.data.imageio import read_rgb, read_upright
 from eseg_cli.errors import EsegError
+from eseg_cli.utils import path_component
 
 _DATASETS: dict[str, type[SegmentationDataset]] = {}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,6 +68,7 @@ def build_dataset(name: str, root, split: str, transform=None, **kw) -> Segmenta
     (generated once into the cache); every other dataset needs its root.
     """
     cls = dataset_class(name)
+    path_component(split, "'split'", field="split")  # a folder name: '../x' would read another tree
     if (root is None or str(root) == "") and not cls.builtin_root:
         raise EsegError(f"dataset {cls.name!r} needs its root folder ('data_root'); only synthetic has a built-in set",
                         field=("data_root", "root"))

@@ -33,7 +33,7 @@ from eseg_cli.data.classes import (
 from eseg_cli.data.imageio import UNREADABLE, oriented_size
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
-from eseg_cli.utils import MAX_SIDE, atomic_write_bytes
+from eseg_cli.utils import MAX_SIDE, atomic_write_bytes, path_component
 
 CITYSCAPES_SPLITS = ("train", "val", "test")  # train_extra has only gtCoarse
 IMG_SUFFIX = "_leftImg8bit.png"
@@ -219,6 +219,7 @@ def scan_cityscapes(root, splits=None) -> list[tuple[str, Path, Path | None, Pat
             raise EsegError(f"{root / 'leftImg8bit'}: no split folders (train, val, test) found")
     rows = []
     for split in splits:
+        path_component(split, "'split'", field="split")  # outputs are written under it
         img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         if not img_dir.is_dir():
             raise EsegError(f"{img_dir} not found; the split {split!r} is missing")

@@ -24,7 +24,7 @@ import yaml
 
 from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import check_finite, check_size
+from eseg_cli.utils import check_finite, check_size, path_component
 
 RECIPES_PACKAGE = "eseg_cli.recipes"
 BASE_RECIPE = "base"  # recipes/base.yaml: the settings every dataset shares
@@ -204,6 +204,8 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
         if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
             lo_b, hi_b = "(" if lo_open else "[", ")" if hi_open else "]"
             raise EsegError(f"{where}: '{key}' must be in {lo_b}{lo}, {hi}{hi_b}, got {v!r}")
+    for key in ("train_split", "val_split"):
+        path_component(getattr(cfg, key), f"{where}: '{key}'")
     cfg.crop_size = [int(x) for x in cfg.crop_size]
     cfg.extra_data = [_check_source(i, src, where) for i, src in enumerate(cfg.extra_data)]
     if cfg.extra_data and sum(s["ratio"] for s in cfg.extra_data) >= 1:
@@ -226,6 +228,7 @@ def _check_source(i: int, src: Any, where: str) -> dict:
     out = {"dataset": src.get("dataset", "folder"), "root": str(src["root"]), "ratio": src.get("ratio", 0.5),
            "split": src.get("split", "train")}
     out["dataset"] = _canonical(dataset_name_of, str(out["dataset"]), f"{key}.dataset", where)
+    path_component(out["split"], f"{where}: '{key}.split'")
     r = out["ratio"]
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
         raise EsegError(f"{where}: '{key}.ratio' must be a number between 0 and 1 (the share of training samples "
