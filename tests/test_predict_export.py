@@ -114,16 +114,22 @@ def test_predict_bad_inputs_exit_2_with_one_line(case, run_dir, images, tmp_path
     assert res.output.strip().startswith("Error:") and "Traceback" not in res.output
 
 
-def test_predict_video_writes_an_overlay_video(run_dir, tmp_path, one_thread):
+def _video(path: Path, frames: int = 3) -> Path:
+    """A ``frames``-frame 64x48 mp4 of random pixels (skips where this OpenCV cannot write mp4v)."""
     cv2 = pytest.importorskip("cv2")
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
     if not writer.isOpened():
         pytest.skip("this OpenCV build cannot write mp4v videos")
     rng = np.random.default_rng(0)
-    for _ in range(3):
+    for _ in range(frames):
         writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
     writer.release()
+    return path
+
+
+def test_predict_video_writes_an_overlay_video(run_dir, tmp_path, one_thread):
+    cv2 = pytest.importorskip("cv2")
+    video = _video(tmp_path / "clip.mp4")
     res = invoke("predict", "-c", run_dir, video, "--out", tmp_path / "out", "--json")
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)["videos"][0]
@@ -222,16 +228,9 @@ def test_two_predict_processes_into_one_folder(run_dir, images, tmp_path):
 
 
 def test_ctrl_c_during_a_video_leaves_no_partial_file(run_dir, tmp_path, monkeypatch):
-    cv2 = pytest.importorskip("cv2")
     from eseg_cli.inference import files
 
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write mp4v videos")
-    for _ in range(3):
-        writer.write(np.zeros((48, 64, 3), np.uint8))
-    writer.release()
+    video = _video(tmp_path / "clip.mp4")
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
