@@ -125,6 +125,11 @@ def _jpg(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:  # NaN fails both comparisons: refused too
+        raise EsegError(f"'alpha' must be between 0 and 1, got {alpha}", field="alpha")
+
+
 def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
     """``(1 - alpha) * image + alpha * color`` as uint8."""
     return (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha + 0.5).astype(np.uint8)
@@ -168,8 +173,7 @@ def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EsegError(f"output {out_dir} is a file; give a folder")
-    if not 0.0 <= alpha <= 1.0:
-        raise EsegError(f"alpha must be between 0 and 1, got {alpha}")
+    _check_alpha(alpha)
     if batch_size < 1 or workers < 0:
         raise EsegError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     to_ids = _label_writer(ids, predictor.num_classes)
@@ -230,6 +234,7 @@ def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Pat
     """Write ``<stem>_overlay.mp4``: every frame with its predicted mask blended over it."""
     import cv2
 
+    _check_alpha(alpha)
     path, out_dir = Path(path), Path(out_dir)
     out = video_output(path, out_dir)
     if out.exists() and not overwrite:
