@@ -260,7 +260,7 @@ def test_compile_without_its_toolchain_says_what_is_missing(failure, needle, run
     res = invoke("predict", "-c", run_dir, images, "--out", tmp_path / "out", "--compile", "--device", "cpu")
     errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    assert len(errors) == 1 and needle in errors[0] and "drop --compile" in errors[0], res.output
+    assert len(errors) == 1 and needle in errors[0] and "without --compile" in errors[0], res.output
     assert not (tmp_path / "out").exists()
 
 

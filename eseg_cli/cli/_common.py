@@ -71,7 +71,8 @@ def _is_input_error(e: BaseException) -> bool:
 
 
 def option_flags(fn) -> dict[str, str]:
-    """A command function's options by parameter name: ``{"data_root": "--data-root", ...}`` (long form)."""
+    """A command function's options by parameter name: ``{"data_root": "--data-root", ...}`` (long form); a name
+    with a trailing ``_`` (``compile_``, kept off a builtin) also without it, as the library calls it."""
     flags = {}
     for name, p in inspect.signature(fn).parameters.items():
         infos = [p.default, *getattr(p.annotation, "__metadata__", ())]
@@ -80,6 +81,7 @@ def option_flags(fn) -> dict[str, str]:
                 if isinstance(info, typer.models.OptionInfo) else []
             if decls:
                 flags[name] = next((d.split("/")[0] for d in decls if d.startswith("--")), decls[0])
+                flags.setdefault(name.rstrip("_"), flags[name])  # compile_ (a builtin's name) is 'compile' too
     return flags
 
 

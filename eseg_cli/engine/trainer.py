@@ -288,10 +288,10 @@ def _check_config_file(run: Run, cfg: TrainConfig, given: dict) -> None:
     diff = [k for k in ours if k not in given and ours[k] != edited.get(k)]
     if diff:
         shown = "; ".join(f"'{k}' {ours[k]!r} in the checkpoint, {edited.get(k)!r} in config.yaml" for k in diff)
-        raise EsegError(f"{run.config_path} differs from the config of {run.last_checkpoint} ({shown}); --resume "
-                        "continues with the checkpoint's config: undo the edit (--steps and --data-root change "
-                        f"those on resume), or start a new run from these weights with --init-from {run.path}",
-                        field=tuple(diff))
+        raise EsegError(f"{run.config_path} differs from the config of {run.last_checkpoint} ({shown}); a resume "
+                        "continues with the checkpoint's config: undo the edit ('steps' and 'data_root' change those "
+                        f"on resume), or start a new run from these weights ('init_from' {run.path})",
+                        field=(*diff, "steps", "data_root", "init_from"))
 
 
 def _open_run(rt: Runtime, stack: contextlib.ExitStack, cfg: TrainConfig, run_dir, resume: bool, overwrite: bool,

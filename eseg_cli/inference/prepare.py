@@ -94,8 +94,8 @@ def _compiled_frozen(fn):
                 missing = missing_compiler(e)
                 if missing:
                     raise EsegError(f"'compile' (torch.compile) needs {missing}, which this machine lacks; install "
-                                    "it, or run without compiling (drop --compile): the result is the same, "
-                                    "only slower", field="compile") from None
+                                    "it, or run without 'compile': the result is the same, only slower",
+                                    field="compile") from None
                 raise
 
     return call
