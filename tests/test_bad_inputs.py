@@ -1128,6 +1128,13 @@ def pseudo_label_decompression_bomb(tmp, base):
     return pl(base, "-i", d, "-o", tmp / "pl"), "bomb.png"
 
 
+@case
+def pseudo_label_names_clash_by_case(tmp, base):
+    d = _images(tmp)
+    _png(tmp / "more" / "F0.jpg", np.zeros((32, 64, 3), np.uint8))  # F0 and f0: one mask name on macOS, Windows
+    return pl(base, "-i", d, "-i", tmp / "more", "-o", tmp / "pl"), "F0"
+
+
 def _labelled(tmp, base) -> Path:
     from eseg_cli.engine.pseudo_label import pseudo_label
 

@@ -75,10 +75,11 @@ def find_images(sources: Sequence[str | Path]) -> list[Path]:
         raise EsegError("no images given to pseudo-label")
     names: dict[str, Path] = {}
     for img in images:
-        if img.stem in names:
-            raise EsegError(f"two images share the name {img.stem!r} ({names[img.stem]} and {img}); the folder "
+        key = img.stem.casefold()  # A.png and a.jpg clash on case-insensitive file systems too
+        if key in names:
+            raise EsegError(f"two images share the name {img.stem!r} ({names[key]} and {img}); the folder "
                             "layout keys labels by image name, so label them into separate output folders")
-        names[img.stem] = img
+        names[key] = img
     return images
 
 
