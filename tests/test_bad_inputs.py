@@ -1341,6 +1341,18 @@ def report_confusion_csv_not_numbers(tmp, base):
 
 
 @case
+def report_eval_miou_not_finite(tmp, base):
+    (_run_folder(tmp) / "eval.json").write_text('{"mIoU": NaN, "dataset": "cityscapes"}')  # Python's json writes NaN
+    return rep(tmp), "eval.json: its mIoU must be a finite number"
+
+
+@case
+def report_eval_miou_not_a_number(tmp, base):
+    (_run_folder(tmp) / "eval.json").write_text('{"mIoU": "high", "dataset": "cityscapes"}')
+    return rep(tmp), "eval.json: its mIoU 'high'"
+
+
+@case
 def report_run_config_damaged(tmp, base):
     (_run_folder(tmp) / "config.yaml").write_text("scale: [s\n")
     return rep(tmp), "config.yaml"

@@ -19,7 +19,7 @@ import pandas as pd
 from eseg_cli.analysis import paper
 from eseg_cli.analysis.ablate import cached_measurement, cells_for, measure, read_results
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_text, read_jsonl
+from eseg_cli.utils import atomic_write_text, check_finite, read_jsonl
 
 FULL_RES = (1024, 2048)  # Cityscapes, where the paper counts FLOPs
 ADE_RES = (512, 512)  # ADE20K's usual crop; Table 5 gives no FLOPs, ours are at this size
@@ -117,9 +117,19 @@ def _eval_records(path: Path) -> list[dict]:
             if miou is None or not model:
                 continue
             recs.append({"model": str(model), "model_config": cfg, "dataset": dataset,
-                         "mIoU": float(miou), "pixAcc": metrics.get("pixAcc", metrics.get("pixacc")),
+                         "mIoU": _score(miou, path), "pixAcc": metrics.get("pixAcc", metrics.get("pixacc")),
                          "source": str(path)})
     return recs
+
+
+def _score(value, path: Path) -> float:
+    """An mIoU read from a results file: a finite number, or refused naming the file (never a NaN in a table)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise EsegError(f"{path}: its mIoU {value!r} is not a number; evaluate again to rewrite it") from None
+    check_finite(v, f"{path}: its mIoU")
+    return v
 
 
 def _run_config(folder: Path) -> dict | None:
