@@ -203,12 +203,12 @@ def output_lock(folder: str | os.PathLike, busy: str):
     lock file ended up in it (a command refused before it wrote anything leaves no trace)."""
     folder = Path(folder)
     made = not folder.exists()
-    try:
-        with folder_lock(folder, busy):
+    with folder_lock(folder, busy):
+        try:
             yield
-    finally:
-        if made:
-            remove_if_only_lock(folder)
+        finally:
+            if made:  # only the holder of the lock removes it (a refused process leaves the folder alone)
+                remove_if_only_lock(folder)
 
 
 def remove_if_only_lock(folder: str | os.PathLike) -> bool:
