@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -87,10 +88,172 @@ def parse_size(text: str, what: str = "size", max_side: int = MAX_SIDE) -> tuple
     return nums[0], nums[1]
 
 
-def check_size(hw, what: str = "size", max_side: int = MAX_SIDE) -> None:
+def check_size(hw, what: str = "size", max_side: int = MAX_SIDE, field: str | None = None) -> None:
     """Refuse a size ``(H, W)`` with a side above ``max_side`` before anything that large is allocated."""
     from eseg_cli.errors import EsegError
 
     if max(int(v) for v in hw) > max_side:
         raise EsegError(f"{what} {int(hw[0])}x{int(hw[1])} is too large: at most {max_side} pixels per side "
-                        "(larger sizes exhaust memory)")
+                        "(larger sizes exhaust memory)", field=field)
+
+
+def check_finite(value, what: str, field: str | None = None) -> None:
+    """Refuse a NaN or infinite number: every float a user gives (a config value, a flag, one of a list) must be
+    a real number, or a result changes in silence (a NaN threshold passes every comparison)."""
+    import math
+
+    from eseg_cli.errors import EsegError
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EsegError(f"{what} must be a finite number, got {value!r}", field=field)
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """``"0.5,1,1.5"`` -> ``(0.5, 1.0, 1.5)``: at least one number, each finite and positive; else an
+    :class:`~eseg_cli.errors.EsegError` naming ``what``."""
+    from eseg_cli.errors import EsegError
+
+    try:
+        values = tuple(float(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise EsegError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise EsegError(f"{what} needs at least one number, got {text!r}")
+    for v in values:
+        check_finite(v, what)
+    if min(values) <= 0:
+        raise EsegError(f"{what} must be positive numbers, got {text!r}")
+    return values
+
+
+def path_component(value: str, what: str, field: str | None = None) -> str:
+    """A user value that becomes one folder or file name: refused when empty, ``.``/``..``, or holding a path
+    separator (it would write outside the folder it is meant to be in)."""
+    from eseg_cli.errors import EsegError
+
+    text = str(value)
+    if text in ("", ".", "..") or "/" in text or "\\" in text or os.sep in text or "\0" in text:
+        raise EsegError(f"{what} must be a plain folder name (no '/', '..' or empty), got {text!r}", field=field)
+    return text
+
+
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved, so links and ``..`` count)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, busy: str):
+    """Hold ``FOLDER/.lock`` for as long as the block runs; an EsegError saying ``busy`` if another process holds
+    it. One process at a time writes a training run's folder or a prediction folder.
+
+    An OS lock (``flock``): it goes away with the process, so a killed process never leaves it behind.
+    Where the OS has no ``flock`` (Windows), nothing is locked.
+    """
+    from eseg_cli.errors import EsegError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EsegError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def check_output_apart(out: str | os.PathLike, folders, files, field: str = "out") -> None:
+    """Refuse an output folder that is an input folder or lies inside one (the outputs would replace the inputs,
+    or be read as inputs by the next run), and one that holds an input file."""
+    from eseg_cli.errors import EsegError
+
+    for folder in folders:
+        if is_within(out, folder):
+            raise EsegError(f"'{field}' {out} is the input folder {folder} or lies inside it; the outputs would mix "
+                            "with the inputs: choose an output folder outside them", field=field)
+    for f in files:
+        if is_within(f, out):
+            raise EsegError(f"input {f} lies inside the output folder {out} ('{field}'); choose an output folder "
+                            "apart from the inputs", field=field)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, busy: str):
+    """:func:`folder_lock` on an output folder; a folder this call made is removed again when nothing but the
+    lock file ended up in it (a command refused before it wrote anything leaves no trace)."""
+    folder = Path(folder)
+    made = not folder.exists()
+    with folder_lock(folder, busy):
+        try:
+            yield
+        finally:
+            if made:  # only the holder of the lock removes it (a refused process leaves the folder alone)
+                remove_if_only_lock(folder)
+
+
+def remove_if_only_lock(folder: str | os.PathLike) -> bool:
+    """Delete ``folder`` if nothing but its ``.lock`` file is in it."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(p.name != ".lock" for p in folder.iterdir()):
+        return False
+    (folder / ".lock").unlink(missing_ok=True)
+    folder.rmdir()
+    return True
+
+
+def same_content(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two files hold the same bytes (a hard link of the other, or an equal copy)."""
+    import filecmp
+
+    a, b = Path(a), Path(b)
+    if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
+        return False
+    return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list, bool]:
+    """The rows of a JSON-lines file and whether its last line was cut short (a process killed mid-write: the
+    normal state of a killed run, so that line is left out). A damaged line before the last is an
+    :class:`~eseg_cli.errors.EsegError` naming the file and line. A missing file has no rows."""
+    from eseg_cli.errors import EsegError
+
+    path = Path(path)
+    if not path.is_file():
+        return [], False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EsegError(f"{path} is not UTF-8 text (byte {e.start}); it is damaged: restore or delete it") from None
+    lines = text.splitlines()
+    rows, cut = [], bool(text) and not text.endswith("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if n < len(lines):
+                raise EsegError(f"{path}: line {n} is damaged (not JSON); delete that line, or restore the file") \
+                    from None
+            cut = True
+    return rows, cut

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from toydata import decompression_bomb as _bomb
 from typer.testing import CliRunner
 
 from eseg_cli.cli import app
@@ -940,6 +941,429 @@ def prepare_mapillary_root_missing(tmp, base):
     return ["prepare-data", "mapillary", "--root", str(tmp / "vistas")], "vistas"
 
 
+# ------------------------------------------------------------------------------------------- issue 20: the edges
+# non-finite numbers (every float option and config value), outputs that would clash or land among the inputs,
+# inputs that cannot be read as they are, resumable work whose state changed, user problems once taken for bugs
+
+@case
+def train_lr_nan(tmp, base):
+    return train("--data-root", base["syn"], "--lr", "nan"), "--lr"
+
+
+@case
+def train_lr_inf(tmp, base):
+    return train("--data-root", base["syn"], "--lr", "inf"), "--lr"
+
+
+@case
+def train_clip_grad_nan(tmp, base):
+    return train("--data-root", base["syn"], "--clip-grad", "nan"), "--clip-grad"
+
+
+@case
+def train_weight_decay_nan(tmp, base):
+    return train("--data-root", base["syn"], "--weight-decay", "nan"), "--weight-decay"
+
+
+@case
+def train_ema_nan(tmp, base):
+    return train("--data-root", base["syn"], "--ema", "nan"), "--ema"
+
+
+@case
+def train_encoder_lr_mult_inf(tmp, base):
+    return train("--data-root", base["syn"], "--encoder-lr-mult", "inf"), "--encoder-lr-mult"
+
+
+@case
+def train_extra_ratio_nan(tmp, base):
+    return train("--data-root", base["syn"], "--extra-ratio", "nan"), "--extra-ratio"
+
+
+@case
+def train_set_ohem_thresh_nan(tmp, base):
+    return train("--data-root", base["syn"], "--set", "ohem_thresh=.nan"), "ohem_thresh"
+
+
+@case
+def train_set_lr_inf(tmp, base):
+    return train("--data-root", base["syn"], "--set", "lr=.inf"), "lr"
+
+
+@case
+def train_set_scale_range_inf(tmp, base):
+    return train("--data-root", base["syn"], "--set", "scale_range=[0.5, .inf]"), "scale_range"
+
+
+@case
+def train_set_model_width_nan(tmp, base):
+    return train("--data-root", base["syn"], "--set", "model={width: .nan, channels: 16}"), "width"
+
+
+@case
+def train_recipe_warmup_factor_nan(tmp, base):
+    p = tmp / "nan.yaml"
+    p.write_text("dataset: synthetic\nwarmup_factor: .nan\n")
+    return train("--recipe", p), "warmup_factor"
+
+
+@case
+def train_extra_data_classes_in_another_order(tmp, base):
+    from eseg_cli.data.datasets import dataset_class
+
+    names = list(dataset_class("synthetic").classes)
+    root = folder_set(tmp / "pl", classes=("\n".join(reversed(names)) + "\n").encode())
+    return train("--data-root", base["syn"], "--extra-data", root, "--no-check"), "another order"
+
+
+def _resumable(tmp, base, edit) -> Path:
+    import torch
+
+    from eseg_cli.engine.checkpoint import save_checkpoint
+
+    state = dict(base["state"], optimizer={}, scheduler={}, rng={"torch": torch.get_rng_state()})
+    run = tmp / "run"
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    import yaml
+
+    (run / "config.yaml").write_text(edit(yaml.safe_dump(state["config"], sort_keys=False)))
+    return run
+
+
+@case
+def train_resume_config_edited(tmp, base):
+    run = _resumable(tmp, base, lambda text: text.replace("ohem_thresh: 0.7", "ohem_thresh: 0.3"))
+    return ["train", "--resume", str(run), "--no-progress"], "'ohem_thresh' 0.7 in the checkpoint, 0.3 in config.yaml"
+
+
+@case
+def train_resume_config_damaged(tmp, base):
+    run = _resumable(tmp, base, lambda text: text + "lr: [0.1\n")
+    return ["train", "--resume", str(run), "--no-progress"], "config.yaml is damaged"
+
+
+@case
+def train_folder_decompression_bomb(tmp, base):
+    root = folder_set(tmp / "ds")
+    _bomb(root / "images" / "train" / "im0.png")
+    return train("--dataset", "folder", "--data-root", root), "im0.png"
+
+
+@case
+def eval_scales_nan(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--mode", "msflip", "--scales", "1,nan", "--out", tmp), "--scales"
+
+
+@case
+def eval_scales_inf(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--mode", "msflip", "--scales", "1,inf", "--out", tmp), "--scales"
+
+
+@case
+def eval_scales_only_commas(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--mode", "msflip", "--scales", ",", "--out", tmp), "--scales"
+
+
+@case
+def eval_stride_larger_than_crop(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--mode", "slide", "--crop", "16x16", "--stride", "32x24",
+              "--out", tmp / "o"), "--stride"
+
+
+@case
+def eval_msflip_scale_past_the_size_cap(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--mode", "msflip", "--scales", "1,300", "--out", tmp / "o"), "--scales"
+
+
+@case
+def pseudo_label_scales_only_commas(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--mode", "msflip", "--scales", ","), "--scales"
+
+
+@case
+def pseudo_label_scales_nan(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--mode", "msflip", "--scales", "nan"), "--scales"
+
+
+@case
+def pseudo_label_threshold_nan(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--threshold", "nan"), "--threshold"
+
+
+@case
+def pseudo_label_stride_larger_than_crop(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--mode", "slide", "--crop", "16x16", "--stride",
+              "16x40"), "--stride"
+
+
+@case
+def pseudo_label_split_escapes_the_output(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--split", "../../x"), "--split"
+
+
+@case
+def pseudo_label_split_is_a_path(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--split", str(tmp / "elsewhere")), "--split"
+
+
+@case
+def pseudo_label_out_is_the_input_folder(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "frames"), "--out"
+
+
+@case
+def pseudo_label_out_inside_the_input_folder(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "frames" / "pl"), "--out"
+
+
+@case
+def pseudo_label_fp16_on_cpu_writes_nothing(tmp, base):
+    return pl(base, "-i", _images(tmp), "-o", tmp / "pl", "--amp", "fp16"), "fp16"
+
+
+@case
+def pseudo_label_decompression_bomb(tmp, base):
+    d = _images(tmp)
+    _bomb(d / "bomb.png")
+    return pl(base, "-i", d, "-o", tmp / "pl"), "bomb.png"
+
+
+@case
+def pseudo_label_names_clash_by_case(tmp, base):
+    d = _images(tmp)
+    _png(tmp / "more" / "F0.jpg", np.zeros((32, 64, 3), np.uint8))  # F0 and f0: one mask name on macOS, Windows
+    return pl(base, "-i", d, "-i", tmp / "more", "-o", tmp / "pl"), "F0"
+
+
+def _labelled(tmp, base) -> Path:
+    from eseg_cli.engine.pseudo_label import pseudo_label
+
+    pseudo_label(base["ckpt"], [_images(tmp)], tmp / "pl", device="cpu")
+    return tmp / "pl"
+
+
+@case
+def pseudo_label_stats_damaged_before_the_last_line(tmp, base):
+    stats = _labelled(tmp, base) / "pseudo_label_stats.jsonl"
+    stats.write_text("{cut\n" + stats.read_text())
+    return pl(base, "-i", tmp / "frames", "-o", tmp / "pl"), "pseudo_label_stats.jsonl"
+
+
+@case
+def pseudo_label_teacher_retrained(tmp, base):
+    import shutil
+
+    import torch
+
+    teacher = tmp / "teacher.pt"
+    shutil.copyfile(base["ckpt"], teacher)
+    from eseg_cli.engine.pseudo_label import pseudo_label
+
+    pseudo_label(teacher, [_images(tmp)], tmp / "pl", device="cpu")
+    state = torch.load(teacher, weights_only=False)
+    state["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, teacher)  # retrained in place: the same path and step
+    return ["pseudo-label", "--checkpoint", str(teacher), "--device", "cpu", "--no-progress", "-i",
+            str(tmp / "frames"), "-o", str(tmp / "pl")], "teacher_sha256"
+
+
+def pr(base, *args) -> list[str]:
+    return ["predict", "--checkpoint", str(base["ckpt"]), "--device", "cpu", *map(str, args)]
+
+
+@case
+def predict_alpha_nan(tmp, base):
+    return pr(base, _images(tmp), "-o", tmp / "out", "--alpha", "nan"), "--alpha"
+
+
+@case
+def predict_out_is_the_input_folder(tmp, base):
+    return pr(base, _images(tmp), "-o", tmp / "frames", "--yes"), "--out"
+
+
+@case
+def predict_out_inside_the_input_folder(tmp, base):
+    return pr(base, _images(tmp), "-o", tmp / "frames" / "preds"), "--out"
+
+
+@case
+def predict_input_inside_the_out_folder(tmp, base):
+    _images(tmp)
+    return pr(base, str(tmp / "**" / "*.png"), "-o", tmp), "inside the output folder"
+
+
+@case
+def predict_derived_names_clash(tmp, base):
+    d = _images(tmp)
+    _png(d / "f0_color.png", np.zeros((32, 64, 3), np.uint8))  # also f0.png's colour mask
+    return pr(base, d / "f0.png", d / "f0_color.png", "-o", tmp / "out"), "f0_color.png"
+
+
+@case
+def predict_two_videos_of_one_name(tmp, base):
+    for sub in ("a", "b"):
+        (tmp / sub).mkdir()
+        (tmp / sub / "clip.mp4").write_bytes(b"never read: refused first")
+    return pr(base, tmp / "a" / "clip.mp4", tmp / "b" / "clip.mp4", "-o", tmp / "out"), "clip_overlay.mp4"
+
+
+@case
+def predict_decompression_bomb(tmp, base):
+    return pr(base, _bomb(tmp / "bomb.png"), "-o", tmp / "out"), "bomb.png"
+
+
+@case
+def predict_floating_point_tiff(tmp, base):
+    Image.fromarray(np.ones((32, 32), np.float32)).save(tmp / "depth.tif")
+    return pr(base, tmp / "depth.tif", "-o", tmp / "out"), "depth.tif"
+
+
+ONNX_META = {"num_classes": "3", "class_names": '["a", "b", "c"]', "palette": "[[0, 0, 0], [9, 9, 9], [99, 9, 9]]",
+             "mean": "[0.5, 0.5, 0.5]", "std": "[0.5, 0.5, 0.5]", "model": "null"}
+
+
+def _onnx(path: Path, **meta) -> Path:
+    """A trivial ONNX model (logits = the image) with ``eseg export``'s metadata, edited by ``meta``."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 3, "h", "w"]) for n in ("image", "logits")]
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in {**ONNX_META, **meta}.items():
+        if v is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+    return path
+
+
+@case
+def predict_onnx_without_a_palette(tmp, base):
+    return ["predict", "--onnx", str(_onnx(tmp / "m.onnx", palette=None)), str(_images(tmp)), "-o",
+            str(tmp / "out")], "'palette'"
+
+
+@case
+def predict_onnx_metadata_not_json(tmp, base):
+    return ["predict", "--onnx", str(_onnx(tmp / "m.onnx", mean="{oops")), str(_images(tmp)), "-o",
+            str(tmp / "out")], "'mean'"
+
+
+@case
+def predict_onnx_palette_of_another_length(tmp, base):
+    return ["predict", "--onnx", str(_onnx(tmp / "m.onnx", palette="[[1, 2, 3]]")), str(_images(tmp)), "-o",
+            str(tmp / "out")], "'palette'"
+
+
+@case
+def export_opset_beyond_torch(tmp, base):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    return ["export", "-c", str(base["ckpt"]), "--out", str(tmp / "m.onnx"), "--opset", "99"], "--opset"
+
+
+@case
+def export_out_is_the_checkpoint(tmp, base):
+    import shutil
+
+    shutil.copyfile(base["ckpt"], tmp / "best.pt")
+    return ["export", "-c", str(tmp / "best.pt"), "-f", "torchscript", "--out", str(tmp / "best.pt"), "--yes"], \
+        "is the checkpoint being exported"
+
+
+CLASSES_19 = b"\n".join(f"c{k}".encode() for k in range(19)) + b"\n"  # the tiny checkpoint's class count
+
+
+@case
+def eval_save_predictions_inside_the_dataset(tmp, base):
+    root = folder_set(tmp / "ds", classes=CLASSES_19)
+    return ev("--checkpoint", base["ckpt"], "--dataset", "folder", "--data-root", root, "--out", tmp / "o",
+              "--save-predictions", root / "images" / "val", "--yes"), "--save-predictions"
+
+
+@case
+def eval_save_predictions_names_clash(tmp, base):
+    root = folder_set(tmp / "ds", classes=CLASSES_19)
+    for sub in ("images", "masks"):
+        (root / sub / "val" / "im0.png").rename(root / sub / "val" / "im1_color.png")
+    return ev("--checkpoint", base["ckpt"], "--dataset", "folder", "--data-root", root, "--out", tmp / "o",
+              "--save-predictions", tmp / "preds"), "im1_color.png"
+
+
+@case
+def eval_split_escapes_the_dataset(tmp, base):
+    return ev("--checkpoint", base["ckpt"], "--split", "../../etc", "--out", tmp / "o"), "--split"
+
+
+@case
+def train_set_val_split_escapes_the_dataset(tmp, base):
+    return train("--data-root", base["syn"], "--set", "val_split=../val"), "val_split"
+
+
+@case
+def train_set_extra_data_split_escapes(tmp, base):
+    return train("--data-root", base["syn"], "--set", "extra_data=[{root: pl, split: ../../x}]"), "extra_data[0].split"
+
+
+@case
+def browse_split_escapes_the_dataset(tmp, base):
+    return ["browse", "synthetic", "--root", str(base["syn"]), "--split", "../..", "--out", str(tmp / "p.png")], \
+        "--split"
+
+
+@case
+def prepare_cityscapes_split_escapes_the_root(tmp, base):
+    return ["prepare-data", "cityscapes", "--root", str(_city(tmp, base)), "--split", "../../elsewhere"], "split"
+
+
+def _run_folder(tmp) -> Path:
+    run = tmp / "runs" / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("scale: s\ndataset: cityscapes\nmodel: {}\nsteps: 2\n")
+    (run / "val.jsonl").write_text('{"step": 1, "mIoU": 40.0}\n{"step": 2, "mIoU": 42.5}\n')
+    (run / "eval.json").write_text('{"mIoU": 75.0, "pixAcc": 94.0, "dataset": "cityscapes"}')
+    (run / "eval_confusion.csv").write_text(",road,car\nroad,10,2\ncar,1,7\n")
+    return run
+
+
+def rep(tmp) -> list[str]:
+    return ["report", "--results", str(tmp / "runs"), "--no-measure", "--no-figures", "--out", str(tmp / "rep"),
+            "--yes"]
+
+
+@case
+def report_confusion_csv_not_numbers(tmp, base):
+    (_run_folder(tmp) / "eval_confusion.csv").write_text(",road,car\nroad,10,n/a\ncar,1,7\n")
+    return rep(tmp), "eval_confusion.csv"
+
+
+@case
+def report_eval_miou_not_finite(tmp, base):
+    (_run_folder(tmp) / "eval.json").write_text('{"mIoU": NaN, "dataset": "cityscapes"}')  # Python's json writes NaN
+    return rep(tmp), "eval.json: its mIoU must be a finite number"
+
+
+@case
+def report_eval_miou_not_a_number(tmp, base):
+    (_run_folder(tmp) / "eval.json").write_text('{"mIoU": "high", "dataset": "cityscapes"}')
+    return rep(tmp), "eval.json: its mIoU 'high'"
+
+
+@case
+def report_run_config_damaged(tmp, base):
+    (_run_folder(tmp) / "config.yaml").write_text("scale: [s\n")
+    return rep(tmp), "config.yaml"
+
+
+@case
+def report_val_log_damaged_before_the_last_line(tmp, base):
+    (_run_folder(tmp) / "val.jsonl").write_text('{"step": 1, "mIo\n{"step": 2, "mIoU": 42.5}\n')
+    return rep(tmp), "val.jsonl"
+
+
 # ------------------------------------------------------------------------------------------- the runner
 
 def _snapshot(*roots: Path) -> dict[str, str]:
@@ -972,4 +1396,4 @@ def test_bad_input_is_a_clean_error(name, tmp_path, base):
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 164  # 124 before issue 20, which added at least 40

@@ -128,3 +128,54 @@ def test_an_unknown_model_is_one_line_naming_scale(command):
     line = res.output.strip()
     assert "\n" not in line and "Traceback" not in line
     assert "--scale" in line and "'eseg-xl'" in line and "eseg-lite-s" in line
+
+
+# ------------------------------------------------------------------ help texts keep their brackets (issue 20)
+
+def _help_texts(name: str | None) -> list[str]:
+    """The rich-markup help texts of the root (``None``) or a command: its docstring and every parameter's help."""
+    group = typer.main.get_command(app)
+    cmd = group if name is None else group.commands[name]
+    return [t for t in [cmd.help, *(getattr(p, "help", None) for p in cmd.params)] if t]
+
+
+def _literal_brackets(text: str) -> list[str]:
+    """The ``[...]`` runs of ``text`` that rich would take as markup but that are no style (``[tensorboard]`` in
+    ``pip install 'eseg[tensorboard]'``): unescaped, rich drops them from the help."""
+    import re
+
+    from rich.style import Style
+
+    found = []
+    for m in re.finditer(r"(\\*)\[([a-z#/@][^[]*?)]", text, re.IGNORECASE):
+        escaped, tag = len(m.group(1)) % 2 == 1, m.group(2)
+        if escaped or tag.startswith("/"):
+            continue
+        try:
+            Style.parse(tag)
+        except Exception:  # noqa: BLE001 - rich raises StyleSyntaxError (and others) for a non-style
+            found.append(m.group(0))
+    return found
+
+
+@pytest.mark.parametrize("name", [None, *_commands()])
+def test_help_texts_escape_their_brackets(name):
+    bad = [b for t in _help_texts(name) for b in _literal_brackets(t)]
+    assert not bad, f"{name or 'eseg'}: escape these as \\[...] or rich drops them from the help: {bad}"
+
+
+@pytest.mark.parametrize("name", [None, *_commands()])
+def test_help_output_shows_every_escaped_bracket(name):
+    import re
+
+    res = runner.invoke(app, ([name] if name else []) + ["--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert res.exit_code == 0, res.output
+    shown = " ".join(res.output.split())
+    for text in _help_texts(name):
+        for literal in re.findall(r"\\(\[[^\]]*])", text):  # what \[...] must print
+            assert literal in shown, f"{name or 'eseg'} --help lost {literal!r}"
+
+
+def test_train_help_shows_the_tensorboard_extra():
+    res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert "eseg[tensorboard]" in " ".join(res.output.split())

@@ -162,7 +162,7 @@ def test_predictor_rejects_bad_inputs(tiny_model, bad, match):
 def test_predictor_rejects_a_file_that_is_not_an_image(tiny_model, tmp_path):
     f = tmp_path / "notes.png"
     f.write_text("not an image")
-    with pytest.raises(EsegError, match="could not be read"):
+    with pytest.raises(EsegError, match="notes.png: cannot read the image"):
         Predictor(tiny_model, device="cpu").predict(f)
 
 

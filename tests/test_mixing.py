@@ -68,7 +68,7 @@ def test_extra_data_config_is_checked():
             load_config(overrides={"extra_data": bad})
 
 
-def _folder(root, n, num_classes=19, size=(64, 128), seed=0):
+def _folder(root, n, num_classes=19, size=(64, 128), seed=0, reverse=False):
     rng = np.random.default_rng(seed)
     for sub in ("images/train", "masks/train"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,11 @@ def _folder(root, n, num_classes=19, size=(64, 128), seed=0):
         m = rng.integers(0, num_classes, size, dtype=np.uint8)
         m[:8] = 255
         Image.fromarray(m).save(root / "masks/train" / f"p{i}.png")
-    (root / "classes.txt").write_text("\n".join(f"c{k}" for k in range(num_classes)) + "\n")
+    from eseg_cli.data.datasets import dataset_class
+
+    names = list(dataset_class("synthetic").classes)  # a mixed source labels the training set's classes
+    names = names if num_classes == len(names) else [f"c{k}" for k in range(num_classes)]
+    (root / "classes.txt").write_text("\n".join(reversed(names) if reverse else names) + "\n")
     return root
 
 
@@ -102,3 +106,6 @@ def test_training_mixes_a_folder_source_and_records_it(tmp_path, one_thread):
     bad = _folder(tmp_path / "pl5", 2, num_classes=5)
     r = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "r2"), "--extra-data", str(bad)])
     assert r.exit_code == 2 and "5 classes" in r.output
+    shuffled = _folder(tmp_path / "pl_reversed", 2, reverse=True)  # the same classes in another order
+    r = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "r3"), "--extra-data", str(shuffled)])
+    assert r.exit_code == 2 and "another order" in r.output and "pl_reversed" in r.output, r.output

@@ -74,7 +74,7 @@ def test_predict_labelids_glob_and_no_overlay(run_dir, images, tmp_path, one_thr
     res = invoke("predict", "-c", run_dir, str(images / "sub" / "*.png"), "--out", out, "--ids", "labelid",
                  "--no-overlay", "--json")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["c.png", "c_color.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["c.png", "c_color.png"]
     train = Predictor(run_dir, device="cpu").predict(images / "sub" / "c.png")
     label = np.array(Image.open(out / "c.png"))
     expected = np.vectorize(TRAINID_TO_LABELID.get)(train)
@@ -114,16 +114,22 @@ def test_predict_bad_inputs_exit_2_with_one_line(case, run_dir, images, tmp_path
     assert res.output.strip().startswith("Error:") and "Traceback" not in res.output
 
 
-def test_predict_video_writes_an_overlay_video(run_dir, tmp_path, one_thread):
+def _video(path: Path, frames: int = 3) -> Path:
+    """A ``frames``-frame 64x48 mp4 of random pixels (skips where this OpenCV cannot write mp4v)."""
     cv2 = pytest.importorskip("cv2")
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
     if not writer.isOpened():
         pytest.skip("this OpenCV build cannot write mp4v videos")
     rng = np.random.default_rng(0)
-    for _ in range(3):
+    for _ in range(frames):
         writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
     writer.release()
+    return path
+
+
+def test_predict_video_writes_an_overlay_video(run_dir, tmp_path, one_thread):
+    cv2 = pytest.importorskip("cv2")
+    video = _video(tmp_path / "clip.mp4")
     res = invoke("predict", "-c", run_dir, video, "--out", tmp_path / "out", "--json")
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)["videos"][0]
@@ -131,6 +137,141 @@ def test_predict_video_writes_an_overlay_video(run_dir, tmp_path, one_thread):
     cap = cv2.VideoCapture(info["out"])
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
     cap.release()
+
+
+# ------------------------------------------------------------------------------------------- outputs (issue 20)
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def _clash_color_name(images, tmp_path):  # street_color.png is also street.png's colour mask
+    Image.open(images / "a.png").save(images / "a_color.png")
+    return [images / "a.png", images / "a_color.png"], tmp_path / "out", "a_color.png"
+
+
+def _clash_two_folders(images, tmp_path):  # two a.png from two folders given as files
+    (tmp_path / "other").mkdir()
+    Image.open(images / "a.png").save(tmp_path / "other" / "a.png")
+    return [images / "a.png", tmp_path / "other" / "a.png"], tmp_path / "out", "a.png"
+
+
+def _clash_case_only(images, tmp_path):  # A.png and a.png clash on case-insensitive file systems
+    (tmp_path / "other").mkdir()
+    Image.open(images / "a.png").save(tmp_path / "other" / "A.png")
+    return [images / "a.png", tmp_path / "other" / "A.png"], tmp_path / "out", "A.png"
+
+
+def _out_is_the_input_folder(images, tmp_path):
+    return [images], images, str(images)
+
+
+def _out_inside_the_input_folder(images, tmp_path):
+    return [images], images / "preds", str(images / "preds")
+
+
+def _input_inside_the_out_folder(images, tmp_path):
+    return [str(tmp_path / "**" / "*.png")], tmp_path, "inside the output folder"
+
+
+@pytest.mark.parametrize("make", [_clash_color_name, _clash_two_folders, _clash_case_only, _out_is_the_input_folder,
+                                  _out_inside_the_input_folder, _input_inside_the_out_folder])
+def test_outputs_never_clash_or_land_among_the_inputs(make, run_dir, images, tmp_path):
+    inputs, out, needle = make(images, tmp_path)
+    before = _snapshot(tmp_path)
+    res = invoke("predict", "-c", run_dir, *inputs, "--out", out, "--yes")
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(errors) == 1 and needle in errors[0], res.output
+    assert _snapshot(tmp_path) == before  # refused before writing anything
+
+
+def test_two_videos_of_one_name_are_refused_before_writing(run_dir, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "clip.mp4").write_bytes(b"not read: refused first")
+    res = invoke("predict", "-c", run_dir, tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4", "--out",
+                 tmp_path / "out")
+    assert res.exit_code == 2 and "clip_overlay.mp4" in res.output and not (tmp_path / "out").exists()
+
+
+def test_a_predict_into_a_folder_in_use_is_refused(run_dir, images, tmp_path):
+    from eseg_cli.utils import folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out, "busy"):  # another process predicting into it (flock: per open file, so this works)
+        res = invoke("predict", "-c", run_dir, images, "--out", out)
+    assert res.exit_code == 2 and "in use by another eseg predict" in res.output
+    assert not _snapshot(out)
+
+
+@pytest.mark.slow
+def test_two_predict_processes_into_one_folder(run_dir, images, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "eseg_cli", "predict", "-c", str(run_dir), str(images), "--out", str(out),
+           "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(c for c, _ in results)
+    assert codes == [0, 2], results  # one writes; the other waits its turn and finds the outputs, or is refused
+    refused = next(err for c, err in results if c == 2)
+    assert "in use by another eseg predict" in refused or "already exist" in refused
+    p = Predictor(run_dir, device="cpu")
+    for rel in ("a", "sub/b", "sub/c"):  # the outputs are one run's, whole
+        assert (np.array(Image.open(out / f"{rel}.png")) == p.predict(next(images.glob(rel + ".*")))).mean() > 0.999
+
+
+def test_ctrl_c_during_a_video_leaves_no_partial_file(run_dir, tmp_path, monkeypatch):
+    from eseg_cli.inference import files
+
+    video = _video(tmp_path / "clip.mp4")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "_overlay_frames", interrupted)
+    res = invoke("predict", "-c", run_dir, video, "--out", tmp_path / "out")
+    assert res.exit_code == 130 and "0 of 1 videos" in res.output and "--yes" in res.output, res.output
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name != ".lock"]
+
+
+@pytest.mark.parametrize("failure, needle", [
+    ("cxx", "a working C++ compiler"),
+    ("triton", "triton"),
+])
+def test_compile_without_its_toolchain_says_what_is_missing(failure, needle, run_dir, images, tmp_path, monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    inner = InvalidCxxCompiler() if failure == "cxx" else RuntimeError("Cannot find a working triton installation.")
+
+    def compiled_without_toolchain(fn, **kw):
+        def call(*a, **k):
+            raise BackendCompilerFailed(lambda: None, inner, None)
+        return call
+
+    monkeypatch.setattr(torch, "compile", compiled_without_toolchain)
+    res = invoke("predict", "-c", run_dir, images, "--out", tmp_path / "out", "--compile", "--device", "cpu")
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(errors) == 1 and needle in errors[0] and "without --compile" in errors[0], res.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_compile_with_no_cxx_compiler_for_real(run_dir, images, tmp_path, monkeypatch, one_thread):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "out", "--compile", "--device", "cpu")
+    assert res.exit_code == 2 and "C++ compiler" in res.output and "Traceback" not in res.output, res.output
 
 
 # ------------------------------------------------------------------------------------------- export

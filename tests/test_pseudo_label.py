@@ -115,3 +115,120 @@ def test_cli_json(teacher, tmp_path):
     r = CliRunner().invoke(app, ["pseudo-label", "-c", str(ckpt), "-i", str(images), "-o", str(tmp_path / "pl"),
                                  "--mode", "slide", "--device", "cpu", "--no-progress"])
     assert r.exit_code == 2 and "crop" in r.output
+
+
+# ------------------------------------------------------------------ resume keys on content (issue 20)
+
+def _mask(out, name="frame0"):
+    return out / "masks" / "train" / f"{name}.png"
+
+
+def _delete_image_copy(out, images, tmp_path):
+    (out / "images" / "train" / "frame0.png").unlink()
+    return images
+
+
+def _truncate_mask(out, images, tmp_path):
+    data = _mask(out).read_bytes()
+    _mask(out).write_bytes(data[: len(data) // 2])
+    return images
+
+
+def _swap_same_named_source(out, images, tmp_path):
+    other = tmp_path / "other" / "city"
+    other.mkdir(parents=True)
+    for p in sorted((images / "city").glob("*.png")):
+        arr = np.array(Image.open(p))
+        Image.fromarray(arr if p.stem != "frame0" else 255 - arr).save(other / p.name)
+    return tmp_path / "other"
+
+
+def _edit_source_in_place(out, images, tmp_path):
+    copy = tmp_path / "edited"
+    import shutil
+
+    shutil.copytree(images, copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage, redone", [
+    (_delete_image_copy, {"frame0"}),
+    (_truncate_mask, {"frame0"}),
+    (_swap_same_named_source, {"frame0", "frame1", "frame2"}),  # another folder: other source paths
+    (_edit_source_in_place, {"frame0", "frame1", "frame2"}),
+])
+def test_resume_redoes_what_is_not_what_was_written(teacher, tmp_path, damage, redone):
+    _, ckpt, images = teacher
+    out = tmp_path / "pl"
+    pseudo_label(ckpt, [images], out, device="cpu")
+    sources = damage(out, images, tmp_path)
+    again = pseudo_label(ckpt, [sources], out, device="cpu")
+    assert again["labelled"] == len(redone) and again["skipped"] == 3 - len(redone)
+    for src in sorted(sources.rglob("*.png")):  # every pair now matches its current source
+        assert (out / "images" / "train" / src.name).read_bytes() == src.read_bytes()
+        Image.open(_mask(out, src.stem)).load()  # decodes in full
+    rows = [json.loads(x) for x in (out / "pseudo_label_stats.jsonl").read_text().splitlines()]
+    assert {r["name"] for r in rows[3:]} == redone
+    assert pseudo_label(ckpt, [sources], out, device="cpu")["labelled"] == 0  # and now it is all done
+
+
+def test_a_teacher_retrained_in_the_same_run_folder_is_refused(teacher, tmp_path):
+    import shutil
+
+    _, ckpt, images = teacher
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(ckpt, run / "best.pt")
+    out = tmp_path / "pl"
+    pseudo_label(run, [images], out, device="cpu")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    state = torch.load(ckpt, weights_only=False)  # retrained: other weights, the same step and path
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, run / "best.pt")
+    with pytest.raises(EsegError, match="teacher_sha256.*retrained"):
+        pseudo_label(run, [images], out, device="cpu")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_refused_first_call_writes_nothing(teacher, tmp_path):
+    _, ckpt, images = teacher
+    out = tmp_path / "pl"
+    with pytest.raises(EsegError, match="fp16"):
+        pseudo_label(ckpt, [images], out, device="cpu", amp="fp16")
+    assert not out.exists()
+    assert pseudo_label(ckpt, [images], out, device="cpu")["labelled"] == 3  # the corrected call is not refused
+
+
+def test_a_stats_line_cut_by_a_crash_redoes_that_image_only(teacher, tmp_path):
+    _, ckpt, images = teacher
+    out = tmp_path / "pl"
+    pseudo_label(ckpt, [images], out, device="cpu")
+    stats = out / "pseudo_label_stats.jsonl"
+    text = stats.read_text()
+    stats.write_text(text[: len(text) - 40])  # the last row cut mid-line
+    again = pseudo_label(ckpt, [images], out, device="cpu")
+    assert (again["labelled"], again["skipped"]) == (1, 2)
+    assert all(json.loads(x) for x in stats.read_text().splitlines())  # whole rows only
+    stats.write_text("{not json\n" + stats.read_text())  # damage before the last line: refused, named
+    with pytest.raises(EsegError, match="pseudo_label_stats.jsonl: line 1 is damaged"):
+        pseudo_label(ckpt, [images], out, device="cpu")
+
+
+def test_a_failed_copy_leaves_no_temporary_file(teacher, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from eseg_cli.engine import pseudo_label as pl_mod
+
+    _, ckpt, images = teacher
+
+    def full(src, dst, *a, **k):
+        with open(dst, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pl_mod.os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(EsegError, match="disk is full"):
+        pseudo_label(ckpt, [images], tmp_path / "pl", device="cpu")
+    assert not [p for p in (tmp_path / "pl").rglob("*") if p.name.endswith(".tmp")]

@@ -164,3 +164,48 @@ def test_level_and_fusion_ablations_get_their_own_tables(tmp_path):
     assert "ablate_fusion" not in t
     lv = t["ablate_levels"]
     assert list(lv["Cell"]) == ["P3-P7"] and lv["FLOPs B (total)"][0] == 20.0 and lv["Params M"][0] == 6.5
+
+
+# ------------------------------------------------------------------ damaged run folders (issue 20)
+
+def run_folder(root, val_rows=(40.0, 42.5)):
+    """An engine run folder: config.yaml, val.jsonl, eval.json and its confusion CSV."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text("scale: s\ndataset: cityscapes\nmodel: {}\nsteps: 2\n")
+    (root / "val.jsonl").write_text("".join(json.dumps({"step": i + 1, "mIoU": m}) + "\n"
+                                            for i, m in enumerate(val_rows)))
+    (root / "eval.json").write_text(json.dumps({"mIoU": 75.0, "pixAcc": 94.0, "dataset": "cityscapes"}))
+    (root / "eval_confusion.csv").write_text(",road,car\nroad,10,2\ncar,1,7\n")
+    return root
+
+
+def test_a_val_log_cut_by_a_crash_keeps_its_whole_rows(tmp_path):
+    run = run_folder(tmp_path / "run")
+    (run / "eval.json").unlink()
+    (run / "val.jsonl").write_text((run / "val.jsonl").read_text() + '{"step": 3, "mI')  # killed mid-write
+    t4 = report.build_tables([tmp_path], measure_missing=False)["table4"].set_index("Model")
+    assert t4.loc["ESeg-S", "mIoU (measured)"] == 42.5  # the whole rows, not "holds no results"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda run: (run / "config.yaml").write_text("scale: [s\n"), "config.yaml is damaged"),
+    (lambda run: (run / "config.yaml").write_text("- s\n"), "config.yaml is damaged"),
+    (lambda run: (run / "val.jsonl").write_text('{"step": 1, "mI\n{"step": 2, "mIoU": 3}\n'), "val.jsonl: line 1"),
+    (lambda run: (run / "eval_confusion.csv").write_text(",road,car\nroad,10,lots\ncar,1,7\n"),
+     "eval_confusion.csv: cell (road, car) is 'lots'"),
+    (lambda run: (run / "eval_confusion.csv").write_text(",road,car\nroad,10,-2\ncar,1,7\n"),
+     "eval_confusion.csv: cell (road, car)"),
+])
+def test_a_damaged_run_is_named_before_anything_is_written(tmp_path, damage, needle):
+    run = run_folder(tmp_path / "runs" / "run")
+    damage(run)
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "tables.md").write_text("the previous report\n")
+    res = runner.invoke(app, ["report", "--results", str(tmp_path / "runs"), "--out", str(out), "--no-measure",
+                              "--no-figures", "--yes"])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(errors) == 1 and needle in errors[0], res.output
+    assert [p.name for p in out.rglob("*")] == ["tables.md"]  # nothing written, the old report unchanged
+    assert (out / "tables.md").read_text() == "the previous report\n"

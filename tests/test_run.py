@@ -341,3 +341,32 @@ def test_a_failed_start_removes_the_folder_it_made_but_not_one_the_user_had(tmp_
     with pytest.raises(EsegError, match="could not read pretrained weights"):
         train(tiny_cfg(pretrained=str(bad)), mine, train_dataset=Toy(4, size=32), val_dataset=Toy(2, seed=1, size=32))
     assert mine.is_dir()
+
+
+# ---------------------------------------------------------------- resume and an edited config.yaml (issue 20)
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: {**c, "lr": 0.5}, "'lr' 0.001 in the checkpoint, 0.5 in config.yaml"),
+    (lambda c: {**c, "steps": 9}, "'steps' 4 in the checkpoint, 9 in config.yaml"),
+    (lambda c: "lr: [0.1\n", "config.yaml is damaged"),
+    (lambda c: "- a list\n", "config.yaml is damaged"),
+])
+def test_resume_refuses_an_edited_config_with_the_difference(tmp_path, edit, needle):
+    run = tmp_path / "run"
+    _train(tiny_cfg(steps=4, checkpoint_interval=4), run)
+    cfg_path = run / "config.yaml"
+    edited = edit(yaml.safe_load(cfg_path.read_text()))
+    cfg_path.write_text(edited if isinstance(edited, str) else yaml.safe_dump(edited, sort_keys=False))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(EsegError) as info:
+        _train({}, run, resume=True)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # the edit is not written over
+
+
+def test_resume_takes_an_explicit_steps_over_the_file(tmp_path):
+    run = tmp_path / "run"
+    _train(tiny_cfg(steps=4, checkpoint_interval=4), run)
+    cfg_path = run / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump({**yaml.safe_load(cfg_path.read_text()), "steps": 9}, sort_keys=False))
+    assert _train({}, run, resume=True, steps=6)["steps"] == 6  # --steps is the user's explicit word

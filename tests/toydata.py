@@ -22,3 +22,18 @@ class Toy(Dataset):
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+
+def decompression_bomb(path, side: int = 30000):
+    """A valid PNG header declaring a ``side`` x ``side`` image (900M pixels: a decompression bomb) in a few
+    bytes; PIL refuses it on open."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)) +
+                     chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path

@@ -131,15 +131,20 @@ def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, 
     return "\n".join(out) + "\n"
 
 
+def read_inputs(results=(), profiles=()) -> tuple[list[Path], list[RunRecord], list[dict]]:
+    """Everything the page reads, read (and so checked) before anything is written: the run folders among
+    ``results``, their records (config, logs, evaluations, confusion matrices) and the FPS rows of ``profiles``."""
+    runs_found = plot.find_runs(results)
+    return runs_found, [read_run_record(r) for r in runs_found], plot.read_profiles(profiles)
+
+
 def write_html_report(tables: dict[str, pd.DataFrame], out_path: str | Path, *, results=(), profiles=(),
                       samples: int = 3, device: str = "cpu") -> Path:
     """Draw every figure from ``tables`` (and the runs and FPS files given) and write the page."""
     from eseg_cli.analysis import paper
 
-    runs_found = plot.find_runs(results)
-    records = [read_run_record(r) for r in runs_found]
+    runs_found, records, measured = read_inputs(results, profiles)
     fig1, _, _ = plot.plot_figure1(tables["table4"])
-    measured = plot.read_profiles(profiles)
     fig4, _, _ = plot.plot_figure4(plot.figure4_points(paper.load("figure4"), measured))
     curves = plot.plot_training_curves(runs_found)[0] if runs_found else None
     page = render_html(tables, figure1=fig1, figure4=fig4, curves=curves, runs=records, samples=samples,

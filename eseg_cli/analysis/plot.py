@@ -409,7 +409,7 @@ def _run_label(run_dir: Path, runs: list[Path]) -> str:
 
 def run_setting(run_dir: Path) -> dict:
     """Model, dataset and steps of a run folder (from its ``config.yaml``; missing values are None)."""
-    cfg = Run(run_dir).read_config() or {}
+    cfg = Run(run_dir).load_config() or {}
     return {"model": cfg.get("scale"), "dataset": cfg.get("dataset"), "steps": cfg.get("steps")}
 
 
@@ -543,11 +543,18 @@ def read_confusion(path: str | Path) -> pd.DataFrame:
     """``eval_confusion.csv`` (rows: true class, columns: predicted class, pixel counts) as a DataFrame."""
     path = Path(path)
     try:
-        cm = pd.read_csv(path, index_col=0)
+        cm = pd.read_csv(path, index_col=0, keep_default_na=False)  # "n/a" stays text: named below, not NaN
     except (OSError, ValueError) as e:
         raise EsegError(f"{path} is not a readable confusion-matrix CSV (as `eseg eval` writes): {e}") from None
     if cm.shape[0] != cm.shape[1] or not cm.shape[0]:
         raise EsegError(f"{path}: a confusion matrix must be square, got {cm.shape[0]}x{cm.shape[1]}")
+    counts = cm.apply(pd.to_numeric, errors="coerce")
+    bad = [(r, c) for r in cm.index for c in cm.columns if not (counts.at[r, c] >= 0)]  # also catches NaN
+    if bad:
+        r, c = bad[0]
+        raise EsegError(f"{path}: cell ({r}, {c}) is '{cm.at[r, c]}', not a pixel count; evaluate again "
+                        "(`eseg eval`) to rewrite the file")
+    cm = counts
     cm.index.name = "true"
     return cm
 

@@ -19,7 +19,7 @@ import pandas as pd
 from eseg_cli.analysis import paper
 from eseg_cli.analysis.ablate import cached_measurement, cells_for, measure, read_results
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_text
+from eseg_cli.utils import atomic_write_text, check_finite, read_jsonl
 
 FULL_RES = (1024, 2048)  # Cityscapes, where the paper counts FLOPs
 ADE_RES = (512, 512)  # ADE20K's usual crop; Table 5 gives no FLOPs, ours are at this size
@@ -93,12 +93,13 @@ def collect_results(paths: Iterable[str | Path]) -> dict[str, list[dict]]:
 
 
 def _eval_records(path: Path) -> list[dict]:
-    try:
-        text = path.read_text()
-        objs = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-            else [json.loads(text)]
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return []  # not a results file (a config, a log fragment): ignored
+    if path.suffix == ".jsonl":  # the valid rows of a log whose last line a killed run cut (a damaged one: named)
+        objs = read_jsonl(path)[0]
+    else:
+        try:
+            objs = [json.loads(path.read_text())]
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return []  # not a results file (a config, a log fragment): ignored
     recs = []
     for o in objs:
         for obj in (o if isinstance(o, list) else [o]):
@@ -116,16 +117,26 @@ def _eval_records(path: Path) -> list[dict]:
             if miou is None or not model:
                 continue
             recs.append({"model": str(model), "model_config": cfg, "dataset": dataset,
-                         "mIoU": float(miou), "pixAcc": metrics.get("pixAcc", metrics.get("pixacc")),
+                         "mIoU": _score(miou, path), "pixAcc": metrics.get("pixAcc", metrics.get("pixacc")),
                          "source": str(path)})
     return recs
+
+
+def _score(value, path: Path) -> float:
+    """An mIoU read from a results file: a finite number, or refused naming the file (never a NaN in a table)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise EsegError(f"{path}: its mIoU {value!r} is not a number; evaluate again to rewrite it") from None
+    check_finite(v, f"{path}: its mIoU")
+    return v
 
 
 def _run_config(folder: Path) -> dict | None:
     """The model and dataset of an engine run folder, from its ``config.yaml`` (None if there is none)."""
     from eseg_cli.engine.run import Run
 
-    cfg = Run(folder).read_config()
+    cfg = Run(folder).load_config()  # a damaged config.yaml is named, not taken for "no results"
     if not isinstance(cfg, dict) or "scale" not in cfg:
         return None
     from eseg_cli.models import model_name

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from eseg_cli.analysis.plot import read_confusion, read_run
 from eseg_cli.engine.run import Run
@@ -70,12 +69,9 @@ def read_run_record(path: str | Path) -> RunRecord:
     """Read everything a report shows about the run folder ``path``."""
     run = Run(path)
     rec = RunRecord(run.path)
-    if run.config_path.is_file():
-        rec.config_text = run.config_path.read_text()
-        try:
-            rec.config = yaml.safe_load(rec.config_text) or {}
-        except yaml.YAMLError as e:
-            raise EsegError(f"{run.config_path} is not valid YAML: {e}") from None
+    rec.config = run.load_config() or {}
+    if rec.config:
+        rec.config_text = run.config_path.read_text(encoding="utf-8")
     logs = read_run(run.path)
     rec.log, rec.val = logs["log"], logs["val"]
     rec.summary = run.read_summary() or {}
@@ -88,6 +84,7 @@ def read_run_record(path: str | Path) -> RunRecord:
         if isinstance(data, dict) and "mIoU" in data:
             rec.evals[stem] = data
             if paths["confusion_csv"].is_file():
+                read_confusion(paths["confusion_csv"])  # checked now: a damaged file is named before any write
                 rec.confusions[stem] = paths["confusion_csv"]
     return rec
 

@@ -71,7 +71,8 @@ def _is_input_error(e: BaseException) -> bool:
 
 
 def option_flags(fn) -> dict[str, str]:
-    """A command function's options by parameter name: ``{"data_root": "--data-root", ...}`` (long form)."""
+    """A command function's options by parameter name: ``{"data_root": "--data-root", ...}`` (long form); a name
+    with a trailing ``_`` (``compile_``, kept off a builtin) also without it, as the library calls it."""
     flags = {}
     for name, p in inspect.signature(fn).parameters.items():
         infos = [p.default, *getattr(p.annotation, "__metadata__", ())]
@@ -80,6 +81,7 @@ def option_flags(fn) -> dict[str, str]:
                 if isinstance(info, typer.models.OptionInfo) else []
             if decls:
                 flags[name] = next((d.split("/")[0] for d in decls if d.startswith("--")), decls[0])
+                flags.setdefault(name.rstrip("_"), flags[name])  # compile_ (a builtin's name) is 'compile' too
     return flags
 
 
@@ -134,6 +136,20 @@ def run_guarded(fn, *a, flags: dict[str, str] | None = None, **k):
         raise typer.Exit(code) from None
 
 
+def _finite_options(fn):
+    """``fn`` refusing a NaN or infinite value of any float option (click's ``min``/``max`` let NaN through:
+    every comparison with it is false), before the command runs."""
+    from eseg_cli.utils import check_finite
+
+    @functools.wraps(fn)
+    def checked(*a, **k):
+        for name, v in k.items():
+            check_finite(v, f"'{name}'", field=name)
+        return fn(*a, **k)
+
+    return checked
+
+
 class EsegTyper(typer.Typer):
     """A Typer app whose commands turn any exception into a red one-line message: exit code 2 for input
     problems (:class:`EsegError`, OS errors, bad encodings or YAML, memory), 1 for bugs. ``--debug`` or
@@ -147,7 +163,7 @@ class EsegTyper(typer.Typer):
 
             @functools.wraps(fn)
             def wrapper(*a, **k):
-                return run_guarded(fn, *a, flags=flags, **k)
+                return run_guarded(_finite_options(fn), *a, flags=flags, **k)
 
             register(wrapper)
             return fn

@@ -78,7 +78,7 @@ def eval_cmd(
     from eseg_cli.engine import evaluate, score_predictions
     from eseg_cli.engine.run import Run
     from eseg_cli.errors import EsegError
-    from eseg_cli.utils import parse_size
+    from eseg_cli.utils import parse_floats, parse_size
 
     mode, amp = value(mode), value(amp)
     set_threads(threads)
@@ -87,12 +87,7 @@ def eval_cmd(
         raise EsegError("give exactly one of --checkpoint PATH or --predictions DIR")
     if ids not in ("auto", "trainid", "labelid"):
         raise EsegError(f"--ids must be auto, trainid or labelid, got {ids!r}")
-    try:
-        scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
-    except ValueError:
-        raise EsegError(f"--scales must be comma-separated numbers, got {scales!r}") from None
-    if not scale_list or min(scale_list) <= 0:
-        raise EsegError(f"--scales must be positive numbers, got {scales!r}")
+    scale_list = parse_floats(scales, "--scales")
     out_dir = out
     reporter = ProgressReporter(bar=use_bar(), quiet=json_out)
     if predictions is not None:

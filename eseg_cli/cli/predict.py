@@ -73,10 +73,9 @@ def predict_cmd(
 
       [cyan]eseg predict -c runs/<run> frames/ --out preds/ --compile --amp bf16[/]   fastest, not exact
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from eseg_cli.errors import EsegError
-    from eseg_cli.inference.files import collect_inputs, predict_images, predict_video
+    from eseg_cli.inference.files import collect_inputs, plan_outputs
+    from eseg_cli.utils import check_output_apart, output_lock
 
     if (checkpoint is None) == (onnx is None):
         raise EsegError("give exactly one of --checkpoint RUN|FILE or --onnx FILE")
@@ -85,39 +84,23 @@ def predict_cmd(
     if onnx is not None and (amp or compile_ or no_ema):
         raise EsegError("--amp, --compile and --no-ema apply to a checkpoint; an --onnx model runs as exported")
     images, videos = collect_inputs(inputs)
+    check_output_apart(out, [Path(i) for i in inputs if Path(i).is_dir()], [p for p, _ in images] + videos)
     set_threads(threads)
-    if onnx is not None:
-        from eseg_cli.inference.export import OnnxPredictor
+    with output_lock(out, f"output folder {out} is in use by another eseg predict; wait for it to finish, or "
+                          "choose another --out"):
+        plan_outputs(images, videos, out, overlay=overlay, confidence=confidence, overwrite=yes)
+        if onnx is not None:
+            from eseg_cli.inference.export import OnnxPredictor
 
-        predictor = OnnxPredictor(onnx, threads=threads)
-    else:
-        from eseg_cli.inference import Predictor
+            predictor = OnnxPredictor(onnx, threads=threads)
+        else:
+            from eseg_cli.inference import Predictor
 
-        predictor = Predictor(checkpoint, device=device, compile=compile_, amp=value(amp),
-                              use_ema=not no_ema)
-    summary: dict = {"model": predictor.source}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
-                        disable=json_out or not err_console.is_terminal)
-    with progress:
-        if images:
-            task = progress.add_task("images", total=len(images), rate="")
-
-            def on_image(done, total):
-                elapsed = progress.tasks[task].elapsed or 0
-                progress.update(task, completed=done, rate=f"{done / elapsed:.2f} img/s" if elapsed else "")
-
-            summary.update(predict_images(predictor, images, out, ids=ids.value, overlay=overlay, alpha=alpha,
-                                          confidence=confidence, batch_size=batch_size, workers=workers,
-                                          overwrite=yes, on_image=on_image))
-        if videos:
-            summary["videos"] = []
-            for v in videos:
-                task = progress.add_task(v.name, total=None, rate="")
-                summary["videos"].append(predict_video(
-                    predictor, v, out, alpha=alpha, overwrite=yes,
-                    on_frame=lambda done, total, task=task: progress.update(task, completed=done,
-                                                                            total=total or None)))
+            predictor = Predictor(checkpoint, device=device, compile=compile_, amp=value(amp),
+                                  use_ema=not no_ema)
+        summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
+                               alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
+                               overwrite=yes)
     if json_out:
         print_json(summary)
         return
@@ -140,6 +123,47 @@ def predict_cmd(
         console.print(h)
     kinds = ", ".join(summary.get("files_per_image", [])) or "overlay videos"
     console.print(f"[dim]written to {out}: per image {kinds}[/]")
+
+
+def _predict_all(predictor, images, videos, out: Path, quiet: bool, *, alpha: float, overwrite: bool,
+                 **image_kw) -> dict:
+    """Images, then videos, with a progress bar on a terminal. Ctrl-C stops with what was finished and how to
+    go on (no partial file is left: each is written whole, or removed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from eseg_cli.errors import Interrupted
+    from eseg_cli.inference.files import predict_images, predict_video
+
+    summary: dict = {"model": predictor.source}
+    done = {"images": 0, "videos": 0}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
+                        disable=quiet or not err_console.is_terminal)
+    try:
+        with progress:
+            if images:
+                task = progress.add_task("images", total=len(images), rate="")
+
+                def on_image(n, total):
+                    done["images"] = n
+                    elapsed = progress.tasks[task].elapsed or 0
+                    progress.update(task, completed=n, rate=f"{n / elapsed:.2f} img/s" if elapsed else "")
+
+                summary.update(predict_images(predictor, images, out, alpha=alpha, overwrite=overwrite,
+                                              on_image=on_image, **image_kw))
+            if videos:
+                summary["videos"] = []
+                for v in videos:
+                    task = progress.add_task(v.name, total=None, rate="")
+                    summary["videos"].append(predict_video(
+                        predictor, v, out, alpha=alpha, overwrite=overwrite,
+                        on_frame=lambda n, total, task=task: progress.update(task, completed=n, total=total or None)))
+                    done["videos"] += 1
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped: {done['images']} of {len(images)} images and {done['videos']} of {len(videos)} "
+                          f"videos were written whole to {out}", signum=2,
+                          resume="run the same command again with --yes (it redoes them all)") from None
+    return summary
 
 
 @app.command("export", rich_help_panel="Use a trained model")

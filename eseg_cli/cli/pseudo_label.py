@@ -62,15 +62,11 @@ def pseudo_label_cmd(
 
     from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.engine.pseudo_label import pseudo_label
-    from eseg_cli.errors import EsegError
-    from eseg_cli.utils import parse_size
+    from eseg_cli.utils import parse_floats, parse_size
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        scale_list = tuple(float(s) for s in scales.split(",") if s.strip())
-    except ValueError:
-        raise EsegError(f"--scales must be comma-separated numbers, got {scales!r}") from None
+    scale_list = parse_floats(scales, "--scales")
     with ProgressReporter(bar=use_bar(progress), quiet=json_out) as on_event:
         summary = pseudo_label(checkpoint, images, out, threshold=threshold, mode=mode,
                                crop=parse_size(crop, "--crop") if crop else None,

@@ -66,6 +66,10 @@ def report_cmd(
     import json
 
     tables = build_tables(results or [], measure_missing=measure)
+    if html or figures:  # every input read before the first write: a damaged run is named, nothing half-written
+        from eseg_cli.analysis.html_report import read_inputs
+
+        read_inputs(results or [], profiles or [])
     summary = {"tables": {k: json.loads(v.to_json(orient="records")) for k, v in tables.items()},
                "files": [str(f) for f in write_tables(tables, out)]}
     if html:

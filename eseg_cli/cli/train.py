@@ -89,7 +89,7 @@ def train_cmd(
     yes: bool = typer.Option(False, "--yes", "-y", help="Start over in an existing --run-dir without asking (the "
                                                         "old run is moved to <name>.old-<time>)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write the log and validation rows as "
-                                     "TensorBoard scalars to <run>/tensorboard (pip install 'eseg[tensorboard]'; "
+                                     "TensorBoard scalars to <run>/tensorboard (pip install 'eseg\\[tensorboard]'; "
                                      "view with: tensorboard --logdir runs); default: from the recipe "
                                      "(tensorboard: false)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on a terminal; plain "

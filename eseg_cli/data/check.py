@@ -16,9 +16,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from eseg_cli import utils
+from eseg_cli.data.imageio import open_image, oriented_size
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json
@@ -57,12 +56,9 @@ def _check_pair(index: int) -> tuple[int, str | None, tuple[int, int] | None]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the file header only (no decoding)."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise EsegError(f"{path}: cannot read the image ({e}); replace or remove the file") from None
+    """``(height, width)`` as the image is shown (EXIF orientation applied), from the file header only."""
+    with open_image(path) as im:
+        w, h = oriented_size(im)
     return h, w
 
 

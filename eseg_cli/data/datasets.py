@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from eseg_cli.data.classes import (
@@ -24,7 +23,9 @@ from eseg_cli.data.classes import (
     IGNORE_INDEX,
     cityscapes_id_to_trainid_lut,
 )
+from eseg_cli.data.imageio import read_rgb, read_upright
 from eseg_cli.errors import EsegError
+from eseg_cli.utils import path_component
 
 _DATASETS: dict[str, type[SegmentationDataset]] = {}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,6 +68,7 @@ def build_dataset(name: str, root, split: str, transform=None, **kw) -> Segmenta
     (generated once into the cache); every other dataset needs its root.
     """
     cls = dataset_class(name)
+    path_component(split, "'split'", field="split")  # a folder name: '../x' would read another tree
     if (root is None or str(root) == "") and not cls.builtin_root:
         raise EsegError(f"dataset {cls.name!r} needs its root folder ('data_root'); only synthetic has a built-in set",
                         field=("data_root", "root"))
@@ -74,28 +76,19 @@ def build_dataset(name: str, root, split: str, transform=None, **kw) -> Segmenta
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB image as HxWx3 uint8; unreadable files raise EsegError naming them."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except FileNotFoundError:
-        raise EsegError(f"{path}: image not found; check the dataset root") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise EsegError(f"{path}: cannot read the image ({e}); replace or remove the file") from None
+    """An RGB image as HxWx3 uint8, upright, 16-bit data scaled (:mod:`eseg_cli.data.imageio`); unreadable files
+    raise EsegError naming them."""
+    return read_rgb(path)
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A single-channel label image as HxW uint8 (palette PNGs keep their indices)."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise EsegError(f"{path}: a label must be a single-channel PNG (mode L/P), got mode {im.mode}; "
-                                "convert it to class indices")
-            arr = np.array(im)
-    except FileNotFoundError:
-        raise EsegError(f"{path}: label not found; check the dataset root") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise EsegError(f"{path}: cannot read the label ({e}); replace or remove the file") from None
+    """A single-channel label image as HxW uint8 (palette PNGs keep their indices), turned as its EXIF
+    orientation says (as its image is)."""
+    im = read_upright(path, "label")
+    if im.mode not in ("L", "P", "I", "I;16"):
+        raise EsegError(f"{path}: a label must be a single-channel PNG (mode L/P), got mode {im.mode}; "
+                        "convert it to class indices")
+    arr = np.array(im)
     if arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise EsegError(f"{path}: label values outside 0..255; labels must be class indices")

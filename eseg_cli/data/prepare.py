@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from eseg_cli.data.classes import (
     ADE20K_CLASSES,
@@ -30,9 +30,10 @@ from eseg_cli.data.classes import (
     IGNORE_INDEX,
     cityscapes_id_to_trainid_lut,
 )
+from eseg_cli.data.imageio import UNREADABLE, oriented_size
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
-from eseg_cli.utils import MAX_SIDE, atomic_write_bytes
+from eseg_cli.utils import MAX_SIDE, atomic_write_bytes, path_component
 
 CITYSCAPES_SPLITS = ("train", "val", "test")  # train_extra has only gtCoarse
 IMG_SUFFIX = "_leftImg8bit.png"
@@ -46,10 +47,10 @@ def _image_size(path: Path, what: str = "image") -> tuple[int, int]:
     """(width, height) of an image after decoding it completely (``verify()`` alone passes truncated JPEGs)."""
     try:
         with Image.open(path) as im:
-            size = im.size
+            size = oriented_size(im)  # as read for training (upright)
             im.load()  # decodes every pixel: truncated and corrupt files raise here
         return size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UNREADABLE as e:
         raise EsegError(f"{path}: unreadable or corrupt {what} ({e}); re-extract or replace the file") from None
 
 
@@ -63,7 +64,7 @@ def _read_label_array(path: Path) -> np.ndarray:
             return np.asarray(im)
     except EsegError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UNREADABLE as e:
         raise EsegError(f"{path}: unreadable or corrupt label ({e}); re-extract or replace the file") from None
 
 
@@ -218,6 +219,7 @@ def scan_cityscapes(root, splits=None) -> list[tuple[str, Path, Path | None, Pat
             raise EsegError(f"{root / 'leftImg8bit'}: no split folders (train, val, test) found")
     rows = []
     for split in splits:
+        path_component(split, "'split'", field="split")  # outputs are written under it
         img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         if not img_dir.is_dir():
             raise EsegError(f"{img_dir} not found; the split {split!r} is missing")

@@ -25,7 +25,7 @@ import yaml
 from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
 from eseg_cli.models.registry import check_model_options, model_name
-from eseg_cli.utils import check_size
+from eseg_cli.utils import check_finite, check_size, path_component
 
 RECIPES_PACKAGE = "eseg_cli.recipes"
 BASE_RECIPE = "base"  # recipes/base.yaml: the settings every dataset shares
@@ -140,6 +140,7 @@ def _check_type(key: str, value: Any, tp: Any, where: str) -> Any:
     if not ok:
         raise EsegError(f"{where}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
     if tp is float:
+        check_finite(float(value), f"{where}: '{key}'")
         return float(value)
     if tp is list:
         return list(value)
@@ -173,6 +174,8 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
             continue
         if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
             raise EsegError(f"{where}: '{key}' must be a list of two positive numbers, got {v!r}")
+        for x in v:
+            check_finite(x, f"{where}: '{key}'")
     for key in _POSITIVE:
         if getattr(cfg, key) <= 0:
             raise EsegError(f"{where}: '{key}' must be positive, got {getattr(cfg, key)!r}")
@@ -207,6 +210,8 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
         if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
             lo_b, hi_b = "(" if lo_open else "[", ")" if hi_open else "]"
             raise EsegError(f"{where}: '{key}' must be in {lo_b}{lo}, {hi}{hi_b}, got {v!r}")
+    for key in ("train_split", "val_split"):
+        path_component(getattr(cfg, key), f"{where}: '{key}'")
     cfg.crop_size = [int(x) for x in cfg.crop_size]
     cfg.extra_data = [_check_source(i, src, where, cfg.extra_ratio) for i, src in enumerate(cfg.extra_data)]
     if cfg.extra_data and sum(s["ratio"] for s in cfg.extra_data) >= 1:
@@ -230,6 +235,7 @@ def _check_source(i: int, src: Any, where: str, ratio: float) -> dict:
     out = {"dataset": src.get("dataset", "folder"), "root": str(src["root"]), "ratio": src.get("ratio", ratio),
            "split": src.get("split", "train")}
     out["dataset"] = _canonical(dataset_name_of, str(out["dataset"]), f"{key}.dataset", where)
+    path_component(out["split"], f"{where}: '{key}.split'")
     r = out["ratio"]
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
         raise EsegError(f"{where}: '{key}.ratio' must be a number between 0 and 1 (the share of training samples "

@@ -16,7 +16,14 @@ from eseg_cli.engine.precision import autocast
 from eseg_cli.engine.run import Run
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
-from eseg_cli.utils import atomic_write_json, atomic_write_text
+from eseg_cli.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_finite,
+    check_output_apart,
+    check_size,
+)
 
 MODES = ("whole", "slide", "msflip")
 
@@ -42,7 +49,33 @@ def slide_logits(model: nn.Module, x: torch.Tensor, num_classes: int, crop: tupl
             x0 = min(c * sw, w - cw)
             out[:, :, y0:y0 + ch, x0:x0 + cw] += _forward(model, x[:, :, y0:y0 + ch, x0:x0 + cw], amp)
             count[:, :, y0:y0 + ch, x0:x0 + cw] += 1
+    if not bool(count.all()):  # unreachable with check_inference's stride <= crop; never a silent 0/0 score
+        raise EsegError(f"the sliding window (crop {crop[0]}x{crop[1]}, stride {sh}x{sw}) leaves pixels of a "
+                        f"{h}x{w} image uncovered; use a stride of at most the crop", field="stride")
     return out / count
+
+
+def check_inference(mode: str, crop=None, stride=None, scales=(1.0,)) -> None:
+    """Refuse inference settings that would give a score no model computed: an unknown mode, slide without a
+    crop, a stride larger than the crop (the pixels between windows would be 0/0, then class 0), a crop past
+    the size cap, or a scale that is not a positive finite number."""
+    if mode not in MODES:
+        raise EsegError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    if mode == "slide" and crop is None:
+        raise EsegError("slide mode needs a crop size ('crop', HxW)", field="crop")
+    if crop is not None:
+        check_size(crop, "'crop'", field="crop")
+        if stride is not None and (stride[0] > crop[0] or stride[1] > crop[1]):
+            raise EsegError(f"'stride' {stride[0]}x{stride[1]} is larger than 'crop' {crop[0]}x{crop[1]}: the "
+                            "pixels between two windows would get no score; give a stride of at most the crop",
+                            field="stride")
+    if mode == "msflip":
+        if not scales:
+            raise EsegError("msflip needs at least one scale ('scales')", field="scales")
+        for v in scales:
+            check_finite(v, "'scales'", field="scales")
+            if v <= 0:
+                raise EsegError(f"'scales' must be positive numbers, got {v!r}", field="scales")
 
 
 @torch.no_grad()
@@ -56,8 +89,7 @@ def predict(model: nn.Module, x: torch.Tensor, num_classes: int, *, mode: str = 
     ``stride``. ``msflip``: softmax averaged over ``scales`` (each whole-image, or sliding when ``crop`` is
     given) and their horizontal flips.
     """
-    if mode not in MODES:
-        raise EsegError(f"eval mode must be one of {', '.join(MODES)}, got {mode!r}")
+    check_inference(mode, crop, stride, scales)
 
     def one(inp):
         if crop is not None and mode in ("slide", "msflip"):
@@ -65,14 +97,13 @@ def predict(model: nn.Module, x: torch.Tensor, num_classes: int, *, mode: str = 
             return slide_logits(model, inp, num_classes, crop, st, amp)
         return _forward(model, inp, amp)
 
-    if mode == "slide" and crop is None:
-        raise EsegError("slide mode needs a crop size ('crop', HxW)", field="crop")
     if mode != "msflip":
         return one(x)
     h, w = x.shape[-2:]
     total = x.new_zeros((x.shape[0], num_classes, h, w))
     for s in scales:
         size = (max(1, round(h * s)), max(1, round(w * s)))
+        check_size(size, f"the {h}x{w} image at msflip scale {s:g} ('scales')", field="scales")
         xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
         variants = [xs, xs.flip(-1)] if flip else [xs]
         for i, v in enumerate(variants):
@@ -154,17 +185,37 @@ def _palette_image(label: np.ndarray, palette: list[tuple[int, int, int]]):
 
 
 def save_prediction(pred: torch.Tensor, image_path: str | Path, out_dir: Path, palette=None) -> Path:
-    """``<stem>.png`` (trainIds) and, with a palette, ``<stem>_color.png`` in ``out_dir``."""
+    """``<stem>.png`` (trainIds) and, with a palette, ``<stem>_color.png`` in ``out_dir`` (each written whole)."""
+    import io
+
     from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def png(img) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
     stem = Path(image_path).stem
     arr = pred.numpy().astype(np.uint8)
-    path = out_dir / f"{stem}.png"
-    Image.fromarray(arr).save(path)
+    path = atomic_write_bytes(out_dir / f"{stem}.png", png(Image.fromarray(arr)))
     if palette:
-        _palette_image(arr, palette).save(out_dir / f"{stem}_color.png")
+        atomic_write_bytes(out_dir / f"{stem}_color.png", png(_palette_image(arr, palette)))
     return path
+
+
+def check_prediction_outputs(ds, out_dir: str | Path) -> None:
+    """Refuse a ``save_predictions`` folder inside the dataset (a prediction ``<stem>.png`` would replace an image
+    or label), and images whose prediction files would share a name (``x_color.png`` is also ``x.png``'s)."""
+    out_dir = Path(out_dir)
+    check_output_apart(out_dir, [ds.root] if getattr(ds, "root", None) else [], [], field="save_predictions")
+    owners: dict[str, Path] = {}
+    for ip, _ in ds.files:
+        for p in (out_dir / f"{Path(ip).stem}.png", out_dir / f"{Path(ip).stem}_color.png"):
+            key = str(p).casefold()
+            if key in owners:
+                raise EsegError(f"images {owners[key]} and {ip} would both write {p} ('save_predictions'); "
+                                "save the predictions of one of them elsewhere", field="save_predictions")
+            owners[key] = Path(ip)
 
 
 def _build_eval_dataset(dataset: str, data_root: str | Path | None, split: str, resize=None, norm=None):
@@ -204,6 +255,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         resize = cfg.get("val_resize")
     if mode == "slide" and crop is None and cfg.get("crop_size"):
         crop = tuple(cfg["crop_size"])  # the run's training crop, as mmseg takes it from the config
+    check_inference(mode, crop, stride, scales)
     from eseg_cli.models.pretrained import model_normalization
 
     # the normalisation the model was trained with (its encoder weights'), recorded in its config
@@ -219,6 +271,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     on_pred = None
     if save_predictions:
         pdir = Path(save_predictions)
+        check_prediction_outputs(ds, pdir)
 
         def on_pred(i, pred):
             save_prediction(pred, ds.files[i][0], pdir, getattr(ds, "palette", None))
@@ -267,12 +320,14 @@ def _find_prediction(index: dict[str, Path], image_path: str | Path) -> Path | N
 
 def _read_prediction(path: Path) -> np.ndarray:
     """A prediction PNG as an array; a corrupt or unreadable file is an EsegError naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from eseg_cli.data.imageio import UNREADABLE
 
     try:
         with Image.open(path) as im:
             return np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UNREADABLE as e:
         raise EsegError(f"prediction {path} cannot be read ({e}); write it again or remove it") from None
 
 

@@ -24,7 +24,6 @@ This module imports no torch, so the command line can use it cheaply.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from eseg_cli.errors import EsegError
-from eseg_cli.utils import atomic_write_json, atomic_write_text
+from eseg_cli.utils import atomic_write_json, atomic_write_text, folder_lock, read_jsonl, remove_if_only_lock
 
 CHECKPOINT_NAMES = ("best", "last")
 _RUN_FILES = ("config.yaml", "log.jsonl", "val.jsonl", "summary.json")
@@ -212,40 +211,15 @@ class Run:
             return dest
         raise AssertionError("unreachable")
 
-    @contextlib.contextmanager
     def lock(self):
-        """Hold ``RUN/.lock`` for as long as the block runs; an EsegError if another process holds it.
-
-        An OS lock (``flock``): it goes away with the process, so a killed run never leaves it behind.
-        Where the OS has no ``flock`` (Windows), nothing is locked.
-        """
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            yield
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise EsegError(f"run folder {self.path} is in use by another training process; wait for it "
-                                "to finish, or choose another run folder") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        """Hold ``RUN/.lock`` for as long as the block runs; an EsegError if another process holds it
+        (:func:`~eseg_cli.utils.folder_lock`: an OS lock that goes away with the process)."""
+        return folder_lock(self.path, f"run folder {self.path} is in use by another training process; wait for "
+                                      "it to finish, or choose another run folder")
 
     def remove_if_unused(self) -> bool:
         """Delete this folder if nothing but its lock file is in it (a run that failed before it started)."""
-        if not self.path.is_dir() or any(p.name != ".lock" for p in self.path.iterdir()):
-            return False
-        (self.path / ".lock").unlink(missing_ok=True)
-        self.path.rmdir()
-        return True
+        return remove_if_only_lock(self.path)
 
     def clean_stale_tmp(self) -> list[Path]:
         """Delete the temporary files (``.<name>.<random>.tmp``) that a write killed halfway left behind.
@@ -269,6 +243,20 @@ class Run:
         except (OSError, yaml.YAMLError):
             return None
         return cfg if isinstance(cfg, dict) else None
+
+    def load_config(self) -> dict | None:
+        """The saved config as a dict (None when there is none); a damaged one is an EsegError naming it."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            cfg = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise EsegError(f"{self.config_path} is damaged ({' '.join(str(e).split())}); restore it from the "
+                            "checkpoint's config or fix the edit") from None
+        if not isinstance(cfg, dict):
+            raise EsegError(f"{self.config_path} is damaged: a run's config is a mapping of keys, got "
+                            f"{type(cfg).__name__}")
+        return cfg
 
     def write_config(self, config: dict) -> Path:
         return atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
@@ -354,15 +342,5 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
+    """The rows of a run's JSON-lines file (a last line cut short by a killed run is left out)."""
+    return [r for r in read_jsonl(path)[0] if isinstance(r, dict)]

@@ -89,12 +89,24 @@ def _mix_sources(main, cfg: TrainConfig, train_tf):
     sources, names = [main], [f"{cfg.dataset}:{cfg.train_split}"]
     for i, src in enumerate(cfg.extra_data):
         ds = build_dataset(src["dataset"], src["root"], src["split"], transform=train_tf)
-        if ds.num_classes != main.num_classes:
-            raise EsegError(f"extra_data[{i}] {src['root']} has {ds.num_classes} classes but the training set has "
-                            f"{main.num_classes}; a mixed source must use the same class list")
+        _check_same_classes(ds, main, f"extra_data[{i}] {src['root']}")
         sources.append(ds)
         names.append(f"{src['dataset']}:{src['root']}")
     return MixedDataset(sources, names)
+
+
+def _check_same_classes(ds, main, what: str) -> None:
+    """A mixed source must label with the training set's classes in the same order: class ``k`` of one is
+    class ``k`` of the other (the same count in another order would teach the wrong classes)."""
+    if ds.num_classes != main.num_classes:
+        raise EsegError(f"{what} has {ds.num_classes} classes but the training set has {main.num_classes}; a mixed "
+                        "source must use the same class list")
+    ours, theirs = [str(c).strip().lower() for c in main.classes], [str(c).strip().lower() for c in ds.classes]
+    if ours != theirs:
+        k = next(k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        how = "the same classes in another order" if sorted(ours) == sorted(theirs) else "other classes"
+        raise EsegError(f"{what} lists {how}: class {k} is {ds.classes[k]!r} there but {main.classes[k]!r} in the "
+                        "training set; write its classes.txt (and masks) in the training set's order")
 
 
 def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Callable[[str], None],
@@ -227,6 +239,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         state = ckpt_io.load_checkpoint(run.last_checkpoint)
         cfg = validate(with_new_keys(state["config"]), where=f"config saved in {run.last_checkpoint}")
         cfg, changes = _resume_changes(cfg, int(state["step"]), steps, data_root)
+        _check_config_file(run, cfg, given=changes)
     else:
         if steps is not None or data_root is not None:
             raise EsegError("'steps' and 'data_root' change a resumed run; for a new run put them in the config",
@@ -290,6 +303,23 @@ def _resume_changes(cfg: TrainConfig, at: int, steps: int | None, data_root) -> 
     if changes:
         cfg = validate({**cfg.to_dict(), **{k: new for k, (_, new) in changes.items()}}, where="resumed config")
     return cfg, changes
+
+
+def _check_config_file(run: Run, cfg: TrainConfig, given: dict) -> None:
+    """A resumed run continues with its checkpoint's config: an edited ``config.yaml`` is refused with the
+    difference, not silently written back over. The keys ``given`` (``--steps``, ``--data-root``: the changes a
+    resume takes) are the user's explicit word and are not compared."""
+    on_disk = run.load_config()
+    if on_disk is None:
+        return
+    ours, edited = cfg.to_dict(), validate(with_new_keys(on_disk), where=str(run.config_path)).to_dict()
+    diff = [k for k in ours if k not in given and ours[k] != edited.get(k)]
+    if diff:
+        shown = "; ".join(f"'{k}' {ours[k]!r} in the checkpoint, {edited.get(k)!r} in config.yaml" for k in diff)
+        raise EsegError(f"{run.config_path} differs from the config of {run.last_checkpoint} ({shown}); a resume "
+                        "continues with the checkpoint's config: undo the edit ('steps' and 'data_root' change those "
+                        f"on resume), or start a new run from these weights ('init_from' {run.path})",
+                        field=(*diff, "steps", "data_root", "init_from"))
 
 
 def _open_run(rt: Runtime, stack: contextlib.ExitStack, cfg: TrainConfig, run_dir, resume: bool, overwrite: bool,

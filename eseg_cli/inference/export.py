@@ -13,6 +13,7 @@ agreement is below 99.9%.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import warnings
@@ -62,16 +63,31 @@ def metadata(predictor: Predictor) -> dict[str, str]:
     }
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an ONNX opset that this torch's (TorchScript-based) exporter does not write, before exporting."""
+    from torch.onnx import _constants
+
+    lo = getattr(_constants, "ONNX_MIN_OPSET", 7)
+    hi = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 17))
+    if not lo <= opset <= hi:
+        raise EsegError(f"'opset' {opset} is not one this torch ({torch.__version__}) exports: give {lo} to {hi}",
+                        field="opset")
+
+
 def _onnx_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, str], opset: int) -> bytes:
     onnx, _ = require_onnx()
     buf = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # no graph dump on stdout
         warnings.simplefilter("ignore")
         # the TorchScript-based exporter: it keeps every shape computation symbolic, where torch.export's
         # constraint solver cannot handle the pyramid's ceil-division sizes
-        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+        try:
+            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, input_names=["image"],
+                              output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+        except Exception as e:  # noqa: BLE001 - the exporter raises many kinds (unsupported operator, opset)
+            raise EsegError(f"ONNX export at 'opset' {opset} failed: {str(e).strip().splitlines()[0][:300]}",
+                            field="opset") from None
     proto = onnx.load_from_string(buf.getvalue())
     for k, v in meta.items():
         entry = proto.metadata_props.add()
@@ -183,9 +199,15 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
         raise EsegError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
         require_onnx()
+        check_opset(opset)
     out = Path(out)
     if out.is_dir():
         raise EsegError(f"{out} is a folder; give the output file name (e.g. {out / ('model' + SUFFIX[fmt])})")
+    if isinstance(checkpoint, (str, Path)) and out.exists():
+        from eseg_cli.engine.run import resolve_checkpoint
+
+        if out.resolve() == resolve_checkpoint(checkpoint).resolve():
+            raise EsegError(f"'out' {out} is the checkpoint being exported; give another file name", field="out")
     if len(sizes) < 1 or any(min(s) < 32 for s in sizes):
         raise EsegError(f"check sizes must be at least 32x32, got {sizes}")
     predictor = Predictor(checkpoint, device="cpu", channels_last=False, use_ema=use_ema)
@@ -215,6 +237,45 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
     return result
 
 
+def parse_metadata(meta: dict[str, str], path: Path) -> dict:
+    """The values :func:`metadata` wrote, parsed and checked: a file whose metadata is missing a key or holds a
+    value that is not the JSON written there is refused naming the file and the key (no silent default)."""
+    def value(key: str):
+        if key not in meta:
+            raise EsegError(f"{path}: its metadata has no '{key}' (not written by `eseg export`, or by an older "
+                            "version); export the model again")
+        try:
+            return json.loads(meta[key])
+        except ValueError:
+            raise EsegError(f"{path}: its metadata '{key}' is not JSON ({meta[key][:40]!r}); export the model "
+                            "again") from None
+
+    out = {k: value(k) for k in ("num_classes", "class_names", "palette", "mean", "std", "model")}
+    n = out["num_classes"]
+    checks = {
+        "num_classes": isinstance(n, int) and not isinstance(n, bool) and n >= 1,
+        "class_names": isinstance(out["class_names"], list) and len(out["class_names"]) == n,
+        "palette": isinstance(out["palette"], list) and len(out["palette"]) == n and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in out["palette"]),
+        "mean": _three_finite(out["mean"]),
+        "std": _three_finite(out["std"]) and all(v > 0 for v in out["std"]),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise EsegError(f"{path}: its metadata '{key}' is not valid ({meta[key][:60]!r}); export the model "
+                            "again")
+    out["palette"] = [tuple(c) for c in out["palette"]]
+    return out
+
+
+def _three_finite(v) -> bool:
+    import math
+
+    return isinstance(v, list) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+
 class OnnxPredictor(BasePredictor):
     """The :class:`Predictor` image API over an exported ONNX file run by onnxruntime (CPU).
 
@@ -233,18 +294,14 @@ class OnnxPredictor(BasePredictor):
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise EsegError(f"ONNX model {path} could not be loaded ({str(e).splitlines()[0]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "mean" not in meta or "num_classes" not in meta:
-            raise EsegError(f"{path} was not written by `eseg export` (no normalisation in its metadata)")
+        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         self.source = str(path)
         self.device = torch.device("cpu")
-        self.num_classes = int(meta["num_classes"])
-        self.class_names = json.loads(meta.get("class_names", "[]"))
-        self.palette = [tuple(c) for c in json.loads(meta.get("palette", "[]"))]
+        self.num_classes, self.class_names, self.palette = meta["num_classes"], meta["class_names"], meta["palette"]
         self.amp = None
-        self.checkpoint = {"config": {}, "model_config": {"name": json.loads(meta.get("model", "null"))}}
+        self.checkpoint = {"config": {}, "model_config": {"name": meta["model"]}}
         self._input = self.session.get_inputs()[0].name
-        self._set_normalization(json.loads(meta["mean"]), json.loads(meta["std"]))
+        self._set_normalization(meta["mean"], meta["std"])
 
     def __repr__(self) -> str:
         return f"OnnxPredictor({self.source}, classes={self.num_classes})"

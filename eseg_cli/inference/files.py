@@ -37,7 +37,7 @@ def collect_inputs(inputs: list[str | Path]) -> tuple[list[tuple[Path, str]], li
     """Images as ``(path, output stem relative to the output folder)`` and videos, in a stable order.
 
     Raises :class:`EsegError` for a missing path, an empty folder, a glob with no match or a file of an
-    unknown type.
+    unknown type. (Two inputs writing one output are refused by :func:`plan_outputs`.)
     """
     images: list[tuple[Path, str]] = []
     videos: list[Path] = []
@@ -69,10 +69,6 @@ def collect_inputs(inputs: list[str | Path]) -> tuple[list[tuple[Path, str]], li
                 (videos.append(p) if p.suffix.lower() in VIDEO_SUFFIXES else images.append((p, p.stem)))
         else:
             raise EsegError(f"input {text} does not exist")
-    stems = [s for _, s in images]
-    if len(set(stems)) != len(stems):
-        dup = next(s for s in stems if stems.count(s) > 1)
-        raise EsegError(f"two inputs would write the same output {dup!r}; give them from one folder or rename one")
     return images, videos
 
 
@@ -85,6 +81,38 @@ def output_paths(stem: str, out_dir: Path, *, overlay: bool, confidence: bool) -
     return paths
 
 
+def video_output(path: Path, out_dir: Path) -> Path:
+    return out_dir / f"{path.stem}_overlay.mp4"
+
+
+def plan_outputs(images: list[tuple[Path, str]], videos: list[Path], out_dir: str | Path, *, overlay: bool = True,
+                 confidence: bool = False, overwrite: bool = False) -> list[dict[str, Path]]:
+    """The output files of every image (and video), checked before anything is written: each name belongs to
+    one input only (``street_color.png`` is an input's label map and ``street.png``'s colour mask; two
+    ``clip.mp4`` from two folders), none is an input, and none exists unless ``overwrite``."""
+    out_dir = Path(out_dir)
+    targets = [output_paths(stem, out_dir, overlay=overlay, confidence=confidence) for _, stem in images]
+    owners: dict[str, Path] = {}
+    inputs = {str(p.resolve()).casefold() for p, _ in images} | {str(v.resolve()).casefold() for v in videos}
+    outputs = [(src, p) for (src, _), t in zip(images, targets) for p in t.values()]
+    outputs += [(v, video_output(v, out_dir)) for v in videos]
+    for src, p in outputs:
+        key = str(p.resolve()).casefold()  # case-insensitive file systems (macOS, Windows) clash on case too
+        if key in owners:
+            raise EsegError(f"inputs {owners[key]} and {src} would both write {p}; rename one, or predict them into "
+                            "separate output folders", field="out")
+        if key in inputs:
+            raise EsegError(f"input {src} would write {p}, which is an input; choose another output folder",
+                            field="out")
+        owners[key] = src
+    if not overwrite:
+        existing = [p for _, p in outputs if p.exists()]
+        if existing:
+            raise EsegError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); "
+                            "allow overwriting or choose another output folder")
+    return targets
+
+
 def _png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
@@ -95,6 +123,11 @@ def _jpg(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:  # NaN fails both comparisons: refused too
+        raise EsegError(f"'alpha' must be between 0 and 1, got {alpha}", field="alpha")
 
 
 def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
@@ -140,17 +173,11 @@ def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EsegError(f"output {out_dir} is a file; give a folder")
-    if not 0.0 <= alpha <= 1.0:
-        raise EsegError(f"alpha must be between 0 and 1, got {alpha}")
+    _check_alpha(alpha)
     if batch_size < 1 or workers < 0:
         raise EsegError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     to_ids = _label_writer(ids, predictor.num_classes)
-    targets = [output_paths(stem, out_dir, overlay=overlay, confidence=confidence) for _, stem in images]
-    if not overwrite:
-        existing = [p for t in targets for p in t.values() if p.exists()]
-        if existing:
-            raise EsegError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); "
-                            "allow overwriting or choose another output folder")
+    targets = plan_outputs(images, [], out_dir, overlay=overlay, confidence=confidence, overwrite=overwrite)
     colors = palette_array(predictor.palette)
     hist = np.zeros(max(predictor.num_classes, 1), dtype=np.int64)
     loader = DataLoader(_Images([p for p, _ in images]), batch_size=batch_size, num_workers=workers,
@@ -207,8 +234,9 @@ def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Pat
     """Write ``<stem>_overlay.mp4``: every frame with its predicted mask blended over it."""
     import cv2
 
+    _check_alpha(alpha)
     path, out_dir = Path(path), Path(out_dir)
-    out = out_dir / f"{path.stem}_overlay.mp4"
+    out = video_output(path, out_dir)
     if out.exists() and not overwrite:
         raise EsegError(f"{out} already exists; allow overwriting or choose another output folder")
     cap = cv2.VideoCapture(str(path))
@@ -223,23 +251,31 @@ def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Pat
     colors = palette_array(predictor.palette)
     frames, t0 = 0, time.perf_counter()
     try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-            lab = predictor.labels(predictor.to_tensor(rgb))[0].cpu().numpy()
-            writer.write(np.ascontiguousarray(blend(rgb, colors[lab], alpha)[:, :, ::-1]))
-            frames += 1
-            if on_frame:
-                on_frame(frames, total)
+        frames = _overlay_frames(predictor, cap, writer, colors, alpha, total, on_frame)
     finally:
         cap.release()
         writer.release()
+        if frames == 0:  # Ctrl-C, a full disk, a model error, no frames: no half-written video is left behind
+            tmp.unlink(missing_ok=True)
     if frames == 0:
-        tmp.unlink(missing_ok=True)
         raise EsegError(f"video {path} has no readable frames")
     tmp.replace(out)
     seconds = time.perf_counter() - t0
     return {"video": str(path), "out": str(out), "frames": frames, "seconds": round(seconds, 3),
             "frames_per_s": round(frames / seconds, 3)}
+
+
+def _overlay_frames(predictor: BasePredictor, cap, writer, colors: np.ndarray, alpha: float, total: int,
+                    on_frame: Callable[[int, int], None] | None) -> int:
+    """Write every frame of ``cap`` with its mask blended over it; return the number of frames."""
+    frames = 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            return frames
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        lab = predictor.labels(predictor.to_tensor(rgb))[0].cpu().numpy()
+        writer.write(np.ascontiguousarray(blend(rgb, colors[lab], alpha)[:, :, ::-1]))
+        frames += 1
+        if on_frame:
+            on_frame(frames, total)

@@ -26,23 +26,20 @@ from eseg_cli.inference.prepare import prepare_model
 
 
 def read_image(image) -> np.ndarray:
-    """A path, a PIL image or an HxWx3 uint8 array -> a contiguous HxWx3 uint8 RGB array."""
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
+    """A path, a PIL image or an HxWx3 uint8 array -> a contiguous HxWx3 uint8 RGB array (files and PIL images
+    upright and 16-bit data scaled, as :mod:`eseg_cli.data.imageio` reads every image)."""
+    from eseg_cli.data.imageio import read_rgb, to_rgb
 
+    if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise EsegError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                return np.array(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise EsegError(f"image {path} could not be read ({e})") from None
+        return read_rgb(path)
     try:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return np.array(image.convert("RGB"))
+            return to_rgb(image)
     except ImportError:  # pragma: no cover - pillow is a dependency
         pass
     if isinstance(image, np.ndarray):

@@ -120,34 +120,41 @@ def compile_training(fn):
 
 def compiled(fn, *, freezing: bool):
     """``torch.compile(fn, dynamic=False)`` with inductor's ``freezing`` as given and dynamo's recompile limit
-    raised to :data:`RECOMPILE_LIMIT`, both patched around each call; refuses early (naming what to do) when
-    inductor's CPU kernels would need a C++ compiler that is not there."""
+    raised to :data:`RECOMPILE_LIMIT`, both patched around each call; a missing toolchain (a C++ compiler on CPU,
+    triton on GPU) is named, with what to do, at the first call."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    require_cpp_compiler()
     compiled_fn = torch.compile(fn, dynamic=False)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         with inductor_config.patch(freezing=freezing), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return compiled_fn(*args, **kwargs)
+            try:
+                return compiled_fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - dynamo wraps the backend's failure in its own types
+                missing = missing_compiler(e)
+                if missing:
+                    raise EsegError(f"'compile' (torch.compile) needs {missing}, which this machine lacks; install "
+                                    "it, or run without 'compile': the result is the same, only slower",
+                                    field="compile") from None
+                raise
 
     return call
 
 
-def require_cpp_compiler() -> None:
-    """Raise :class:`~eseg_cli.errors.EsegError` when inductor has no C++ compiler (it builds every CPU
-    kernel with one, ``$CXX`` or ``g++``), instead of an internal error at the first compiled call."""
-    import shutil
-
-    import torch._inductor.config as inductor_config
-
-    names = [c for c in inductor_config.cpp.cxx if c]
-    if not any(shutil.which(c) for c in names):
-        raise EsegError(f"compile needs a C++ compiler for inductor's CPU kernels and none of {', '.join(names)} "
-                        "was found; install one (e.g. apt-get install g++, or set CXX) or drop compile",
-                        field="compile")
+def missing_compiler(e: BaseException) -> str | None:
+    """What a failed ``torch.compile`` lacks (a C++ compiler on CPU, triton on GPU), or None for other failures.
+    Dynamo wraps the backend's error (``BackendCompilerFailed``), so the chain of causes is searched."""
+    seen = 0
+    while e is not None and seen < 8:
+        text = f"{type(e).__name__}: {e}"
+        if "InvalidCxxCompiler" in text or "C++ compiler" in text:
+            return "a working C++ compiler (e.g. g++: apt install g++)"
+        if "triton" in text.lower() and ("cannot find" in text.lower() or "not installed" in text.lower()):
+            return "triton (pip install triton)"
+        e, seen = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold: bool = True,

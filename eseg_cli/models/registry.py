@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from eseg_cli.errors import EsegError
+from eseg_cli.utils import check_finite
 
 if TYPE_CHECKING:
     from torch import nn
@@ -103,6 +104,7 @@ def check_model_options(name: str, options: dict) -> None:
         if want and v is not None and not _is_a(v, want):
             names = " or ".join(t.__name__ for t in want)
             raise EsegError(f"model option '{k}' of {name} must be {names}, got {type(v).__name__} {v!r}")
+        check_finite(v, f"model option '{k}' of {name}")
 
 
 def _type_hints(fn) -> dict:
