@@ -29,7 +29,7 @@ from eseg_cli.models.encoders import efficientnet_encoder, timm_encoder
 from eseg_cli.models.layers import ConvBN, SeparableConv
 from eseg_cli.models.pretrained import load_encoder_weights
 from eseg_cli.models.registry import register_model
-from eseg_cli.models.scales import EFFICIENTNET_SCALING
+from eseg_cli.models.scales import EFFICIENTNET_SCALING, SCALES, normalize_name
 from eseg_cli.models.segmentor import Segmentor
 
 # ASPP rates per output stride: the DeepLab paper's 6/12/18 at stride 16, halved at stride 32.
@@ -90,6 +90,11 @@ class DeepLabV3PlusDecoder(nn.Module):
 
 
 def _encoder(name: str, output_stride: int, drop_path_rate: float) -> nn.Module:
+    scale = normalize_name(name)
+    if scale in SCALES and SCALES[scale].name == scale:  # an ESeg scale's own encoder, e.g. eseg-lite-s's
+        s = SCALES[scale]
+        return efficientnet_encoder(s.width, s.depth, lite=s.lite, output_stride=output_stride,
+                                    drop_path_rate=drop_path_rate)
     key = name.strip().lower().replace("-", "_")
     key = {"b1": "efficientnet_b1"}.get(key, key)
     if key in EFFICIENTNET_SCALING:  # this project's EfficientNet, so DeepLab rows share ESeg's exact encoder
@@ -107,7 +112,8 @@ def deeplabv3plus(num_classes: int = 19, *, encoder: str = "efficientnet_b1", ou
 
     ``output_stride=16`` dilates the encoder's last stage ("w/ atrous", ASPP rates 6/12/18);
     ``output_stride=32`` keeps it plain ("w/o atrous", rates 3/6/9). EfficientNet-B0..B7 encoders are
-    this project's own (the same network as ESeg's), anything else comes from timm.
+    this project's own (the same network as ESeg's), and so is an ESeg scale's encoder named by its registry
+    name (``eseg-lite-s``: the Lite encoder, a stand-in for B1 in quick ablations); anything else comes from timm.
     """
     if output_stride not in ASPP_RATES:
         raise EsegError(f"output_stride must be one of {sorted(ASPP_RATES)}, got {output_stride!r}")
