@@ -266,7 +266,7 @@ def _table8_claims() -> list[Claim]:
 
     t8 = {r["cell"]: r for r in paper.load("table8").to_dict("records")}
     out = []
-    for enc, name in (("b1", "EfficientNet-B1"), ("r50", "ResNet-50")):
+    for enc, name in (("b1", "B1"), ("r50", "R50")):
         for a, b, text in ((f"{enc}-bifpn", f"{enc}-deeplab-os16", "BiFPN > DeepLabV3+ w/ atrous"),
                            (f"{enc}-deeplab-os16", f"{enc}-deeplab-os32", "DeepLabV3+ w/ atrous > w/o atrous"),
                            (f"{enc}-bifpn", f"{enc}-deeplab-os32", "BiFPN > DeepLabV3+ w/o atrous")):
@@ -281,26 +281,26 @@ _NO_NUMBER = "the paper's ablation: {} (its numbers are not in the reference dat
 
 def _level_claims() -> list[Claim]:
     return [
-        Claim("levels:p2-p9>p3-p7", "levels", "Levels: P2-P9 > P3-P7 (EfficientDet's range)", "p2-p9", "p3-p7",
+        Claim("levels:p2-p9>p3-p7", "levels", "Levels: P2-P9 > P3-P7 (EfficientDet's)", "p2-p9", "p3-p7",
               _NO_NUMBER.format("P2-P9 best")),
-        Claim("levels:p2-p7>p3-p7", "levels", "Levels: adding P2 to P3-P7", "p2-p7", "p3-p7",
+        Claim("levels:p2-p7>p3-p7", "levels", "Levels: + P2 on P3-P7", "p2-p7", "p3-p7",
               _NO_NUMBER.format("P2 helps")),
-        Claim("levels:p3-p9>p3-p7", "levels", "Levels: adding P8-P9 to P3-P7", "p3-p9", "p3-p7",
+        Claim("levels:p3-p9>p3-p7", "levels", "Levels: + P8-P9 on P3-P7", "p3-p9", "p3-p7",
               _NO_NUMBER.format("P8-P9 help")),
-        Claim("levels:p2-p9>p3-p9", "levels", "Levels: adding P2 to P3-P9", "p2-p9", "p3-p9",
+        Claim("levels:p2-p9>p3-p9", "levels", "Levels: + P2 on P3-P9", "p2-p9", "p3-p9",
               _NO_NUMBER.format("P2 helps")),
-        Claim("levels:p2-p9>p2-p7", "levels", "Levels: adding P8-P9 to P2-P7", "p2-p9", "p2-p7",
+        Claim("levels:p2-p9>p2-p7", "levels", "Levels: + P8-P9 on P2-P7", "p2-p9", "p2-p7",
               _NO_NUMBER.format("P8-P9 help")),
     ]
 
 
 def _fusion_claims() -> list[Claim]:
     return [
-        Claim("fusion:fastattn>softmax", "fusion", "Fusion: fast normalised BiFPN fusion >= softmax fusion",
-              "fastattn", "softmax", "EfficientDet: fast normalised ~ softmax accuracy, faster (no number here)"),
-        Claim("fusion:fastattn>sum", "fusion", "Fusion: fast normalised BiFPN fusion > plain sum", "fastattn", "sum",
+        Claim("fusion:fastattn>softmax", "fusion", "Fusion: BiFPN fast normalised > softmax",
+              "fastattn", "softmax", "EfficientDet: about equal accuracy, fast normalised is faster (no number here)"),
+        Claim("fusion:fastattn>sum", "fusion", "Fusion: BiFPN fast normalised > sum", "fastattn", "sum",
               _NO_NUMBER.format("weighted fusion")),
-        Claim("fusion:headsoftmax>headsum", "fusion", "Fusion: softmax head fusion > summed levels", "fastattn",
+        Claim("fusion:headsoftmax>headsum", "fusion", "Fusion: head softmax > sum of levels", "fastattn",
               "head-sum", _NO_NUMBER.format("softmax head fusion")),
     ]
 
@@ -309,7 +309,7 @@ def _extra_data_claims() -> list[Claim]:
     from eseg_cli.analysis import paper
 
     s = paper.load("table4").set_index("key").loc["eseg-s"]
-    return [Claim("selftrain:student>teacher", "selftrain", "Extra data: self-trained student > its teacher",
+    return [Claim("selftrain:student>teacher", "selftrain", "Extra data: student > teacher",
                   "student", "teacher",
                   f"ESeg-S {s['miou_extra']:.1f} vs {s['miou']:.1f} ({s['miou_extra'] - s['miou']:+.1f}), "
                   "Mapillary + Cityscapes coarse pseudo-labels", round(float(s["miou_extra"] - s["miou"]), 1))]
