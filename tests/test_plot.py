@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_report import MEASURED, VALUES, fake_results
+from test_report import VALUES, fake_results
 from typer.testing import CliRunner
 
 from eseg_cli.analysis import paper, plot, report
@@ -234,7 +234,7 @@ def test_ablation_seeds_figure_shows_every_seed_and_the_mean(tmp_path):
 
     fig, data, paths = plot.plot_ablation_seeds(read_results(fake_results(tmp_path / "abl")), tmp_path)
     (ax,) = fig.axes
-    assert MEASURED.split(", ", 1)[1] in ax.get_title() and len(paths) == 2
+    assert "synthetic proxy (protocol v1), 3 seeds, 1500 steps" in ax.get_title() and len(paths) == 2
     dots = [c for c in ax.collections if c.get_gid() == "seed"]
     assert sorted(y for c in dots for _, y in c.get_offsets()) == sorted(v for vs in VALUES.values() for v in vs)
     bars = [ln for ln in ax.lines if ln.get_gid() == "mean" and ln.get_marker() == "o"]  # not the caps

@@ -27,7 +27,7 @@ VALUES = {"b1-bifpn": [56.0, 57.0, 58.5], "b1-deeplab-os16": [55.0, 56.2, 57.3],
           "b1-deeplab-os32": [55.5, 55.0, 58.0], "r50-bifpn": [50.0, 51.0, 52.0],
           "r50-deeplab-os16": [51.0, 52.1, 52.9], "r50-deeplab-os32": [49.0, 50.0, 51.0]}
 PROTOCOL = {"dataset": "synthetic", "steps": 1500, "protocol": "protocol v1", "protocol_steps": 1500}
-MEASURED = "mIoU measured, synthetic proxy (protocol v1), 3 seeds, 1500 steps"
+MEASURED = "mIoU measured, synthetic proxy (protocol v1), 3 seeds, 1500 steps, same ranking at step 1250"
 
 
 def fake_results(folder, miou=True):
@@ -41,6 +41,7 @@ def fake_results(folder, miou=True):
                          "model_kwargs": c.kwargs, "resolution": "1024x2048", "num_classes": 19,
                          "params": 1e6 * (i + 1), "flops": 1e10 * (i + 1), "flops_conv": 0.9e10 * (i + 1),
                          "miou": v, "final_miou": v, "best_miou": v + 5 if miou else None, "prev_miou": v,
+                         "prev_step": 1250,
                          "seed": seed, "pixacc": 90.0, "train": PROTOCOL if miou else None, "common_kwargs": None,
                          "finished_at": f"2026-12-0{seed + 1}"})
     if miou:
@@ -201,7 +202,8 @@ def test_claims_table_pairs_the_seeds_and_gives_verdicts(tmp_path):
         assert row["Verdict"] == verdict and row["Seeds"] == 3
         assert row["Δ mIoU (A - B)"] == pytest.approx(np.mean(np.subtract(VALUES[a], VALUES[b])))
         assert row["95% CI"] == f"[{ci.low:+.2f}, {ci.high:+.2f}]"
-        assert row["A mIoU"] == expected_mean_std(a) and row["Measured on"] == MEASURED.split(", ", 1)[1]
+        assert row["A mIoU"] == expected_mean_std(a)
+        assert row["Measured on"] == "synthetic proxy (protocol v1), 3 seeds, 1500 steps"
     assert t.loc["b1-bifpn - b1-deeplab-os16", "Paper"] == "80.1 vs 79.4 (+0.7), Cityscapes val"
     assert t.loc["p2-p9 - p3-p7", "Verdict"] == "not measured"
     assert t.loc["student - teacher", "Δ paper"] == 1.6
@@ -220,3 +222,12 @@ def test_smoke_runs_are_never_shown_as_measured(tmp_path):
     assert not any(c.startswith("mIoU measured") for c in t["table8"].columns)
     sampled = t["claims"][t["claims"]["Seeds"].notna() | t["claims"]["Measured on"].eq("not measured")]
     assert len(sampled) == len(t["claims"]) - 1 and set(sampled["Verdict"]) == {"not measured"}  # but FLOPs
+
+
+def test_the_header_says_when_the_ranking_changed_at_the_last_validation(tmp_path):
+    rows = ablate.read_results(fake_results(tmp_path / "abl"))
+    for r in rows:
+        if r.get("cell") == "r50-deeplab-os32" and r.get("final_miou") is not None:
+            r["prev_miou"] = 70.0  # ranked first at step 1250, last at the end
+    group = report.evidence_group(rows, "decoder")
+    assert report.measured_header(group).endswith("ranking differs at step 1250")
