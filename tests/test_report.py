@@ -205,6 +205,12 @@ def test_claims_table_pairs_the_seeds_and_gives_verdicts(tmp_path):
         assert row["A mIoU"] == expected_mean_std(a)
         assert row["Measured on"] == "synthetic proxy (protocol v1), 3 seeds, 1500 steps"
     assert t.loc["b1-bifpn - b1-deeplab-os16", "Paper"] == "80.1 vs 79.4 (+0.7), Cityscapes val"
+    # the power of this budget from the measured std of the differences (0.2 for b1-bifpn - b1-deeplab-os16)
+    from eseg_cli.analysis import stats
+
+    row = t.loc["b1-bifpn - b1-deeplab-os16"]
+    assert row["Detectable Δ (80% power)"] == pytest.approx(stats.minimum_detectable_difference(0.2, 3))
+    assert row["Seeds for Δ paper"] == stats.seeds_needed(0.2, 0.7)
     assert t.loc["p2-p9 - p3-p7", "Verdict"] == "not measured"
     assert t.loc["student - teacher", "Δ paper"] == 1.6
     flops = t.loc["b1-bifpn / b1-deeplab-os16"]  # from the rows' FLOPs, 1e10 and 2e10: exact, no interval

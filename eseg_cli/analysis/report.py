@@ -380,7 +380,7 @@ def claims_table(rows: list[dict], measurer: Measurer) -> pd.DataFrame:
             "95% CI": f"[{d.low:+.2f}, {d.high:+.2f}]" if d and d.low is not None else
                       ("no CI (1 seed)" if d and d.n == 1 else None),
             "Seeds": d.n if d else None, "Verdict": d.verdict if d else "not measured",
-            "Paper": c.paper, "Δ paper": c.paper_diff,
+            "Paper": c.paper, "Δ paper": c.paper_diff, **_power(d, c.paper_diff),
         })
     cells = {c.name: c for c in cells_for("decoder")}
     a, b = (measurer(cells[n].model, cells[n].kwargs, FULL_RES, 19) or {} for n in ("b1-bifpn", "b1-deeplab-os16"))
@@ -398,6 +398,22 @@ def claims_table(rows: list[dict], measurer: Measurer) -> pd.DataFrame:
         "Paper": f"{pa:.1f}B vs {pb:.1f}B (ratio {pa / pb:.2f})", "Δ paper": None,
     })
     return _frame(out)
+
+
+def _power(d: stats.PairedDifference | None, paper_diff: float | None) -> dict:
+    """What this budget can resolve, from the measured std of the paired differences (a pilot's, or the run's own):
+    the smallest true difference its seeds detect with 80% power (two-sided paired t, 5%), and the seeds that the
+    paper's difference would need."""
+    out = {"Detectable Δ (80% power)": None, "Seeds for Δ paper": None}
+    if d is None or d.std is None or d.std <= 0:
+        return out
+    out["Detectable Δ (80% power)"] = stats.minimum_detectable_difference(d.std, d.n)
+    if paper_diff:
+        try:
+            out["Seeds for Δ paper"] = stats.seeds_needed(d.std, paper_diff)
+        except EsegError:
+            out["Seeds for Δ paper"] = None  # more than a thousand: left empty rather than a made-up number
+    return out
 
 
 def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True) -> dict[str, pd.DataFrame]:
@@ -421,11 +437,11 @@ def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = 
 def decimals(column: str) -> int:
     """Fixed decimals of a column: the paper's numbers with its one decimal, this build's with two,
     differences with one (signed), counts with none."""
-    if column == "Δ mIoU (A - B)":
-        return 2  # the same decimals as its interval
+    if column in ("Δ mIoU (A - B)", "Detectable Δ (80% power)"):
+        return 2  # the same decimals as the interval
     if column.startswith("Δ"):
         return 1
-    if column in ("Decoder channels", "Decoder repeats", "Seeds"):
+    if column in ("Decoder channels", "Decoder repeats", "Seeds", "Seeds for Δ paper"):
         return 0
     if "paper" in column or column in ("Encoder width", "Encoder depth"):
         return 1
