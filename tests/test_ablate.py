@@ -248,8 +248,9 @@ def test_tiny_decoder_ablation_end_to_end(tmp_path):
     pytest.importorskip("eseg_cli.engine.trainer")
     root = _tiny_data(tmp_path)
     sets = [x for k, v in {**TINY_TRAIN, "eval_interval": 2}.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    recipe = Path(__file__).parents[1] / "reports" / "ablate" / "protocol-v1.yaml"  # the committed protocol's
     args = ["ablate", "decoder", "-s", "lite-s", "--train", "--seeds", "2", "--steps", "4", "-r", "64x64",
-            "--data-root", str(root),
+            "--protocol", "protocol v1", "--recipe", str(recipe), "--data-root", str(root),
             "--cell", "b1-bifpn", "--cell", "b1-deeplab-os32", "-o", str(tmp_path / "out"), "--json", *sets]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -261,7 +262,9 @@ def test_tiny_decoder_ablation_end_to_end(tmp_path):
     assert deeplab["model_kwargs"]["encoder"] == "eseg-lite-s" and deeplab["label"].startswith("ESeg-Lite-S encoder")
     assert bifpn["paper_miou"] is None  # a stand-in is not Table 8's B1 row
     (agg,) = out["aggregate"]
+    # 4 of the protocol's 1500 steps: a smoke run, never evidence
     assert agg["smoke"] and agg["setting"].startswith("smoke (synthetic, 4 steps, 2 seeds)")
+    assert bifpn["train"]["protocol"] == "protocol v1" and bifpn["train"]["protocol_steps"] == 1500
     for c in agg["cells"]:
         vals = [r["final_miou"] for r in out["rows"] if r["cell"] == c["cell"]]
         assert c["n"] == 2 and c["mean"] == pytest.approx(sum(vals) / 2) and c["seeds"] == [0, 1]
