@@ -272,3 +272,17 @@ def test_tiny_decoder_ablation_end_to_end(tmp_path):
     assert len(lines) == 4 and all(json.loads(x)["prev_step"] == 2 for x in lines)
     res = runner.invoke(app, args[:-len(sets) - 1] + sets)  # again, the table: every pair skipped
     assert res.exit_code == 0 and "± " in res.output and res.output.count("skipped") == 4
+
+
+def test_stand_in_decoder_cells_of_one_seed_start_from_one_encoder():
+    """Paired cells share more than data order: under one seed, both decoders get the same encoder weights."""
+    import torch
+
+    from eseg_cli.models import build_model
+
+    encoders = []
+    for c in ablate.cells_for("decoder", "lite-s"):
+        torch.manual_seed(3)  # what the trainer does just before it builds the model
+        encoders.append(build_model(c.model, num_classes=19, **c.kwargs).encoder.state_dict())
+    first = encoders[0]
+    assert all(list(e) == list(first) and all(torch.equal(e[k], first[k]) for k in first) for e in encoders[1:])
