@@ -286,3 +286,27 @@ def test_stand_in_decoder_cells_of_one_seed_start_from_one_encoder():
         encoders.append(build_model(c.model, num_classes=19, **c.kwargs).encoder.state_dict())
     first = encoders[0]
     assert all(list(e) == list(first) and all(torch.equal(e[k], first[k]) for k in first) for e in encoders[1:])
+
+
+def test_decoder_norm_and_aspp_scale_apply_to_every_cell(tmp_path):
+    import torch
+
+    from eseg_cli.models import build_model
+
+    rows = ablate.run_ablation("decoder", tmp_path, scale="lite-s", resolution=(64, 64), decoder_norm="group",
+                               aspp_scale=0.5)
+    assert {r["model_kwargs"]["decoder_norm"] for r in rows} == {"group"}
+    assert [r["model_kwargs"].get("aspp_rates") for r in rows] == [None, [3, 6, 9], [2, 3, 4]]
+    for r in rows:
+        net = build_model(r["model"], num_classes=19, **r["model_kwargs"]).train()
+        assert net.config["decoder_norm"] == "group"
+        norms = [type(m) for part in (net.decoder, net.head) for m in part.modules()
+                 if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+        assert norms and set(norms) == {torch.nn.GroupNorm}  # the encoder keeps its batch norm
+        assert net(torch.randn(2, 3, 64, 64)).shape == (2, 19, 64, 64)
+    with pytest.raises(EsegError, match="decoder_norm"):
+        ablate.run_ablation("levels", tmp_path, scale="lite-s", decoder_norm="layer")
+    with pytest.raises(EsegError, match="aspp"):
+        ablate.run_ablation("levels", tmp_path, scale="lite-s", aspp_scale=0.5)
+    res = runner.invoke(app, ["ablate", "decoder", "-s", "lite-s", "--aspp-scale", "0", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "--aspp-scale must be > 0" in res.output and "Traceback" not in res.output

@@ -283,7 +283,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
                  train: bool = False, steps: int | None = None, dataset: str = "synthetic",
                  data_root: str | None = None, recipe: str | None = None, train_overrides: dict | None = None,
                  use_cache: bool = True, seeds: list[int] | None = None, protocol: str | None = None,
-                 aspp_scale: float | None = None,
+                 aspp_scale: float | None = None, decoder_norm: str | None = None,
                  on_event: OnEvent | None = None) -> list[dict]:
     """Run ablation ``kind`` into ``out_dir``; return one row per cell (per cell and seed when trained), finished
     earlier or now.
@@ -294,7 +294,8 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     pairs; default: the recipe's seed. ``protocol`` names the protocol whose recipe (``recipe``) this run
     follows; each row records it with the recipe's steps, so a report can tell a protocol run from one cut
     short (see :func:`eseg_cli.analysis.stats.is_smoke`). ``aspp_scale`` multiplies the ASPP rates of the
-    DeepLabV3+ cells (see :func:`scaled_aspp_rates`). ``on_event`` gets progress events: task ``ablate``
+    DeepLabV3+ cells (see :func:`scaled_aspp_rates`). ``decoder_norm`` (``group``) gives every cell's decoder
+    and head GroupNorm instead of batch norm. ``on_event`` gets progress events: task ``ablate``
     (one ``advance`` per (cell, seed), its ``item`` the cell name and seed, ``message`` "skipped" or
     "done", ``metrics`` its row) and the ``train`` events of each cell's training.
     """
@@ -324,7 +325,14 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     results_path = out_dir / RESULTS_FILE
     done = {_done_key(r): r for r in (read_results(results_path) if results_path.is_file() else [])}
     from eseg_cli.models import resolve_scale
+    from eseg_cli.models.layers import check_norm
 
+    if decoder_norm is not None:
+        check_norm(decoder_norm)
+    if aspp_scale is not None:
+        if kind != "decoder":
+            raise EsegError("--aspp-scale applies to the DeepLabV3+ cells of the decoder ablation", field="aspp_scale")
+        scaled_aspp_rates(16, aspp_scale)  # checks the factor before any cell runs
     # a stand-in encoder's cells are not Table 8's: no paper FLOPs beside them
     paper = _paper_values(kind) if kind != "decoder" or resolve_scale(scale).name == "eseg-s" else {}
     train_settings = ({"steps": steps, "dataset": dataset, "data_root": data_root, "recipe": recipe,
@@ -343,6 +351,8 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
             extra = dict(common)
             if aspp_scale is not None and base.model == "deeplabv3plus":
                 extra["aspp_rates"] = scaled_aspp_rates(base.kwargs["output_stride"], aspp_scale)
+            if decoder_norm is not None:
+                extra["decoder_norm"] = check_norm(decoder_norm)
             cell = Cell(base.name, base.label, base.model, {**base.kwargs, **extra})
             sig = _signature(cell, resolution, num_classes, train_settings)
             item = cell.name if seed is None else f"{cell.name} seed {seed}"

@@ -49,6 +49,8 @@ def ablate_cmd(
     aspp_scale: Optional[float] = typer.Option(None, "--aspp-scale",
                                                help="Multiply the DeepLabV3+ cells' ASPP rates (6/12/18 at OS16, "
                                                     "3/6/9 at OS32) by this (rounded, at least 1)."),
+    decoder_norm: Optional[str] = typer.Option(None, "--decoder-norm", help="batch (the paper's) or group: "
+                                               "GroupNorm in every cell's decoder and head (tiny top levels)."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d", help="Training dataset (with --train)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (synthetic: generated)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe YAML shared by every cell."),
@@ -98,7 +100,7 @@ def ablate_cmd(
         rows = run_ablation(kind, folder, scale=scale, resolution=res, num_classes=num_classes, cells=cells,
                             train=train, steps=steps, dataset=dataset, data_root=data_root, recipe=recipe,
                             train_overrides=overrides or None, use_cache=cache, seeds=seeds, protocol=protocol,
-                            aspp_scale=aspp_scale, on_event=on_event)
+                            aspp_scale=aspp_scale, decoder_norm=decoder_norm, on_event=on_event)
     agg = aggregate(rows, kind)
     if json_out:
         print_json({"rows": rows, "aggregate": agg})
