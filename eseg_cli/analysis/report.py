@@ -299,14 +299,6 @@ def measured_header(group: list[dict]) -> str:
     return head
 
 
-def smoke_note(rows: list[dict], ablation: str) -> str | None:
-    """What the report leaves out: ``smoke runs left out: synthetic, 40 steps, 1 seed`` (None when nothing is)."""
-    smoke = [g for g in stats.trained_groups(rows, ablation) if stats.is_smoke(g[0])]
-    if not smoke:
-        return None
-    return "; ".join(stats.describe_group(g) for g in smoke)
-
-
 def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
     """Table 8 with measured params/FLOPs of every cell and, from ``eseg ablate decoder --train`` rows, the final
     val mIoU (mean ± std over seeds) of the newest evidence group (:func:`evidence_group`)."""
@@ -379,7 +371,8 @@ def claims_table(rows: list[dict], measurer: Measurer) -> pd.DataFrame:
             "Δ mIoU (A - B)": d.mean if d else None,
             "95% CI": f"[{d.low:+.2f}, {d.high:+.2f}]" if d and d.low is not None else
                       ("no CI (1 seed)" if d and d.n == 1 else None),
-            "Seeds": d.n if d else None, "Verdict": d.verdict if d else "not measured",
+            "Seeds": d.n if d else None,
+            "Verdict": d.verdict if d else "not measured (smoke runs only)" if res.setting else "not measured",
             "Paper": c.paper, "Δ paper": c.paper_diff, **_power(d, c.paper_diff),
         })
     cells = {c.name: c for c in cells_for("decoder")}

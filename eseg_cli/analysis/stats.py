@@ -368,19 +368,20 @@ class ClaimResult:
 
 def evaluate_claims(rows: list[dict], claim_list: list[Claim] | None = None) -> list[ClaimResult]:
     """Each claim on the newest non-smoke group of its ablation that holds both of its cells. Smoke groups are never
-    evidence: a claim measured only by them is "not measured"."""
+    evidence: a claim measured only by them has no difference, and its setting names the smoke run."""
     out = []
-    groups = {}
+    groups: dict[str, list[list[dict]]] = {}
     for c in claim_list or claims():
         if c.ablation not in groups:
-            groups[c.ablation] = [g for g in trained_groups(rows, c.ablation) if not is_smoke(g[0])]
-        res = ClaimResult(c, None, None)
-        for g in groups[c.ablation]:
-            s = cell_summaries(g)
-            if c.a in s and c.b in s:
-                res = ClaimResult(c, paired_difference(s[c.a].values, s[c.b].values), describe_group(g),
-                                  s[c.a], s[c.b])
-                break
+            groups[c.ablation] = trained_groups(rows, c.ablation)
+        both = [g for g in groups[c.ablation] if {c.a, c.b} <= {r["cell"] for r in g}]
+        evidence = [g for g in both if not is_smoke(g[0])]
+        if evidence:
+            s = cell_summaries(evidence[0])
+            res = ClaimResult(c, paired_difference(s[c.a].values, s[c.b].values), describe_group(evidence[0]),
+                              s[c.a], s[c.b])
+        else:
+            res = ClaimResult(c, None, f"only {describe_group(both[0])}" if both else None)
         out.append(res)
     return out
 
