@@ -541,13 +541,19 @@ def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
     for ax, (kind, g) in zip(axes[0], groups.items(), strict=True):
         summ = stats.cell_summaries(g)
         data[kind] = {c: s.to_dict() for c, s in summ.items()}
+        seeds = sorted({seed for s in summ.values() for seed in s.values})
+        jitter = dict(zip(seeds, rng.uniform(-0.07, 0.07, len(seeds)), strict=True))
+        for seed in seeds:  # one faint line per seed across the cells: the pairing the differences use
+            pts = [(i - 0.1 + jitter[seed], s.values[seed]) for i, s in enumerate(summ.values()) if seed in s.values]
+            ax.plot(*zip(*pts, strict=True), color="0.6", lw=0.6, alpha=0.6, zorder=1, gid="pair")
         for i, s in enumerate(summ.values()):
             ys = list(s.values.values())
-            ax.scatter(i + rng.uniform(-0.12, 0.12, len(ys)), ys, s=18, color="tab:blue", alpha=0.7, zorder=2,
-                       gid="seed", label="one seed" if i == 0 else None)
-            ax.errorbar([i + 0.3], [s.mean], yerr=[s.std or 0.0], fmt="o", color="black", capsize=4, zorder=3,
+            ax.scatter([i - 0.1 + jitter[k] for k in s.values], ys, s=18, color="tab:blue", alpha=0.8, zorder=2,
+                       gid="seed", label="one seed (lines join a seed's cells)" if i == 0 else None)
+            ax.errorbar([i + 0.15], [s.mean], yerr=[s.std or 0.0], fmt="o", color="black", capsize=4, zorder=3,
                         gid="mean", label="mean ± 1 std" if i == 0 else None)
         ax.set_xticks(range(len(summ)), list(summ), rotation=20, ha="right")
+        ax.set_xlim(-0.5, len(summ) - 0.5)
         ax.set(ylabel="final val mIoU (%)", title=f"eseg ablate {kind}\n{stats.describe_group(g)}")
         ax.title.set_fontsize(10)
         ax.grid(True, axis="y", alpha=0.3)
