@@ -268,10 +268,18 @@ def test_tiny_decoder_ablation_end_to_end(tmp_path):
     for c in agg["cells"]:
         vals = [r["final_miou"] for r in out["rows"] if r["cell"] == c["cell"]]
         assert c["n"] == 2 and c["mean"] == pytest.approx(sum(vals) / 2) and c["seeds"] == [0, 1]
+    # the decoder's claims on these rows: none is evidence (a smoke run), each says why
+    assert [c["key"] for c in out["claims"]] == [f"table8:b1-{a}>b1-{b}" for a, b in (
+        ("bifpn", "deeplab-os16"), ("deeplab-os16", "deeplab-os32"), ("bifpn", "deeplab-os32"))] + [
+        f"table8:r50-{a}>r50-{b}" for a, b in (("bifpn", "deeplab-os16"), ("deeplab-os16", "deeplab-os32"),
+                                                ("bifpn", "deeplab-os32"))]
+    assert out["claims"][2]["verdict"] == "not measured" and out["claims"][2]["setting"].startswith("only smoke")
     lines = (tmp_path / "out" / "decoder" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(x)["prev_step"] == 2 for x in lines)
     res = runner.invoke(app, args[:-len(sets) - 1] + sets)  # again, the table: every pair skipped
     assert res.exit_code == 0 and "± " in res.output and res.output.count("skipped") == 4
+    assert "BiFPN > DeepLabV3+ w/o atrous (paper +1.3 on Cityscapes): no verdict (only smoke" in \
+        " ".join(res.output.split())
 
 
 def test_stand_in_decoder_cells_of_one_seed_start_from_one_encoder():

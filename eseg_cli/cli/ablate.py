@@ -82,7 +82,7 @@ def ablate_cmd(
     scale, cells = value(scale), [value(c) for c in cells] if cells else None
     set_threads(threads)
     from eseg_cli.analysis.ablate import run_ablation
-    from eseg_cli.analysis.stats import aggregate
+    from eseg_cli.analysis.stats import aggregate, claims, evaluate_claims, format_difference
     from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.errors import EsegError
     from eseg_cli.utils import parse_size
@@ -102,8 +102,9 @@ def ablate_cmd(
                             train_overrides=overrides or None, use_cache=cache, seeds=seeds, protocol=protocol,
                             aspp_scale=aspp_scale, decoder_norm=decoder_norm, on_event=on_event)
     agg = aggregate(rows, kind)
+    verdicts = evaluate_claims(rows, [c for c in claims() if c.ablation == kind]) if agg else []
     if json_out:
-        print_json({"rows": rows, "aggregate": agg})
+        print_json({"rows": rows, "aggregate": agg, "claims": [v.to_dict() for v in verdicts]})
         return
     t = Table(title=f"eseg ablate {kind} — fvcore multiply-adds at {res[0]}x{res[1]}: total, conv only, "
                     "the paper's, Δ% vs the paper", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -128,8 +129,14 @@ def ablate_cmd(
         t.add_row(*line)
     console.print(t)
     if agg:
-        console.print(f"[dim]final val mIoU: {agg[0]['setting']}; the paired differences and verdicts: "
-                      f"eseg report --results {folder}[/]")
+        console.print(f"[dim]final val mIoU: {agg[0]['setting']}[/]")
+    for v in verdicts:
+        d = v.difference
+        result = f"{format_difference(d)}: {d.verdict}" if d else f"no verdict ({v.setting or 'not trained'})"
+        paper = f" (paper {v.claim.paper_diff:+.1f} on Cityscapes)" if v.claim.paper_diff is not None else ""
+        console.print(f"  {v.claim.text}{paper}: {result}")
+    if verdicts:
+        console.print(f"[dim]every claim beside the paper's tables: eseg report --results {folder}[/]")
     console.print(f"[dim]rows in {folder / 'results.jsonl'}[/]")
     if kind == "decoder":
         console.print("[dim]ResNet-50 w/ atrous (324.3B in the paper) is not reproduced by any DeepLabV3+ "
