@@ -110,7 +110,8 @@ CLAIMS_NOTE = (
 def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, curves=None, seeds=None,
                 runs: list[RunRecord] = (), samples: int = 3, device: str = "cpu",
                 title: str = "eseg report") -> str:
-    """The page as a string. ``figure1``/``figure4``/``curves``/``seeds`` are matplotlib figures (closed here)."""
+    """The page as a string. ``figure1``/``figure4``/``seeds`` are matplotlib figures and ``curves`` maps an
+    ablation (or ``""``) to its training curves' figure (closed here)."""
     toc = ['<a href="#tables">Tables</a>', '<a href="#figures">Figures</a>']
     if runs:
         toc.append('<a href="#runs">Runs</a>')
@@ -136,9 +137,10 @@ def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, 
     if seeds is not None:
         out.append(_figure(seeds, "Final val mIoU of each ablation cell: one dot per seed, the mean with an error "
                            "bar of ± one sample std.", "ablation seeds"))
-    if curves is not None:
-        out.append(_figure(curves, "Training curves: loss, learning rate and validation mIoU per step (the seeds of "
-                           "a cell: their mean, the band ± one std).", "training curves"))
+    for kind, fig in (curves or {}).items():
+        what = f"eseg ablate {kind}: training" if kind else "Training"
+        out.append(_figure(fig, f"{what} curves: loss, learning rate and validation mIoU per step (the seeds of a "
+                           "cell: their mean, the band ± one std).", "training curves"))
     if runs:
         out.append('<h2 id="runs">Runs</h2>')
         out += [_run_section(r, samples, device) for r in runs]
@@ -156,7 +158,7 @@ def write_html_report(tables: dict[str, pd.DataFrame], out_path: str | Path, *, 
     fig1, _, _ = plot.plot_figure1(tables["table4"])
     measured = plot.read_profiles(profiles)
     fig4, _, _ = plot.plot_figure4(plot.figure4_points(paper.load("figure4"), measured))
-    curves = plot.plot_training_curves(runs_found)[0] if runs_found else None
+    curves = {kind: drawn[0] for kind, drawn in plot.curve_figures(runs_found)} if runs_found else None
     try:
         seeds = plot.plot_ablation_seeds(collect_results(results)["ablate"] if results else [])[0]
     except EsegError:

@@ -437,7 +437,29 @@ def _seed_mean(frames: list[pd.DataFrame], column: str) -> pd.DataFrame:
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1)}).reset_index()
 
 
-def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None):
+def runs_by_ablation(run_dirs: list[Path]) -> dict[str, list[Path]]:
+    """Run folders grouped by the ablation they belong to (the nearest folder above named ``decoder``, ``levels`` or
+    ``fusion``, as ``eseg ablate`` and ``reports/ablate`` lay them out); other runs under ``""``."""
+    from eseg_cli.analysis.ablate import ABLATIONS
+
+    out: dict[str, list[Path]] = {}
+    for run in run_dirs:
+        kind = next((p.name for p in Path(run).parents if p.name in ABLATIONS), "")
+        out.setdefault(kind, []).append(run)
+    return out
+
+
+def curve_figures(run_dirs: list[Path], out_dir: str | Path | None = None) -> list[tuple[str, tuple]]:
+    """:func:`plot_training_curves` once per ablation among ``run_dirs`` (``training_curves_<kind>``), or once for
+    all when they are not from several ablations (``training_curves``): ``[(kind, (fig, data, paths))]``."""
+    groups = runs_by_ablation(run_dirs)
+    if len(groups) == 1:
+        return [(next(iter(groups)), plot_training_curves(run_dirs, out_dir))]
+    return [(kind, plot_training_curves(runs, out_dir, stem=f"training_curves_{kind or 'other'}"))
+            for kind, runs in groups.items()]
+
+
+def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None, stem: str = "training_curves"):
     """Training loss, learning rate and validation mIoU vs step, step ticks on integers, model/dataset/steps/seeds in
     the titles (or in the legend when runs differ). The seeds of one cell (run folders ``<cell>-s<seed>-<hash>``
     of one setting) are drawn as their mean with a band of ± one sample std, at the steps every seed logged.
@@ -516,7 +538,7 @@ def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None
     elif ax_l.lines:
         ax_l.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    paths = _save(fig, Path(out_dir), "training_curves") if out_dir is not None else []
+    paths = _save(fig, Path(out_dir), stem) if out_dir is not None else []
     return fig, data, paths
 
 
@@ -616,9 +638,9 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
     if "curves" in which:
         runs_found = find_runs(results)
         if runs_found:
-            fig, _, paths = plot_training_curves(runs_found, out_dir)
-            plt.close(fig)
-            summary["files"] += [str(p) for p in paths]
+            for _, (fig, _, paths) in curve_figures(runs_found, out_dir):
+                plt.close(fig)
+                summary["files"] += [str(p) for p in paths]
             summary["points"]["curves"] = [str(r) for r in runs_found]
         else:
             summary["skipped"]["curves"] = "no run folders (with log.jsonl) among the results given"
