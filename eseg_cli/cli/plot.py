@@ -76,6 +76,8 @@ def plot_cmd(
     if bad:
         raise EsegError(f"--only {', '.join(bad)}: choose from {', '.join(_FIGURES)}")
     existing = [out / f"{_STEMS.get(w, w)}.png" for w in which]
+    if "curves" in which:  # one figure per ablation when the runs come from several
+        existing += sorted(out.glob("training_curves_*.png"))
     for p in existing:
         confirm_overwrite(p, yes, "the figure")
     summary = generate_figures(results or [], out, profiles=profiles or [], measure_fps_now=measure_fps,
