@@ -261,6 +261,7 @@ def test_tiny_decoder_ablation_end_to_end(tmp_path):
     assert bifpn["model"] == "eseg-lite-s" and bifpn["model_kwargs"] == {"channels": 96, "repeats": 4, "act": "silu"}
     assert deeplab["model_kwargs"]["encoder"] == "eseg-lite-s" and deeplab["label"].startswith("ESeg-Lite-S encoder")
     assert bifpn["paper_miou"] is None  # a stand-in is not Table 8's B1 row
+    assert bifpn["options"] == {"scale": "eseg-lite-s", "aspp_scale": None, "decoder_norm": None}
     (agg,) = out["aggregate"]
     # 4 of the protocol's 1500 steps: a smoke run, never evidence
     assert agg["smoke"] and agg["setting"].startswith("smoke (synthetic, 4 steps, 2 seeds)")

@@ -104,3 +104,16 @@ def test_claims_use_non_smoke_groups_and_carry_the_paper():
     assert res["levels:p2-p9>p3-p7"].difference is None
     extra = res["selftrain:student>teacher"].claim
     assert extra.paper_diff == 1.6 and "81.7 vs 80.1" in extra.paper
+
+
+def test_cells_of_one_name_under_other_options_are_another_comparison():
+    lite = {"scale": "eseg-lite-s", "aspp_scale": 0.5, "decoder_norm": "group"}
+    rows = [dict(_row("decoder", c, s, 50.0 + s), options=opts) for opts in (lite, {"scale": "eseg-s"})
+            for s in range(2) for c in ("b1-bifpn", "b1-deeplab-os16")]
+    groups = stats.trained_groups(rows, "decoder")
+    assert len(groups) == 2 and all(len(g) == 4 for g in groups)  # B1 and its stand-in never mix
+    texts = sorted(stats.describe_group(g) for g in groups)
+    assert texts == ["synthetic proxy, 2 seeds, 1500 steps, ESeg-Lite-S encoder for B1, ASPP rates x0.5, "
+                     "GroupNorm decoder", "synthetic proxy, 2 seeds, 1500 steps, EfficientNet-B1"]
+    levels = dict(_row("levels", "p2-p9", 0, 50.0), options={"scale": "eseg-lite-s"})
+    assert stats.describe_group([levels]).endswith(", ESeg-Lite-S")

@@ -340,6 +340,8 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     if train and protocol:
         train_settings.update(protocol=protocol, protocol_steps=base_cfg.steps)
     common = dict(model_kwargs or {})
+    # what makes cells of one name another comparison: the scale (its encoder, for the decoder), ASPP rates, norm
+    options = {"scale": resolve_scale(scale).name, "aspp_scale": aspp_scale, "decoder_norm": decoder_norm}
     rows = []
     total = len(all_cells) * len(seed_list)
     emit = Emitter(on_event, "ablate", total=total)
@@ -364,7 +366,8 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
             emit.message(f"{item}: measuring{' and training' if train else ''}")
             t0 = time.time()
             row = _measured_row(kind, cell, paper.get(cell.name, {}), resolution, num_classes, use_cache)
-            row.update(train=train_settings, run_dir=None, signature=sig, common_kwargs=common or None)
+            row.update(train=train_settings, run_dir=None, signature=sig, common_kwargs=common or None,
+                       options=options)
             if train:
                 row["seed"] = seed
                 try:

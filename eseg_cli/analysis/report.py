@@ -286,16 +286,13 @@ def evidence_group(rows: list[dict], ablation: str) -> list[dict] | None:
 
 def measured_header(group: list[dict]) -> str:
     """``mIoU measured, synthetic proxy (protocol v1), 3 seeds, 1500 steps, same ranking at step 1250`` (whether the
-    cells' mean ranking was the same at the validation before the last), and the stand-in encoder, if any."""
-    head = f"mIoU measured, {stats.describe_group(group)}"
+    cells' mean ranking was the same at the validation before the last)."""
+    head = f"mIoU measured, {stats.describe_group(group)}"  # it names a stand-in encoder
     summ = stats.cell_summaries(group)
     stable = stats.ranking_stable(summ)
     prev = next((s.prev_step for s in summ.values() if s.prev_step is not None), None)
     if stable is not None:  # the schedule is long enough when the cells rank alike at the last two validations
         head += f", {'same ranking' if stable else 'ranking differs'} at step {prev}"
-    bifpn = next((r for r in group if r.get("ablation") == "decoder" and r.get("cell") == "b1-bifpn"), None)
-    if bifpn and bifpn.get("model") != "eseg-s":
-        head += f", {bifpn['label'].split(' + ')[0]}"
     return head
 
 

@@ -50,13 +50,14 @@ def row_miou(row: dict) -> float | None:
 
 
 def setting_of(row: dict) -> str:
-    """What the cells of one comparison share: the ablation, the training settings without the seed, the extra model
-    options given to every cell and the FLOPs resolution (a text key)."""
+    """What the cells of one comparison share: the ablation, its options (scale, ASPP scale, decoder norm), the
+    training settings without the seed, the extra model options given to every cell and the FLOPs resolution (a
+    text key). Cells of the same name under other options (another scale's encoder) are another comparison."""
     train = dict(row.get("train") or {})
     overrides = {k: v for k, v in (train.get("overrides") or {}).items() if k != "seed"}
     train["overrides"] = overrides or None
-    return json.dumps([row.get("ablation"), train, row.get("common_kwargs"), row.get("resolution")],
-                      sort_keys=True, default=str)
+    return json.dumps([row.get("ablation"), row.get("options"), train, row.get("common_kwargs"),
+                       row.get("resolution")], sort_keys=True, default=str)
 
 
 def protocol_label(row: dict) -> dict:
@@ -321,9 +322,9 @@ def claims() -> list[Claim]:
 
 
 def describe_group(group: list[dict]) -> str:
-    """``synthetic proxy (protocol v1), 3 seeds, 1500 steps`` / ``smoke, 40 steps, 1 seed``: what a group's numbers
-    are, for a column header. Runs shorter than their protocol's steps (or without a protocol) below
-    :data:`SMOKE_STEPS` are labelled smoke."""
+    """``synthetic proxy (protocol v1), 3 seeds, 1500 steps, ESeg-Lite-S`` / ``smoke (synthetic, 40 steps, 1 seed):
+    not evidence``: what a group's numbers are, for a column header. Runs shorter than their protocol's steps
+    (or, without a protocol, than :data:`SMOKE_STEPS`) are labelled smoke."""
     label = protocol_label(group[0])
     seeds = sorted({row_seed(r) for r in group})
     n = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
@@ -332,7 +333,26 @@ def describe_group(group: list[dict]) -> str:
         return f"smoke ({ds}, {steps} steps, {n}): not evidence"
     where = f"{ds} proxy" if ds != "cityscapes" else "Cityscapes"
     proto = f" ({label['protocol']})" if label["protocol"] else ""
-    return f"{where}{proto}, {n}, {steps} steps"
+    return f"{where}{proto}, {n}, {steps} steps{_options_text(group[0])}"
+
+
+def _options_text(row: dict) -> str:
+    """``, ESeg-Lite-S encoder for B1, ASPP rates x0.5, GroupNorm decoder`` from a row's ablation options."""
+    opts = row.get("options") or {}
+    parts = []
+    if opts.get("scale"):
+        from eseg_cli.models import resolve_scale
+
+        name = resolve_scale(opts["scale"]).display_name
+        if row.get("ablation") == "decoder":
+            parts.append("EfficientNet-B1" if opts["scale"] == "eseg-s" else f"{name} encoder for B1")
+        else:
+            parts.append(name)
+    if opts.get("aspp_scale") is not None:
+        parts.append(f"ASPP rates x{opts['aspp_scale']:g}")
+    if opts.get("decoder_norm") == "group":
+        parts.append("GroupNorm decoder")
+    return "".join(f", {p}" for p in parts)
 
 
 # Below this many steps a run without a protocol only shows that the pipeline works (the synthetic recipe's own
