@@ -86,7 +86,9 @@ def test_rows_groups_seeds_and_smoke():
     # a protocol run cut short is smoke; one without a protocol is smoke below SMOKE_STEPS
     assert stats.is_smoke(_row("levels", "p2-p9", 0, 1.0, steps=100, protocol="protocol v1"))
     assert not stats.is_smoke(_row("levels", "p2-p9", 0, 1.0, steps=stats.SMOKE_STEPS))
+    rows[0]["seconds"], rows[2]["seconds"] = 700.0, 900.0  # p3-p7, seeds 0 and 1
     agg = stats.aggregate(rows, "levels")
+    assert agg[0]["cells"][0]["seconds_mean"] == 800.0 and agg[0]["cells"][1]["seconds_mean"] is None
     assert [g["smoke"] for g in agg] == [False, True] and agg[0]["cells"][1]["text"] == "52.0 ± 1.0"
 
 

@@ -92,6 +92,7 @@ class CellSummary:
     values: dict[int, float]  # seed -> final val mIoU
     prev_values: dict[int, float] = field(default_factory=dict)  # seed -> second-to-last validation's mIoU
     prev_step: int | None = None
+    seconds: dict[int, float] = field(default_factory=dict)  # seed -> wall-clock seconds of the cell's row
 
     @property
     def n(self) -> int:
@@ -113,7 +114,8 @@ class CellSummary:
         return {"cell": self.cell, "label": self.label, "n": self.n, "mean": self.mean, "std": self.std,
                 "text": format_mean_std(self),
                 "seeds": sorted(self.values), "values": {str(k): v for k, v in sorted(self.values.items())},
-                "prev_mean": self.prev_mean, "prev_step": self.prev_step}
+                "prev_mean": self.prev_mean, "prev_step": self.prev_step,
+                "seconds_mean": float(np.mean(list(self.seconds.values()))) if self.seconds else None}
 
 
 def cell_summaries(group: list[dict]) -> dict[str, CellSummary]:
@@ -122,6 +124,8 @@ def cell_summaries(group: list[dict]) -> dict[str, CellSummary]:
     for r in group:
         s = out.setdefault(r["cell"], CellSummary(r["cell"], r.get("label") or r["cell"], {}))
         s.values[row_seed(r)] = row_miou(r)
+        if r.get("seconds") is not None:
+            s.seconds[row_seed(r)] = float(r["seconds"])  # measuring and training: the budget a pilot measures
         if r.get("prev_miou") is not None:
             s.prev_values[row_seed(r)] = float(r["prev_miou"])
             s.prev_step = r.get("prev_step")
