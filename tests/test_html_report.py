@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_report import fake_results
+from test_report import MEASURED, VALUES, fake_results
 from typer.testing import CliRunner
 
 from eseg_cli.analysis import html_report, report
@@ -67,12 +69,13 @@ def test_page_is_self_contained_and_holds_everything(trained_run, tmp_path):
     # nothing fetched from anywhere: no scripts, no links, every image inline
     assert "<script" not in page and "<link" not in page and not re.search(r'(src|href)="(https?:)?//', page)
     imgs = _images(page)
-    # Figures 1 and 4, training curves; for the run: per-class IoU, confusion matrix, sample predictions
-    assert len(imgs) == 6 and all(im.size[0] > 300 for im in imgs)
+    # Figures 1 and 4, the ablation's seeds, training curves; for the run: per-class IoU, confusion matrix,
+    # sample predictions
+    assert len(imgs) == 7 and all(im.size[0] > 300 for im in imgs)
     for name in ("table3", "table4", "table5", "table8"):
         assert f'id="{name}"' in page
     assert "<td class=\"num\">80.1</td>" in page  # the paper's mIoU with its fixed decimal
-    assert "mIoU measured: synthetic, 10 steps (final)" in page
+    assert html.escape(MEASURED) in page and 'id="claims"' in page
     rec = read_run_record(trained_run)
     whole = rec.evals.get("eval_whole") or rec.evals["eval"]  # eval writes eval_<mode>.json (eval.json before)
     assert f"{whole['mIoU']:.2f}" in page  # the run's evaluation, fixed decimals
@@ -181,3 +184,61 @@ def test_a_damaged_eval_json_is_named(tmp_path, content):
     (run / "eval_whole.json").write_bytes(content)
     r = CliRunner().invoke(app, ["plot", "--confusion", str(run), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "eval_whole.json" in r.output and "Traceback" not in r.output
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page as rows of cell texts, keyed by the id of the heading before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._id, self._row, self._cell = {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h2", "h3") and dict(attrs).get("id"):
+            self._id = dict(attrs)["id"]
+        elif tag == "table":
+            self.tables[self._id] = []
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr":
+            self.tables[self._id].append(self._row)
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_claims_table_read_back_from_the_page(tmp_path):
+    from scipy import stats as sps
+
+    abl = fake_results(tmp_path / "abl")
+    r = CliRunner().invoke(app, ["report", "--results", str(abl), "--out", str(tmp_path / "rep"), "--no-measure",
+                                 "--no-figures", "--samples", "0", "--yes"])
+    assert r.exit_code == 0, r.output
+    parser = _Tables()
+    parser.feed((tmp_path / "rep" / "report.html").read_text())
+    head, *body = parser.tables["claims"]
+    rows = {row[head.index("A - B")]: dict(zip(head, row, strict=True)) for row in body}
+    assert head[:2] == ["Claim", "A - B"] and "Verdict" in head and "Paper" in head
+    for a, b, verdict in (("b1-bifpn", "b1-deeplab-os16", "holds"), ("r50-bifpn", "r50-deeplab-os16", "reversed"),
+                          ("b1-deeplab-os16", "b1-deeplab-os32", "inconclusive at this budget")):
+        row = rows[f"{a} - {b}"]
+        ci = sps.ttest_rel(VALUES[a], VALUES[b]).confidence_interval(0.95)
+        mean = np.mean(np.subtract(VALUES[a], VALUES[b]))
+        assert row["Verdict"] == verdict and row["95% CI"] == f"[{ci.low:+.2f}, {ci.high:+.2f}]"
+        assert row["Δ mIoU (A - B)"] == f"{mean:+.2f}" and row["Seeds"] == "3"
+        assert row["Measured on"] == "synthetic proxy (protocol v1), 3 seeds, 1500 steps"
+    assert rows["b1-bifpn - b1-deeplab-os16"]["Paper"] == "80.1 vs 79.4 (+0.7), Cityscapes val"
+    assert rows["p2-p9 - p3-p7"]["Verdict"] == "not measured" and rows["p2-p9 - p3-p7"]["Δ mIoU (A - B)"] == "-"
+    # Table 8's measured column: mean ± std over the seeds, under its setting; the smoke run's 99.0 nowhere
+    head8, *body8 = parser.tables["table8"]
+    col = head8.index(MEASURED)
+    assert body8[0][col] == f"{np.mean(VALUES['b1-bifpn']):.1f} ± {np.std(VALUES['b1-bifpn'], ddof=1):.1f}"
+    assert not any("99.0" in c for row in body8 for c in row)

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_report import fake_results
+from test_report import VALUES, fake_results
 from typer.testing import CliRunner
 
 from eseg_cli.analysis import paper, plot, report
@@ -219,10 +219,60 @@ def test_cli_plot(tmp_path):
     res = runner.invoke(app, ["plot", "--results", str(abl), "--out", str(out), "--no-measure", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert sorted(p.split("/")[-1] for p in data["files"]) == ["figure1.png", "figure1.svg", "figure4.png",
+    assert sorted(p.split("/")[-1] for p in data["files"]) == ["ablation_seeds.png", "ablation_seeds.svg",
+                                                                "figure1.png", "figure1.svg", "figure4.png",
                                                                 "figure4.svg"]
     assert "curves" in data["skipped"]
     res = runner.invoke(app, ["plot", "--out", str(out), "--no-measure", "--only", "figure4"])
     assert res.exit_code == 2 and "--yes" in res.output
     res = runner.invoke(app, ["plot", "--out", str(out), "--only", "figure9", "--yes"])
     assert res.exit_code == 2 and "figure9" in res.output
+
+
+def test_ablation_seeds_figure_shows_every_seed_and_the_mean(tmp_path):
+    from eseg_cli.analysis.ablate import read_results
+
+    fig, data, paths = plot.plot_ablation_seeds(read_results(fake_results(tmp_path / "abl")), tmp_path)
+    (ax,) = fig.axes
+    assert "synthetic proxy (protocol v1), 3 seeds, 1500 steps" in ax.get_title() and len(paths) == 2
+    dots = [c for c in ax.collections if c.get_gid() == "seed"]
+    assert sorted(y for c in dots for _, y in c.get_offsets()) == sorted(v for vs in VALUES.values() for v in vs)
+    bars = [ln for ln in ax.lines if ln.get_gid() == "mean" and ln.get_marker() == "o"]  # not the caps
+    assert [ln.get_ydata()[0] for ln in bars] == pytest.approx([np.mean(v) for v in VALUES.values()])
+    assert data["decoder"]["b1-bifpn"]["std"] == pytest.approx(np.std(VALUES["b1-bifpn"], ddof=1))
+    with pytest.raises(plot.EsegError, match="smoke"):
+        plot.plot_ablation_seeds([])
+
+
+def test_training_curves_of_seeds_are_a_mean_with_a_band(tmp_path):
+    for seed, miou in ((0, [10.0, 20.0]), (1, [14.0, 30.0])):
+        run = tmp_path / "runs" / f"p2-p9-s{seed}-0123456789ab"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"scale: lite-s\ndataset: synthetic\nsteps: 4\nseed: {seed}\n")
+        (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": (seed + 1.0) / s, "lr": 0.1})
+                                               + "\n" for s in (1, 2, 3, 4)))
+        (run / "val.jsonl").write_text("".join(json.dumps({"step": s, "mIoU": m}) + "\n"
+                                               for s, m in zip((2, 4), miou, strict=True)))
+    fig, data, _ = plot.plot_training_curves(plot.find_runs([tmp_path]))
+    assert list(data) == ["p2-p9"] and data["p2-p9"]["seeds"] == [0, 1]
+    loss_ax, _, miou_ax = fig.axes
+    assert list(miou_ax.lines[0].get_ydata()) == [12.0, 25.0]  # the mean over the two seeds
+    assert list(data["p2-p9"]["val"]["mIoU_std"]) == pytest.approx([np.std([10, 14], ddof=1), np.std([20, 30],
+                                                                                                       ddof=1)])
+    assert len(miou_ax.collections) == 1 and len(loss_ax.collections) == 1  # the bands
+    assert "lite-s, on synthetic, 4 steps, 2 seeds" in miou_ax.get_title()
+
+
+def test_training_curves_are_drawn_per_ablation(tmp_path):
+    for kind, cell in (("decoder", "b1-bifpn"), ("levels", "p2-p9"), ("levels", "p3-p7")):
+        run = tmp_path / "abl" / kind / "logs" / f"{cell}-s0-0123456789ab"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("scale: lite-s\ndataset: synthetic\nsteps: 2\nseed: 0\n")
+        (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 0.1}) + "\n"
+                                               for s in (1, 2)))
+    out = plot.generate_figures([tmp_path / "abl"], tmp_path / "figs", which=("curves",))
+    assert sorted(p.split("/")[-1] for p in out["files"]) == [
+        "training_curves_decoder.png", "training_curves_decoder.svg", "training_curves_levels.png",
+        "training_curves_levels.svg"]
+    (_, (fig, data, _)), = [c for c in plot.curve_figures(plot.find_runs([tmp_path / "abl"])) if c[0] == "levels"]
+    assert sorted(data) == ["p2-p9", "p3-p7"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -19,21 +20,44 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ESEG_CACHE_DIR", str(tmp_path / "cache"))  # empty: nothing measured yet
 
 
+# final val mIoU per Table 8 cell and seed 0, 1, 2 of a made-up protocol run; the paired differences are
+# b1-bifpn - b1-deeplab-os16 = 1.0, 0.8, 1.2 (holds), b1-deeplab-os16 - b1-deeplab-os32 = -0.5, 1.2, -0.7
+# (inconclusive), r50-bifpn - r50-deeplab-os16 = -1.0, -1.1, -0.9 (reversed)
+VALUES = {"b1-bifpn": [56.0, 57.0, 58.5], "b1-deeplab-os16": [55.0, 56.2, 57.3],
+          "b1-deeplab-os32": [55.5, 55.0, 58.0], "r50-bifpn": [50.0, 51.0, 52.0],
+          "r50-deeplab-os16": [51.0, 52.1, 52.9], "r50-deeplab-os32": [49.0, 50.0, 51.0]}
+PROTOCOL = {"dataset": "synthetic", "steps": 1500, "protocol": "protocol v1", "protocol_steps": 1500}
+MEASURED = "mIoU measured, synthetic proxy (protocol v1), 3 seeds, 1500 steps, same ranking at step 1250"
+
+
 def fake_results(folder, miou=True):
-    """An `eseg ablate` results folder with made-up measurements of every Table 8 cell and ESeg scale."""
+    """An `eseg ablate` results folder with made-up measurements of every Table 8 cell (3 seeds of a protocol run,
+    and a later 40-step smoke run that must never show) and ESeg scale."""
     rows = []
-    for i, c in enumerate(ablate.cells_for("decoder")):
-        rows.append({"ablation": "decoder", "cell": c.name, "model": c.model, "model_kwargs": c.kwargs,
-                     "resolution": "1024x2048", "num_classes": 19, "params": 1e6 * (i + 1),
-                     "flops": 1e10 * (i + 1), "flops_conv": 0.9e10 * (i + 1), "miou": 50.0 + i if miou else None,
-                     "final_miou": 50.0 + i if miou else None, "best_miou": 60.0 + i if miou else None,
-                     "pixacc": 90.0, "train": {"dataset": "synthetic", "steps": 10}, "finished_at": "2026"})
+    for seed in range(3):
+        for i, c in enumerate(ablate.cells_for("decoder")):
+            v = VALUES[c.name][seed] if miou else None
+            rows.append({"ablation": "decoder", "cell": c.name, "label": c.label, "model": c.model,
+                         "model_kwargs": c.kwargs, "resolution": "1024x2048", "num_classes": 19,
+                         "params": 1e6 * (i + 1), "flops": 1e10 * (i + 1), "flops_conv": 0.9e10 * (i + 1),
+                         "miou": v, "final_miou": v, "best_miou": v + 5 if miou else None, "prev_miou": v,
+                         "prev_step": 1250,
+                         "seed": seed, "pixacc": 90.0, "train": PROTOCOL if miou else None, "common_kwargs": None,
+                         "finished_at": f"2026-12-0{seed + 1}"})
+    if miou:
+        rows.append(dict(rows[0], seed=0, final_miou=99.0, miou=99.0, finished_at="2027",
+                         train={"dataset": "synthetic", "steps": 40, "overrides": {"crop_size": [128, 128]}}))
     for name in ("eseg-lite-s", "eseg-lite-m", "eseg-lite-l", "eseg-m", "eseg-l"):
         rows.append({"ablation": "other", "cell": "x", "model": name, "model_kwargs": {}, "resolution": "1024x2048",
                      "num_classes": 19, "params": 2e6, "flops": 4e10, "flops_conv": 3.9e10})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
+
+
+def expected_mean_std(cell):
+    v = np.array(VALUES[cell])
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
 def test_no_runs_no_measuring_keeps_every_paper_row(tmp_path):
@@ -48,10 +72,10 @@ def test_no_runs_no_measuring_keeps_every_paper_row(tmp_path):
 def test_ablation_results_fill_table8_and_the_measured_columns(tmp_path):
     t = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)
     t8 = t["table8"]
-    # the FINAL mIoU (not the best validation), last, under a header naming the dataset and schedule
-    col = "mIoU measured: synthetic, 10 steps (final)"
-    assert list(t8.columns)[-1] == col and list(t8.columns)[2] == "mIoU (paper)"
-    assert list(t8[col]) == [50.0, 51.0, 52.0, 53.0, 54.0, 55.0]
+    # the FINAL mIoU (not the best validation), mean ± std over seeds, last, under a header naming the dataset,
+    # protocol, seeds and schedule; the later 40-step smoke run is not shown at all
+    assert list(t8.columns)[-1] == MEASURED and list(t8.columns)[2] == "mIoU (paper)"
+    assert list(t8[MEASURED]) == [expected_mean_std(c) for c in VALUES] and "99" not in " ".join(t8[MEASURED])
     assert list(t8["FLOPs B (total)"]) == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
     assert t8["Δ FLOPs % (total)"][0] == round(100 * (10 - 34.5) / 34.5, 1)
     assert "Δ mIoU" not in t8  # trained on synthetic data: not comparable with Cityscapes
@@ -81,7 +105,7 @@ def test_eval_json_fills_cityscapes_and_ade20k_miou(tmp_path):
 def test_written_files_hold_the_tables(tmp_path):
     tables = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)
     files = report.write_tables(tables, tmp_path / "out")
-    assert len(files) == 13
+    assert len(files) == 16  # Tables 3, 4, 5, 8 and the claims, 3 formats each, and tables.md
     back = pd.read_csv(tmp_path / "out" / "tables" / "table8.csv")
     pd.testing.assert_frame_equal(back, tables["table8"], check_dtype=False)
     md = (tmp_path / "out" / "tables" / "table4.md").read_text()
@@ -119,7 +143,7 @@ def test_terminal_tables_are_narrow_unless_wide(tmp_path):
         # every narrow header is printed whole, not folded into pieces
         assert all(w in text for c in report.narrow(name, df).columns for w in c.split())
     t8 = report.narrow("table8", tables["table8"])
-    assert "mIoU measured: synthetic, 10 steps (final)" in t8.columns and "FLOPs B (total)" not in t8.columns
+    assert MEASURED in t8.columns and "FLOPs B (total)" not in t8.columns
 
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path):
@@ -128,7 +152,7 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path):
     res = runner.invoke(app, ["report", "--results", str(abl), "--out", str(out), "--no-measure", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["tables"]["table8"][2]["mIoU measured: synthetic, 10 steps (final)"] == 52.0
+    assert data["tables"]["table8"][2][MEASURED] == expected_mean_std("b1-deeplab-os32")
     assert (out / "tables.md").is_file() and (out / "report.html").is_file()
     res = runner.invoke(app, ["report", "--results", str(abl), "--out", str(out), "--no-measure"])
     assert res.exit_code == 2 and "--yes" in res.output
@@ -209,3 +233,55 @@ def test_a_damaged_run_is_named_before_anything_is_written(tmp_path, damage, nee
     assert len(errors) == 1 and needle in errors[0], res.output
     assert [p.name for p in out.rglob("*")] == ["tables.md"]  # nothing written, the old report unchanged
     assert (out / "tables.md").read_text() == "the previous report\n"
+
+
+def test_claims_table_pairs_the_seeds_and_gives_verdicts(tmp_path):
+    from scipy import stats as sps
+
+    t = report.build_tables([fake_results(tmp_path / "abl")], measure_missing=False)["claims"].set_index("A - B")
+    for a, b, verdict in (("b1-bifpn", "b1-deeplab-os16", "holds"),
+                          ("b1-deeplab-os16", "b1-deeplab-os32", "inconclusive at this budget"),
+                          ("r50-bifpn", "r50-deeplab-os16", "reversed")):
+        row = t.loc[f"{a} - {b}"]
+        ci = sps.ttest_rel(VALUES[a], VALUES[b]).confidence_interval(0.95)
+        assert row["Verdict"] == verdict and row["Seeds"] == 3
+        assert row["Δ mIoU (A - B)"] == pytest.approx(np.mean(np.subtract(VALUES[a], VALUES[b])))
+        assert row["95% CI"] == f"[{ci.low:+.2f}, {ci.high:+.2f}]"
+        assert row["A mIoU"] == expected_mean_std(a)
+        assert row["Measured on"] == "synthetic proxy (protocol v1), 3 seeds, 1500 steps"
+    assert t.loc["b1-bifpn - b1-deeplab-os16", "Paper"] == "80.1 vs 79.4 (+0.7), Cityscapes val"
+    # the power of this budget from the measured std of the differences (0.2 for b1-bifpn - b1-deeplab-os16)
+    from eseg_cli.analysis import stats
+
+    row = t.loc["b1-bifpn - b1-deeplab-os16"]
+    assert row["Detectable Δ (80% power)"] == pytest.approx(stats.minimum_detectable_difference(0.2, 3))
+    assert row["Seeds for Δ paper"] == stats.seeds_needed(0.2, 0.7)
+    assert t.loc["p2-p9 - p3-p7", "Verdict"] == "not measured"
+    assert t.loc["student - teacher", "Δ paper"] == 1.6
+    flops = t.loc["b1-bifpn / b1-deeplab-os16"]  # from the rows' FLOPs, 1e10 and 2e10: exact, no interval
+    assert flops["95% CI"] == "ratio 0.50" and flops["Verdict"] == "holds (ratio <= 1/2)" and "(ratio 0.38)" in \
+        flops["Paper"]
+
+
+def test_smoke_runs_are_never_shown_as_measured(tmp_path):
+    rows = [{"ablation": "decoder", "cell": c.name, "model": c.model, "model_kwargs": c.kwargs, "seed": 0,
+             "resolution": "1024x2048", "num_classes": 19, "params": 1e6, "flops": 1e10, "flops_conv": 1e10,
+             "miou": 3.0, "final_miou": 3.0, "train": {"dataset": "synthetic", "steps": 40}, "finished_at": "2026"}
+            for c in ablate.cells_for("decoder")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = report.build_tables([tmp_path], measure_missing=False)
+    assert not any(c.startswith("mIoU measured") for c in t["table8"].columns)
+    claims = t["claims"].set_index("A - B")
+    assert claims.loc["b1-bifpn - b1-deeplab-os16", "Verdict"] == "not measured (smoke runs only)"
+    assert claims.loc["b1-bifpn - b1-deeplab-os16", "Measured on"] == "only smoke (synthetic, 40 steps, 1 seed): " \
+        "not evidence" and pd.isna(claims.loc["b1-bifpn - b1-deeplab-os16", "Δ mIoU (A - B)"])
+    assert claims.loc["p2-p9 - p3-p7", "Measured on"] == "not measured"
+
+
+def test_the_header_says_when_the_ranking_changed_at_the_last_validation(tmp_path):
+    rows = ablate.read_results(fake_results(tmp_path / "abl"))
+    for r in rows:
+        if r.get("cell") == "r50-deeplab-os32" and r.get("final_miou") is not None:
+            r["prev_miou"] = 70.0  # ranked first at step 1250, last at the end
+    group = report.evidence_group(rows, "decoder")
+    assert report.measured_header(group).endswith("ranking differs at step 1250")

@@ -1,8 +1,11 @@
 """Ablations as data: named grids of model cells, each measured (params, FLOPs) and optionally trained.
 
 ``run_ablation("decoder", out_dir)`` is Table 8's grid; ``levels`` and ``fusion`` vary ESeg's BiFPN
-level range and fusion modes. Every finished cell is one row in ``<out_dir>/results.jsonl``; rerunning
-skips the cells whose row (same settings) is already there, so an interrupted ablation resumes.
+level range and fusion modes. Every finished cell is one row in ``<out_dir>/results.jsonl``; trained, it is one
+row per (cell, seed): each seed changes the initialisation, the data order and the augmentation, and the cells of
+one ablation share their seeds, so that :mod:`eseg_cli.analysis.stats` can pair them. Rerunning skips the (cell,
+seed) pairs whose row (same settings) is already there, and a cell killed mid-training resumes from its run
+folder's last checkpoint, so an interrupted ablation continues where it stopped.
 
 Params/FLOPs measurements are cached in ``measurements.json`` of :func:`eseg_cli.utils.cache_dir`
 (``$ESEG_CACHE_DIR`` or ``~/.cache/eseg``), keyed by model configuration and resolution, so that ``eseg report``
@@ -23,8 +26,6 @@ from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.utils import atomic_write_json, atomic_write_text, cache_dir
 
 RESULTS_FILE = "results.jsonl"
-#: training steps per cell when ``run_ablation(train=True)`` is given none: a short schedule that ranks the cells
-ABLATION_STEPS = 200
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,23 @@ class Cell:
 def decoder_cells(scale: str = "eseg-s") -> list[Cell]:
     """Table 8: encoders {EfficientNet-B1, ResNet-50} x decoders {BiFPN, DeepLabV3+ OS16, DeepLabV3+ OS32}.
 
-    The BiFPN rows are ESeg-S (96 channels, 4 repeats) on each encoder; ``scale`` is accepted for a
-    uniform signature but Table 8 is defined on ESeg-S.
+    The BiFPN rows are ESeg-S (96 channels, 4 repeats) on each encoder. Table 8 is defined on ESeg-S; another
+    ``scale`` makes its encoder stand in for EfficientNet-B1 under both decoders (ESeg-S's BiFPN and the same
+    DeepLabV3+), for an ablation of the decoders that trains faster. The cells keep the names of the B1 rows
+    they stand for, their labels name the encoder, and the ResNet-50 rows are left out.
     """
+    from eseg_cli.models import SCALES
+
+    if scale != "eseg-s":
+        enc = SCALES[scale]
+        eseg_s = SCALES["eseg-s"]
+        bifpn = {"channels": eseg_s.channels, "repeats": eseg_s.repeats, "act": "silu"}  # ESeg-S's decoder
+        label = f"{enc.display_name} encoder (for B1)"
+        return [Cell("b1-bifpn", f"{label} + BiFPN (w/o atrous)", enc.name, bifpn),
+                Cell("b1-deeplab-os16", f"{label} + DeepLabV3+ (w/ atrous)", "deeplabv3plus",
+                     {"encoder": enc.name, "output_stride": 16}),
+                Cell("b1-deeplab-os32", f"{label} + DeepLabV3+ (w/o atrous)", "deeplabv3plus",
+                     {"encoder": enc.name, "output_stride": 32})]
     cells = []
     for enc, enc_label, eseg_kw in (("b1", "EfficientNet-B1", {}), ("r50", "ResNet-50", {"encoder": "resnet50"})):
         timm_name = "efficientnet_b1" if enc == "b1" else "resnet50"
@@ -199,8 +214,10 @@ def _paper_values(kind: str) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- training
 
 def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, dataset: str, data_root: str | None,
-               recipe: str | None, overrides: dict | None = None, on_event: OnEvent | None = None) -> dict:
-    """Train one cell with the engine under the ablation's shared settings; return its eval metrics.
+               recipe: str | None, overrides: dict | None = None, seed: int | None = None,
+               on_event: OnEvent | None = None) -> dict:
+    """Train one cell with the engine under the ablation's shared settings; return its eval metrics: the final
+    checkpoint's validation (``miou``), the validation before it (``prev_miou``, ``prev_step``) and the best one.
 
     The configuration is resolved once for ``base_scale`` (the recipe and its per-scale block), then only
     the model changes, so every cell of an ablation trains under identical settings. A run folder left
@@ -216,92 +233,181 @@ def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, datase
     if summary is None:
         ov = {**(overrides or {}), "steps": steps, "data_root": data_root, "scale": cell.model,
               "model": {**(overrides or {}).get("model", {}), **cell.kwargs}}
+        if seed is not None:
+            ov["seed"] = seed
         config = load_config(dataset, base_scale, ov, recipe=recipe)
         resume = run.last_checkpoint.is_file()
         # a folder left before its first checkpoint has nothing to resume: it is moved aside, not mixed in
         summary = train(config, run.path, resume=resume, overwrite=not resume, on_event=on_event)
     final = summary.get("final_metrics") or {}
-    return {"miou": final.get("mIoU"), "best_miou": summary.get("best_mIoU"), "pixacc": final.get("pixAcc"),
-            "run_dir": str(summary.get("run_dir", run.path)), "checkpoint": summary.get("checkpoint")}
+    history = summary.get("history") or []
+    last = history[-1] if history else {}
+    prev = history[-2] if len(history) > 1 else {}
+    if final and last.get("step") != steps:
+        final = {}  # the last validation was not at the final step: no final checkpoint's number to record
+    return {"miou": final.get("mIoU"), "final_step": last.get("step") if final else None,
+            "prev_miou": prev.get("mIoU"), "prev_step": prev.get("step"), "best_miou": summary.get("best_mIoU"),
+            "pixacc": final.get("pixAcc"), "run_dir": str(summary.get("run_dir", run.path)),
+            "checkpoint": summary.get("checkpoint")}
 
 
 # ----------------------------------------------------------------------------- the ablation
+
+def _resolve_seeds(seeds: list[int] | None, overrides: dict, recipe_seed: int) -> list[int]:
+    """The seeds to train (given ones, deduplicated in order); none given: the one of ``--set seed=N`` or the
+    recipe's. The seed is popped from ``overrides``: it is a row's own key, not part of the shared settings."""
+    if seeds:
+        if "seed" in overrides:
+            raise EsegError("give the seeds with --seed/--seeds, not also --set seed=...", field="seed")
+        if any(int(x) < 0 for x in seeds):
+            raise EsegError(f"seeds must be >= 0, got {list(seeds)}", field="seed")
+        return list(dict.fromkeys(int(x) for x in seeds))
+    return [int(overrides.pop("seed"))] if "seed" in overrides else [recipe_seed]
+
+
+def _done_key(row: dict) -> tuple:
+    from eseg_cli.analysis.stats import row_seed
+
+    return (row.get("ablation"), row.get("cell"), row.get("signature"), row_seed(row) if row.get("train") else None)
+
+
+def scaled_aspp_rates(output_stride: int, scale: float) -> list[int]:
+    """DeepLabV3+'s ASPP rates at ``output_stride`` multiplied by ``scale`` (at least 1): rates scaled to the feature
+    size, as DeepLabv3 itself doubles them when the output stride halves."""
+    from eseg_cli.models.deeplab import ASPP_RATES
+
+    if not scale > 0:
+        raise EsegError(f"'aspp_scale' must be > 0, got {scale}", field="aspp_scale")
+    return [max(1, round(r * scale)) for r in ASPP_RATES[output_stride]]
+
 
 def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resolution: tuple[int, int] = (1024, 2048),
                  num_classes: int = 19, model_kwargs: dict | None = None, cells: list[str] | None = None,
                  train: bool = False, steps: int | None = None, dataset: str = "synthetic",
                  data_root: str | None = None, recipe: str | None = None, train_overrides: dict | None = None,
-                 use_cache: bool = True, on_event: OnEvent | None = None) -> list[dict]:
-    """Run ablation ``kind`` into ``out_dir``; return one row per cell (finished earlier or now).
+                 use_cache: bool = True, seeds: list[int] | None = None, protocol: str | None = None,
+                 aspp_scale: float | None = None, decoder_norm: str | None = None,
+                 on_event: OnEvent | None = None) -> list[dict]:
+    """Run ablation ``kind`` into ``out_dir``; return one row per cell (per cell and seed when trained), finished
+    earlier or now.
 
     ``model_kwargs`` are added to every cell's model options (tiny models for tests). ``cells`` picks a
-    subset by name; with ``train``, each cell trains ``steps`` steps (default
-    :data:`ABLATION_STEPS`). ``on_event`` gets progress events: task ``ablate`` (one ``advance`` per cell, its
-    ``item`` the cell name, ``message`` "skipped" or "done", ``metrics`` its row) and the ``train`` events
-    of each cell's training.
+    subset by name. ``steps`` defaults to the recipe's. ``seeds`` (with ``train``): every cell trains once per
+    seed, seed by seed (all cells of the first seed, then the next), so a stopped ablation leaves complete
+    pairs; default: the recipe's seed. ``protocol`` names the protocol whose recipe (``recipe``) this run
+    follows; each row records it with the recipe's steps, so a report can tell a protocol run from one cut
+    short (see :func:`eseg_cli.analysis.stats.is_smoke`). ``aspp_scale`` multiplies the ASPP rates of the
+    DeepLabV3+ cells (see :func:`scaled_aspp_rates`). ``decoder_norm`` (``group``) gives every cell's decoder
+    and head GroupNorm instead of batch norm. ``on_event`` gets progress events: task ``ablate``
+    (one ``advance`` per (cell, seed), its ``item`` the cell name and seed, ``message`` "skipped" or
+    "done", ``metrics`` its row) and the ``train`` events of each cell's training.
     """
     all_cells = cells_for(kind, scale)
-    steps = ABLATION_STEPS if steps is None else steps
     if cells:
         unknown = sorted(set(cells) - {c.name for c in all_cells})
         if unknown:
             raise EsegError(f"unknown cell(s) {', '.join(unknown)} for ablation {kind!r}; "
                             f"choose from {', '.join(c.name for c in all_cells)}")
         all_cells = [c for c in all_cells if c.name in cells]
-    if train and steps < 1:
-        raise EsegError(f"'steps' must be >= 1, got {steps}", field="steps")
+    if seeds and not train:
+        raise EsegError("seeds only apply to trained cells: add --train", field="seed")
+    if protocol and not (train and recipe):
+        raise EsegError("a protocol is a recipe: give --protocol with --train and its --recipe", field="protocol")
+    overrides = dict(train_overrides or {})
+    seed_list: list[int | None] = [None]
+    if train:
+        from eseg_cli.engine import load_config
+
+        base_cfg = load_config(dataset, scale, {}, recipe=recipe)  # the recipe's own seed and schedule
+        steps = base_cfg.steps if steps is None else steps
+        if steps < 1:
+            raise EsegError(f"'steps' must be >= 1, got {steps}", field="steps")
+        seed_list = _resolve_seeds(seeds, overrides, base_cfg.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
-    done = {(r.get("ablation"), r.get("cell"), r.get("signature")): r
-            for r in (read_results(results_path) if results_path.is_file() else [])}
-    paper = _paper_values(kind)
+    done = {_done_key(r): r for r in (read_results(results_path) if results_path.is_file() else [])}
+    from eseg_cli.models import resolve_scale
+    from eseg_cli.models.layers import check_norm
+
+    if decoder_norm is not None:
+        check_norm(decoder_norm)
+    if aspp_scale is not None:
+        if kind != "decoder":
+            raise EsegError("--aspp-scale applies to the DeepLabV3+ cells of the decoder ablation", field="aspp_scale")
+        scaled_aspp_rates(16, aspp_scale)  # checks the factor before any cell runs
+    # a stand-in encoder's cells are not Table 8's: no paper FLOPs beside them
+    paper = _paper_values(kind) if kind != "decoder" or resolve_scale(scale).name == "eseg-s" else {}
     train_settings = ({"steps": steps, "dataset": dataset, "data_root": data_root, "recipe": recipe,
-                       "overrides": train_overrides} if train else None)
+                       "overrides": overrides or None} if train else None)
+    if train and protocol:
+        train_settings.update(protocol=protocol, protocol_steps=base_cfg.steps)
+    common = dict(model_kwargs or {})
+    # what makes cells of one name another comparison: the scale (its encoder, for the decoder), ASPP rates, norm
+    options = {"scale": resolve_scale(scale).name, "aspp_scale": aspp_scale, "decoder_norm": decoder_norm}
     rows = []
-    emit = Emitter(on_event, "ablate", total=len(all_cells))
+    total = len(all_cells) * len(seed_list)
+    emit = Emitter(on_event, "ablate", total=total)
     emit("start", 0)
-    for i, base in enumerate(all_cells, 1):
-        cell = Cell(base.name, base.label, base.model, {**base.kwargs, **(model_kwargs or {})})
-        sig = _signature(cell, resolution, num_classes, train_settings)
-        if (kind, cell.name, sig) in done:
-            row = done[(kind, cell.name, sig)]
-            emit("advance", i, item=cell.name, message=f"skipped (already in {results_path})", metrics=row)
+    i = 0
+    for seed in seed_list:
+        for base in all_cells:
+            i += 1
+            extra = dict(common)
+            if aspp_scale is not None and base.model == "deeplabv3plus":
+                extra["aspp_rates"] = scaled_aspp_rates(base.kwargs["output_stride"], aspp_scale)
+            if decoder_norm is not None:
+                extra["decoder_norm"] = check_norm(decoder_norm)
+            cell = Cell(base.name, base.label, base.model, {**base.kwargs, **extra})
+            sig = _signature(cell, resolution, num_classes, train_settings)
+            item = cell.name if seed is None else f"{cell.name} seed {seed}"
+            if (kind, cell.name, sig, seed) in done:
+                row = done[(kind, cell.name, sig, seed)]
+                emit("advance", i, item=item, message=f"skipped (already in {results_path})", metrics=row)
+                rows.append(row)
+                continue
+            emit.message(f"{item}: measuring{' and training' if train else ''}")
+            t0 = time.time()
+            row = _measured_row(kind, cell, paper.get(cell.name, {}), resolution, num_classes, use_cache)
+            row.update(train=train_settings, run_dir=None, signature=sig, common_kwargs=common or None,
+                       options=options)
+            if train:
+                row["seed"] = seed
+                try:
+                    metrics = train_cell(cell, out_dir / "runs" / f"{cell.name}-s{seed}-{sig}", base_scale=scale,
+                                         steps=steps, dataset=dataset, data_root=data_root, recipe=recipe,
+                                         overrides=overrides, seed=seed, on_event=on_event)
+                except Interrupted as e:
+                    e.resume = "run the same ablation again (finished cells and seeds are skipped, this one resumes)"
+                    raise
+                # the mIoU after the last step (what Table 8 reports), the validation before it (is the ranking
+                # stable?); the best validation is kept beside them but never reported (a selection bias)
+                row.update(miou=metrics["miou"], final_miou=metrics["miou"], final_step=metrics["final_step"],
+                           prev_miou=metrics["prev_miou"], prev_step=metrics["prev_step"],
+                           best_miou=metrics["best_miou"], pixacc=metrics["pixacc"], run_dir=metrics["run_dir"])
+                if dataset == "cityscapes" and metrics["miou"] is not None and row["paper_miou"] is not None:
+                    row["miou_diff"] = round(metrics["miou"] - row["paper_miou"], 2)
+            row["seconds"] = round(time.time() - t0, 1)
+            row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            _append_row(results_path, row)
+            emit("advance", i, item=item, message="done", metrics=row)
             rows.append(row)
-            continue
-        emit.message(f"{cell.name}: measuring{' and training' if train else ''}")
-        t0 = time.time()
-        m = measure(cell.model, cell.kwargs, resolution=resolution, num_classes=num_classes, use_cache=use_cache)
-        ref = paper.get(cell.name, {})
-        full_res = tuple(resolution) == (1024, 2048)  # the paper's FLOPs are at 1024x2048 only
-        row = {
-            "ablation": kind, "cell": cell.name, "label": cell.label, "model": cell.model,
-            "model_kwargs": cell.kwargs, "resolution": f"{resolution[0]}x{resolution[1]}",
-            "num_classes": num_classes, "params": m["params"], "params_with_bn_stats": m["params_with_bn_stats"],
-            "flops": m["flops"], "flops_conv": m["flops_conv"],
-            "paper_flops": ref["flops_b"] * 1e9 if ref and full_res else None,
-            "flops_diff_pct": _pct(m["flops"], ref["flops_b"] * 1e9) if ref and full_res else None,
-            "flops_conv_diff_pct": _pct(m["flops_conv"], ref["flops_b"] * 1e9) if ref and full_res else None,
-            "paper_miou": ref.get("miou"), "miou": None, "pixacc": None, "miou_diff": None,
-            "train": train_settings, "run_dir": None, "signature": sig,
-        }
-        if train:
-            try:
-                metrics = train_cell(cell, out_dir / "runs" / f"{cell.name}-{sig}", base_scale=scale, steps=steps,
-                                     dataset=dataset, data_root=data_root, recipe=recipe,
-                                     overrides=train_overrides, on_event=on_event)
-            except Interrupted as e:
-                e.resume = "run the same ablation again (finished cells are skipped, this one resumes)"
-                raise
-            # the mIoU after the last step (what Table 8 reports); the best validation is kept beside it
-            row.update(miou=metrics["miou"], final_miou=metrics["miou"], best_miou=metrics["best_miou"],
-                       pixacc=metrics["pixacc"], run_dir=metrics["run_dir"])
-            if dataset == "cityscapes" and metrics["miou"] is not None and row["paper_miou"] is not None:
-                row["miou_diff"] = round(metrics["miou"] - row["paper_miou"], 2)
-        row["seconds"] = round(time.time() - t0, 1)
-        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _append_row(results_path, row)
-        emit("advance", i, item=cell.name, message="done", metrics=row)
-        rows.append(row)
-    emit("end", len(all_cells))
+    emit("end", total)
     return rows
+
+
+def _measured_row(kind: str, cell: Cell, ref: dict, resolution: tuple[int, int], num_classes: int,
+                  use_cache: bool) -> dict:
+    """A cell's row before training: its params and FLOPs beside the paper's (at 1024x2048 only)."""
+    m = measure(cell.model, cell.kwargs, resolution=resolution, num_classes=num_classes, use_cache=use_cache)
+    full_res = tuple(resolution) == (1024, 2048)  # the paper's FLOPs are at 1024x2048 only
+    paper_flops = ref["flops_b"] * 1e9 if ref and full_res else None
+    return {
+        "ablation": kind, "cell": cell.name, "label": cell.label, "model": cell.model,
+        "model_kwargs": cell.kwargs, "resolution": f"{resolution[0]}x{resolution[1]}",
+        "num_classes": num_classes, "params": m["params"], "params_with_bn_stats": m["params_with_bn_stats"],
+        "flops": m["flops"], "flops_conv": m["flops_conv"], "paper_flops": paper_flops,
+        "flops_diff_pct": _pct(m["flops"], paper_flops) if paper_flops else None,
+        "flops_conv_diff_pct": _pct(m["flops_conv"], paper_flops) if paper_flops else None,
+        "paper_miou": ref.get("miou"), "miou": None, "pixacc": None, "miou_diff": None,
+    }

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from eseg_cli.analysis import plot
-from eseg_cli.analysis.report import NOTES, TABLE_TITLES, format_frame
+from eseg_cli.analysis.report import NOTES, TABLE_TITLES, collect_results, format_frame
 from eseg_cli.analysis.runs import RunRecord, confusion_figure, per_class_figure, read_run_record, sample_predictions
+from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_text
 
 CSS = """
@@ -97,10 +98,20 @@ def _run_section(rec: RunRecord, samples: int, device: str) -> str:
     return "\n".join(parts)
 
 
-def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, curves=None,
+CLAIMS_NOTE = (
+    "Each claim 'A > B' is tested on the paired differences A - B of the final val mIoU on the same seeds (same "
+    "initialisation, data order and augmentation). 95% CI: Student t on the paired differences. Verdict: holds when "
+    "the interval is above 0, reversed when below, inconclusive at this budget otherwise (always with one seed). "
+    "'Measured on' names the dataset: a proxy's differences test the direction of a claim there, they are not "
+    "Cityscapes numbers. Smoke runs (shorter than their protocol) are never used."
+)
+
+
+def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, curves=None, seeds=None,
                 runs: list[RunRecord] = (), samples: int = 3, device: str = "cpu",
                 title: str = "eseg report") -> str:
-    """The page as a string. ``figure1``/``figure4``/``curves`` are matplotlib figures (closed here)."""
+    """The page as a string. ``figure1``/``figure4``/``seeds`` are matplotlib figures and ``curves`` maps an
+    ablation (or ``""``) to its training curves' figure (closed here)."""
     toc = ['<a href="#tables">Tables</a>', '<a href="#figures">Figures</a>']
     if runs:
         toc.append('<a href="#runs">Runs</a>')
@@ -115,15 +126,21 @@ def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, 
            '<h2 id="tables">Tables</h2>', f'<p class="muted">{html.escape(NOTES)}</p>']
     for name, df in tables.items():
         out += [f'<h3 id="{name}">{html.escape(TABLE_TITLES.get(name, name))}</h3>', table_html(df)]
+        if name == "claims":
+            out.append(f'<p class="muted">{html.escape(CLAIMS_NOTE)}</p>')
     out.append('<h2 id="figures">Figures</h2>')
     if figure1 is not None:
         out.append(_figure(figure1, "Figure 1: FLOPs vs Cityscapes mIoU (the paper's points; this build's measured "
                            "FLOPs in the second panel).", "Figure 1"))
     if figure4 is not None:
         out.append(_figure(figure4, "Figure 4: speed vs accuracy of the real-time family.", "Figure 4"))
-    if curves is not None:
-        out.append(_figure(curves, "Training curves: loss, learning rate and validation mIoU per step.",
-                           "training curves"))
+    if seeds is not None:
+        out.append(_figure(seeds, "Final val mIoU of each ablation cell: one dot per seed, the mean with an error "
+                           "bar of ± one sample std.", "ablation seeds"))
+    for kind, fig in (curves or {}).items():
+        what = f"eseg ablate {kind}: training" if kind else "Training"
+        out.append(_figure(fig, f"{what} curves: loss, learning rate and validation mIoU per step (the seeds of a "
+                           "cell: their mean, the band ± one std).", "training curves"))
     if runs:
         out.append('<h2 id="runs">Runs</h2>')
         out += [_run_section(r, samples, device) for r in runs]
@@ -146,7 +163,11 @@ def write_html_report(tables: dict[str, pd.DataFrame], out_path: str | Path, *, 
     runs_found, records, measured = read_inputs(results, profiles)
     fig1, _, _ = plot.plot_figure1(tables["table4"])
     fig4, _, _ = plot.plot_figure4(plot.figure4_points(paper.load("figure4"), measured))
-    curves = plot.plot_training_curves(runs_found)[0] if runs_found else None
-    page = render_html(tables, figure1=fig1, figure4=fig4, curves=curves, runs=records, samples=samples,
-                       device=device)
+    curves = {kind: drawn[0] for kind, drawn in plot.curve_figures(runs_found)} if runs_found else None
+    try:
+        seeds = plot.plot_ablation_seeds(collect_results(results)["ablate"] if results else [])[0]
+    except EsegError:
+        seeds = None  # no ablation trained at its protocol's steps: nothing to draw
+    page = render_html(tables, figure1=fig1, figure4=fig4, curves=curves, seeds=seeds, runs=records,
+                       samples=samples, device=device)
     return atomic_write_text(out_path, page)

@@ -1,5 +1,5 @@
-"""Figures: Figure 1 (FLOPs vs Cityscapes mIoU), Figure 4 (FPS vs mIoU, real-time family) and
-training curves, as PNG and SVG.
+"""Figures: Figure 1 (FLOPs vs Cityscapes mIoU), Figure 4 (FPS vs mIoU, real-time family), training curves (the
+seeds of a cell as a mean with a band) and each ablation cell's final mIoU per seed, as PNG and SVG.
 
 Every figure is drawn from the same DataFrames that :mod:`eseg_cli.analysis.report` writes as tables
 (``figure1_points(table4)`` ...), so what is plotted is what the tables hold. Labels are placed by a
@@ -398,29 +398,73 @@ def read_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-_HASH_SUFFIX = re.compile(r"-[0-9a-f]{12}$")  # `eseg ablate` names run folders <cell>-<signature>
+_HASH_SUFFIX = re.compile(r"-[0-9a-f]{12}$")  # `eseg ablate` names run folders <cell>-s<seed>-<signature>
+_SEED_SUFFIX = re.compile(r"-s\d+$")
+
+
+def _base_name(run_dir: Path) -> str:
+    return _SEED_SUFFIX.sub("", _HASH_SUFFIX.sub("", run_dir.name))
 
 
 def _run_label(run_dir: Path, runs: list[Path]) -> str:
-    names = [_HASH_SUFFIX.sub("", r.name) for r in runs]
-    name = _HASH_SUFFIX.sub("", run_dir.name)
-    return name if names.count(name) == 1 else f"{run_dir.parent.name}/{name}"
+    """A run's legend name: its folder name without the ablation's signature and seed (the seeds of one cell share
+    one name, so they are drawn as one mean with a band), prefixed by its parent when another folder has runs of
+    the same name."""
+    own = _base_name(run_dir)
+    parents = {r.parent for r in runs if _base_name(r) == own}
+    return own if len(parents) == 1 else f"{run_dir.parent.name}/{own}"
 
 
 def run_setting(run_dir: Path) -> dict:
-    """Model, dataset and steps of a run folder (from its ``config.yaml``; missing values are None)."""
+    """Model, dataset, steps and seed of a run folder (from its ``config.yaml``; missing values are None)."""
     cfg = Run(run_dir).load_config() or {}
-    return {"model": cfg.get("scale"), "dataset": cfg.get("dataset"), "steps": cfg.get("steps")}
+    return {k: cfg.get(key) for k, key in (("model", "scale"), ("dataset", "dataset"), ("steps", "steps"),
+                                           ("seed", "seed"))}
 
 
 def _setting_text(s: dict) -> str:
     return f"{s['model'] or '?'} on {s['dataset'] or '?'}, {s['steps'] or '?'} steps"
 
 
-def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None):
-    """Training loss, learning rate and validation mIoU vs step for every run (one line per run), step ticks
-    on integers, model/dataset/steps in the titles (or in the legend when runs differ). Returns
-    ``(fig, data, paths)`` where ``data`` maps each run label to ``{"log": df, "val": df, "setting": dict}``."""
+def _seed_mean(frames: list[pd.DataFrame], column: str) -> pd.DataFrame:
+    """Mean and sample std of ``column`` over runs, at the steps every run logged (std NaN with one run)."""
+    parts = [f[["step", column]].dropna() for f in frames if not f.empty and column in f]
+    if not parts:
+        return pd.DataFrame(columns=["step", "mean", "std"])
+    common = set.intersection(*(set(p_.step) for p_ in parts))
+    joined = pd.concat([p_[p_.step.isin(common)] for p_ in parts])
+    g = joined.groupby("step")[column]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1)}).reset_index()
+
+
+def runs_by_ablation(run_dirs: list[Path]) -> dict[str, list[Path]]:
+    """Run folders grouped by the ablation they belong to (the nearest folder above named ``decoder``, ``levels`` or
+    ``fusion``, as ``eseg ablate`` and ``reports/ablate`` lay them out); other runs under ``""``."""
+    from eseg_cli.analysis.ablate import ABLATIONS
+
+    out: dict[str, list[Path]] = {}
+    for run in run_dirs:
+        kind = next((p.name for p in Path(run).parents if p.name in ABLATIONS), "")
+        out.setdefault(kind, []).append(run)
+    return out
+
+
+def curve_figures(run_dirs: list[Path], out_dir: str | Path | None = None) -> list[tuple[str, tuple]]:
+    """:func:`plot_training_curves` once per ablation among ``run_dirs`` (``training_curves_<kind>``), or once for
+    all when they are not from several ablations (``training_curves``): ``[(kind, (fig, data, paths))]``."""
+    groups = runs_by_ablation(run_dirs)
+    if len(groups) == 1:
+        return [(next(iter(groups)), plot_training_curves(run_dirs, out_dir))]
+    return [(kind, plot_training_curves(runs, out_dir, stem=f"training_curves_{kind or 'other'}"))
+            for kind, runs in groups.items()]
+
+
+def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None, stem: str = "training_curves"):
+    """Training loss, learning rate and validation mIoU vs step, step ticks on integers, model/dataset/steps/seeds in
+    the titles (or in the legend when runs differ). The seeds of one cell (run folders ``<cell>-s<seed>-<hash>``
+    of one setting) are drawn as their mean with a band of ± one sample std, at the steps every seed logged.
+    Returns ``(fig, data, paths)`` where ``data`` maps each label to ``{"log": df, "val": df, "setting": dict,
+    "seeds": [...]}`` (with several seeds, ``log``/``val`` hold ``step``, ``mean`` and ``std`` per column)."""
     plt = _mpl()
     from matplotlib.ticker import MaxNLocator
 
@@ -428,30 +472,52 @@ def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None
         raise EsegError("no training runs found (folders with log.jsonl) among the runs given; give a run folder or a "
                         "folder of runs")
     fig, (ax_l, ax_r, ax_m) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=DPI)
-    data = {}
-    settings = {}
+    settings = {run: run_setting(run) for run in run_dirs}
+    groups: dict[tuple, list[Path]] = {}
     for run in run_dirs:
-        settings[run] = run_setting(run)
+        s = settings[run]
+        groups.setdefault((_run_label(run, run_dirs), s["model"], s["dataset"], s["steps"]), []).append(run)
     # what every run shares goes in the titles; what differs goes in each run's legend entry
     same = {k: len({str(s[k]) for s in settings.values()}) == 1 for k in ("model", "dataset", "steps")}
     first = next(iter(settings.values()))
     shared = ", ".join(f"{first[k] or '?'}" + (" steps" if k == "steps" else "") if k != "dataset"
                        else f"on {first[k] or '?'}" for k in ("model", "dataset", "steps") if same[k])
-    for run in run_dirs:
-        label = _run_label(run, run_dirs)
-        differ = [f"{settings[run][k] or '?'}" + (" steps" if k == "steps" else "") if k != "dataset"
-                  else f"on {settings[run][k] or '?'}" for k in ("model", "dataset", "steps") if not same[k]]
-        if differ:
-            label += f" ({', '.join(differ)})"
-        d = read_run(run)
-        data[label] = {**d, "setting": settings[run]}
-        log, val = d["log"], d["val"]
-        if not log.empty and "loss" in log:
-            ax_l.plot(log.step, log.loss, label=label, lw=1.3)
-        if not log.empty and "lr" in log:
-            ax_r.plot(log.step, log.lr, label=label, lw=1.3)
-        if not val.empty and "mIoU" in val:
-            ax_m.plot(val.step, val.mIoU, marker="o", ms=3.5, label=label, lw=1.3)
+    n_seeds = {len(runs) for runs in groups.values()}
+    if n_seeds != {1}:
+        shared += (f", {next(iter(n_seeds))} seeds" if len(n_seeds) == 1 else ", several seeds") + \
+            " (mean, band: ± 1 std)"
+    data = {}
+    for (label, *_), runs in groups.items():
+        setting = settings[runs[0]]
+        differ = [f"{setting[k] or '?'}" + (" steps" if k == "steps" else "") if k != "dataset"
+                  else f"on {setting[k] or '?'}" for k in ("model", "dataset", "steps") if not same[k]]
+        if len(n_seeds) > 1:  # the seeds differ between cells: each legend entry says how many
+            differ.append(f"{len(runs)} seed{'s' if len(runs) > 1 else ''}")
+        name = label + (f" ({', '.join(differ)})" if differ else "")
+        reads = [read_run(r) for r in runs]
+        seeds = sorted(settings[r]["seed"] for r in runs if settings[r]["seed"] is not None)
+        if len(runs) == 1:
+            d = reads[0]
+            data[name] = {**d, "setting": setting, "seeds": seeds}
+            log, val = d["log"], d["val"]
+            if not log.empty and "loss" in log:
+                ax_l.plot(log.step, log.loss, label=name, lw=1.3)
+            if not log.empty and "lr" in log:
+                ax_r.plot(log.step, log.lr, label=name, lw=1.3)
+            if not val.empty and "mIoU" in val:
+                ax_m.plot(val.step, val.mIoU, marker="o", ms=3.5, label=name, lw=1.3)
+            continue
+        loss, lr = _seed_mean([d["log"] for d in reads], "loss"), _seed_mean([d["log"] for d in reads], "lr")
+        miou = _seed_mean([d["val"] for d in reads], "mIoU")
+        data[name] = {"log": loss.rename(columns={"mean": "loss", "std": "loss_std"}).assign(
+            lr=lr["mean"].to_numpy() if len(lr) == len(loss) else np.nan),
+            "val": miou.rename(columns={"mean": "mIoU", "std": "mIoU_std"}), "setting": setting, "seeds": seeds}
+        for ax, df, kw in ((ax_l, loss, {}), (ax_r, lr, {}), (ax_m, miou, {"marker": "o", "ms": 3.5})):
+            if df.empty:
+                continue
+            (line,) = ax.plot(df.step, df["mean"], label=name, lw=1.3, **kw)
+            ax.fill_between(df.step, df["mean"] - df["std"], df["mean"] + df["std"], color=line.get_color(),
+                            alpha=0.2, lw=0)
     suffix = f"\n{shared}" if shared else ""
     ax_l.set(xlabel="step", ylabel="training loss (mean over the log interval)", title="Training loss" + suffix)
     ax_r.set(xlabel="step", ylabel="learning rate", title="Learning rate" + suffix)
@@ -472,7 +538,50 @@ def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None
     elif ax_l.lines:
         ax_l.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    paths = _save(fig, Path(out_dir), "training_curves") if out_dir is not None else []
+    paths = _save(fig, Path(out_dir), stem) if out_dir is not None else []
+    return fig, data, paths
+
+
+# ----------------------------------------------------------------------------- seeds of an ablation
+
+def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
+    """Per ablation (decoder, levels, fusion) with an evidence group (see
+    :func:`eseg_cli.analysis.report.evidence_group`): each cell's final val mIoU per seed (dots) and the mean with
+    an error bar of ± one sample std, titled with the dataset, protocol, seeds and steps. Returns ``(fig, data,
+    paths)``, ``data`` mapping each ablation to its cells' summaries; raises when no ablation has one."""
+    from eseg_cli.analysis import stats
+    from eseg_cli.analysis.report import evidence_group
+
+    groups = {k: g for k in ("decoder", "levels", "fusion") if (g := evidence_group(rows, k))}
+    if not groups:
+        raise EsegError("no trained ablation at its protocol's steps among the results (smoke runs are not "
+                        "plotted); run `eseg ablate KIND --train --seeds N` first")
+    plt = _mpl()
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.6), dpi=DPI, squeeze=False)
+    data = {}
+    rng = np.random.default_rng(0)  # a fixed jitter: regenerated figures are identical
+    for ax, (kind, g) in zip(axes[0], groups.items(), strict=True):
+        summ = stats.cell_summaries(g)
+        data[kind] = {c: s.to_dict() for c, s in summ.items()}
+        seeds = sorted({seed for s in summ.values() for seed in s.values})
+        jitter = dict(zip(seeds, rng.uniform(-0.07, 0.07, len(seeds)), strict=True))
+        for seed in seeds:  # one faint line per seed across the cells: the pairing the differences use
+            pts = [(i - 0.1 + jitter[seed], s.values[seed]) for i, s in enumerate(summ.values()) if seed in s.values]
+            ax.plot(*zip(*pts, strict=True), color="0.6", lw=0.6, alpha=0.6, zorder=1, gid="pair")
+        for i, s in enumerate(summ.values()):
+            ys = list(s.values.values())
+            ax.scatter([i - 0.1 + jitter[k] for k in s.values], ys, s=18, color="tab:blue", alpha=0.8, zorder=2,
+                       gid="seed", label="one seed (lines join a seed's cells)" if i == 0 else None)
+            ax.errorbar([i + 0.15], [s.mean], yerr=[s.std or 0.0], fmt="o", color="black", capsize=4, zorder=3,
+                        gid="mean", label="mean ± 1 std" if i == 0 else None)
+        ax.set_xticks(range(len(summ)), list(summ), rotation=20, ha="right")
+        ax.set_xlim(-0.5, len(summ) - 0.5)
+        ax.set(ylabel="final val mIoU (%)", title=f"eseg ablate {kind}\n{stats.describe_group(g)}")
+        ax.title.set_fontsize(10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    paths = _save(fig, Path(out_dir), "ablation_seeds") if out_dir is not None else []
     return fig, data, paths
 
 
@@ -492,11 +601,12 @@ REALTIME = ("eseg-lite-s", "eseg-lite-m", "eseg-lite-l")
 
 def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, profiles=(), measure_fps_now: bool = False,
                      fps_resolution: tuple[int, int] = (1024, 2048), device: str = "auto", runs: int = 5,
-                     measure_missing: bool = True, which=("figure1", "figure4", "curves")) -> dict:
+                     measure_missing: bool = True, which=("figure1", "figure4", "curves", "seeds")) -> dict:
     """Draw the requested figures into ``out_dir`` from the same tables ``eseg report`` writes.
 
     Figure 4's measured points come from ``profiles`` (``eseg profile --json`` files) and, with
     ``measure_fps_now``, from timing the ESeg-Lite models here (saved as ``fps_measured.json``).
+    The per-seed figure (``seeds``) needs an ablation trained at its protocol's steps in ``results``.
     Training curves need run folders in ``results``; without any, that figure is skipped (reported
     under ``skipped``).
     """
@@ -528,12 +638,23 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
     if "curves" in which:
         runs_found = find_runs(results)
         if runs_found:
-            fig, _, paths = plot_training_curves(runs_found, out_dir)
-            plt.close(fig)
-            summary["files"] += [str(p) for p in paths]
+            for _, (fig, _, paths) in curve_figures(runs_found, out_dir):
+                plt.close(fig)
+                summary["files"] += [str(p) for p in paths]
             summary["points"]["curves"] = [str(r) for r in runs_found]
         else:
             summary["skipped"]["curves"] = "no run folders (with log.jsonl) among the results given"
+    if "seeds" in which:
+        from eseg_cli.analysis.report import collect_results
+
+        try:
+            fig, data, paths = plot_ablation_seeds(collect_results(results)["ablate"] if results else [], out_dir)
+        except EsegError as e:
+            summary["skipped"]["seeds"] = str(e)
+        else:
+            plt.close(fig)
+            summary["files"] += [str(p) for p in paths]
+            summary["points"]["seeds"] = data
     return summary
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from eseg_cli.analysis import paper
+from eseg_cli.analysis import paper, stats
 from eseg_cli.analysis.ablate import cached_measurement, cells_for, measure, read_results
+from eseg_cli.analysis.stats import SMOKE_STEPS
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_text, check_finite, read_jsonl
 
@@ -30,13 +31,19 @@ TABLE_TITLES = {
     "table8": "Table 8: encoder and decoder choices (Cityscapes, same training settings)",
     "ablate_levels": "Ablation: BiFPN level range (eseg ablate levels)",
     "ablate_fusion": "Ablation: BiFPN and head fusion modes (eseg ablate fusion)",
+    "claims": "The paper's claims, measured: A - B on the same seeds, 95% Student-t interval, verdict",
 }
 NOTES = (
     "FLOPs are multiply-adds (fvcore's convention). 'total' is fvcore's total (convolutions, batch norm, "
     "upsampling); 'conv' counts convolutions only, the closest to how the paper counted. Differences are "
     "measured minus paper (percent for params/FLOPs, points for mIoU/pixAcc). Tables 4 and 5 take measured "
-    "mIoU only from evaluations on their dataset (Cityscapes, ADE20K). Table 8's measured mIoU is from "
-    "`eseg ablate decoder --train` on the dataset named in 'measured on'; its Δ is only shown for Cityscapes."
+    "mIoU only from evaluations on their dataset (Cityscapes, ADE20K). Measured mIoU of an ablation is the final "
+    "checkpoint's val mIoU (never the best validation), mean ± sample std over seeds, under a header naming the "
+    "dataset, protocol, seeds and steps; a proxy dataset's numbers are not comparable with the paper's Cityscapes "
+    "ones, and Table 8's Δ mIoU is only shown for Cityscapes. Runs shorter than their protocol (or, without one, "
+    f"than {SMOKE_STEPS} steps) are smoke tests: never shown as measured mIoU. A claim A > B is checked on the paired "
+    "differences A - B (same seeds): it holds when the 95% Student-t interval is above 0, is reversed when below, "
+    "and is inconclusive at this budget otherwise (always with one seed: no interval)."
 )
 
 
@@ -271,17 +278,39 @@ def table5(measurer: Measurer, results: dict) -> pd.DataFrame:
     return _frame(rows)
 
 
+def evidence_group(rows: list[dict], ablation: str) -> list[dict] | None:
+    """The rows whose numbers an ablation's table shows: the newest trained group (one setting, every seed) that is
+    not a smoke run and not made of tiny test models (extra options given to every cell); None if there is none."""
+    for g in stats.trained_groups(rows, ablation):
+        if stats.is_smoke(g[0]):
+            continue
+        if any(r.get("common_kwargs") for r in g):
+            continue
+        if ablation == "decoder" and any("common_kwargs" not in r for r in g):
+            # rows from before common_kwargs: Table 8's own cells only (tiny test models had other options)
+            cells = {c.name: c.kwargs for c in cells_for("decoder")}
+            if any(r.get("model_kwargs") != cells.get(r.get("cell")) for r in g):
+                continue
+        return g
+    return None
+
+
+def measured_header(group: list[dict]) -> str:
+    """``mIoU measured, synthetic proxy (protocol v1), 3 seeds, 1500 steps, same ranking at step 1250`` (whether the
+    cells' mean ranking was the same at the validation before the last)."""
+    head = f"mIoU measured, {stats.describe_group(group)}"  # it names a stand-in encoder
+    summ = stats.cell_summaries(group)
+    stable = stats.ranking_stable(summ)
+    prev = next((s.prev_step for s in summ.values() if s.prev_step is not None), None)
+    if stable is not None:  # the schedule is long enough when the cells rank alike at the last two validations
+        head += f", {'same ranking' if stable else 'ranking differs'} at step {prev}"
+    return head
+
+
 def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
-    """Table 8 with measured params/FLOPs of every cell and mIoU from ``eseg ablate decoder --train`` rows."""
+    """Table 8 with measured params/FLOPs of every cell and, from ``eseg ablate decoder --train`` rows, the final
+    val mIoU (mean ± std over seeds) of the newest evidence group (:func:`evidence_group`)."""
     cells = {c.name: c for c in cells_for("decoder")}
-    trained = {}
-    for r in results["ablate"]:
-        # tiny test models (extra model_kwargs) are not Table 8's cells
-        if r.get("ablation") == "decoder" and r.get("final_miou") is not None and r.get("cell") in cells and \
-                r.get("model_kwargs") == cells[r["cell"]].kwargs:
-            prev = trained.get(r["cell"])
-            if prev is None or str(r.get("finished_at", "")) >= str(prev.get("finished_at", "")):
-                trained[r["cell"]] = r
     rows = []
     for r in paper.load("table8").to_dict("records"):
         c = cells[r["cell"]]
@@ -293,59 +322,105 @@ def table8(measurer: Measurer, results: dict) -> pd.DataFrame:
             "Δ FLOPs % (total)": _pct(_raw(m.get("flops"), 1e9), r["flops_b"]),
             "Δ FLOPs % (conv)": _pct(_raw(m.get("flops_conv"), 1e9), r["flops_b"]),
         })
-    # The trained mIoU goes last, under a header naming its dataset and schedule: a few hundred steps on
-    # another dataset say the pipeline works, they are not a number to set beside the paper's Cityscapes one.
-    runs = {cell: (str((tr.get("train") or {}).get("dataset")), (tr.get("train") or {}).get("steps"))
-            for cell, tr in trained.items()}
-    settings = set(runs.values())
-    if len(settings) == 1:
-        ds, steps = next(iter(settings))
-        col = f"mIoU measured: {ds}, {steps} steps (final)"
+    # The trained mIoU goes last, under a header naming its dataset, protocol, seeds and schedule: numbers on a
+    # proxy dataset test the claim's direction there, they are not a number to set beside the paper's Cityscapes one.
+    group = evidence_group(results["ablate"], "decoder")
+    if group:
+        summ = stats.cell_summaries(group)
+        col = measured_header(group)
+        cityscapes = str(group[0].get("train", {}).get("dataset")) == "cityscapes"
         for row, r in zip(rows, paper.load("table8").to_dict("records"), strict=True):
-            tr = trained.get(r["cell"])
-            row[col] = _final_miou(tr) if tr else None
-            if ds == "cityscapes":
-                row["Δ mIoU"] = _diff(row[col], r["miou"])
-    elif settings:
-        for row, r in zip(rows, paper.load("table8").to_dict("records"), strict=True):
-            tr = trained.get(r["cell"])
-            row["final mIoU (measured)"] = _final_miou(tr) if tr else None
-            row["measured on"] = f"{runs[r['cell']][0]}, {runs[r['cell']][1]} steps" if tr else None
+            s = summ.get(r["cell"])
+            row[col] = stats.format_mean_std(s)
+            if cityscapes:
+                row["Δ mIoU"] = _diff(s.mean, r["miou"]) if s else None
     return _frame(rows)
 
 
-def _final_miou(row: dict) -> float | None:
-    """The mIoU after the last step of an ablation cell's training (rows written before ``final_miou``
-    existed hold the best validation in ``miou``: refused, not shown as final)."""
-    return row.get("final_miou")
-
-
 def ablation_table(rows: list[dict], kind: str) -> pd.DataFrame:
-    """One ``eseg ablate`` grid other than Table 8's (``levels``, ``fusion``): a row per cell and setting,
-    the latest measurement winning. The paper's numbers for these are not part of the reference data."""
+    """One ``eseg ablate`` grid other than Table 8's (``levels``, ``fusion``): a row per cell, model and FLOPs
+    resolution (the latest measurement), and the final val mIoU (mean ± std over seeds) of the newest evidence
+    group. The paper's numbers for these are not part of the reference data."""
     latest: dict[str, dict] = {}
     for r in rows:
         if r.get("ablation") != kind:
             continue
-        key = json.dumps([r.get("cell"), r.get("model"), r.get("model_kwargs"), r.get("resolution"),
-                          r.get("train")], sort_keys=True, default=str)
+        key = json.dumps([r.get("cell"), r.get("model"), r.get("model_kwargs"), r.get("resolution")],
+                         sort_keys=True, default=str)
         if key not in latest or str(r.get("finished_at", "")) >= str(latest[key].get("finished_at", "")):
             latest[key] = r
+    group = evidence_group(rows, kind)
+    summ = stats.cell_summaries(group) if group else {}
+    col = measured_header(group) if group else None
     out = []
     for r in latest.values():
-        tr = r.get("train") or {}
-        out.append({
-            "Cell": r.get("label") or r.get("cell"), "Model": r.get("model"), "Resolution": r.get("resolution"),
-            "Params M": _m(r.get("params"), 1e6, 2), "FLOPs B (total)": _m(r.get("flops"), 1e9, 2),
-            "FLOPs B (conv)": _m(r.get("flops_conv"), 1e9, 2), "mIoU": r.get("miou"), "pixAcc": r.get("pixacc"),
-            "measured on": f"{tr.get('dataset')}, {tr.get('steps')} steps" if tr else None,
-        })
+        row = {"Cell": r.get("label") or r.get("cell"), "Model": r.get("model"), "Resolution": r.get("resolution"),
+               "Params M": _m(r.get("params"), 1e6, 2), "FLOPs B (total)": _m(r.get("flops"), 1e9, 2),
+               "FLOPs B (conv)": _m(r.get("flops_conv"), 1e9, 2)}
+        if col:
+            s = summ.get(r.get("cell"))
+            same_model = s is not None and any(g.get("cell") == r.get("cell") and g.get("model") == r.get("model")
+                                               for g in group)
+            row[col] = stats.format_mean_std(s) if same_model else None
+        out.append(row)
     return _frame(out)
+
+
+def claims_table(rows: list[dict], measurer: Measurer) -> pd.DataFrame:
+    """Each of the paper's claims (:func:`eseg_cli.analysis.stats.claims`): the cells, where they were measured,
+    each cell's mean ± std, the paired difference A - B with its 95% interval, the verdict and the paper's figure;
+    then Table 8's FLOPs claim (BiFPN at about a third of DeepLabV3+ w/ atrous), which is measured, not sampled."""
+    out = []
+    for res in stats.evaluate_claims(rows):
+        c, d = res.claim, res.difference
+        out.append({
+            "Claim": c.text, "A - B": f"{c.a} - {c.b}", "Measured on": res.setting or "not measured",
+            "A mIoU": stats.format_mean_std(res.a), "B mIoU": stats.format_mean_std(res.b),
+            "Δ mIoU (A - B)": d.mean if d else None,
+            "95% CI": f"[{d.low:+.2f}, {d.high:+.2f}]" if d and d.low is not None else
+                      ("no CI (1 seed)" if d and d.n == 1 else None),
+            "Seeds": d.n if d else None,
+            "Verdict": d.verdict if d else "not measured (smoke runs only)" if res.setting else "not measured",
+            "Paper": c.paper, "Δ paper": c.paper_diff, **_power(d, c.paper_diff),
+        })
+    cells = {c.name: c for c in cells_for("decoder")}
+    a, b = (measurer(cells[n].model, cells[n].kwargs, FULL_RES, 19) or {} for n in ("b1-bifpn", "b1-deeplab-os16"))
+    t8 = paper.load("table8").set_index("cell")
+    pa, pb = t8.loc["b1-bifpn", "flops_b"], t8.loc["b1-deeplab-os16", "flops_b"]
+    ratio = a["flops"] / b["flops"] if a.get("flops") and b.get("flops") else None
+    out.append({
+        "Claim": "Table 8 (B1): BiFPN at ~1/3 of w/ atrous FLOPs",
+        "A - B": "b1-bifpn / b1-deeplab-os16", "Measured on": "fvcore multiply-adds (total) at 1024x2048",
+        "A mIoU": None, "B mIoU": None, "Δ mIoU (A - B)": None,
+        "95% CI": f"ratio {ratio:.2f}" if ratio else None, "Seeds": None,  # measured, exact: no interval
+        # "about a third": the rule is at most half, stated in the verdict so it can be read and disputed
+        "Verdict": ("not measured" if ratio is None else
+                    f"{stats.HOLDS} (ratio <= 1/2)" if ratio <= 0.5 else "does not hold (ratio > 1/2)"),
+        "Paper": f"{pa:.1f}B vs {pb:.1f}B (ratio {pa / pb:.2f})", "Δ paper": None,
+    })
+    return _frame(out)
+
+
+def _power(d: stats.PairedDifference | None, paper_diff: float | None) -> dict:
+    """What this budget can resolve, from the measured std of the paired differences (a pilot's, or the run's own):
+    the smallest true difference its seeds detect with 80% power (two-sided paired t, 5%), and the seeds that the
+    paper's difference would need."""
+    out = {"Detectable Δ (80% power)": None, "Seeds for Δ paper": None}
+    if d is None or d.std is None or d.std <= 0:
+        return out
+    out["Detectable Δ (80% power)"] = stats.minimum_detectable_difference(d.std, d.n)
+    if paper_diff:
+        try:
+            out["Seeds for Δ paper"] = stats.seeds_needed(d.std, paper_diff)
+        except EsegError:
+            out["Seeds for Δ paper"] = None  # more than a thousand: left empty rather than a made-up number
+    return out
 
 
 def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True) -> dict[str, pd.DataFrame]:
     """The paper's tables as DataFrames, keyed ``table3``, ``table4``, ``table5``, ``table8``, plus
-    ``ablate_levels`` / ``ablate_fusion`` when the results hold those ablations."""
+    ``ablate_levels`` / ``ablate_fusion`` when the results hold those ablations, and ``claims`` (the paper's claims
+    with their paired differences and verdicts)."""
     res = collect_results(results)
     measurer = make_measurer(measure_missing, res["ablate"])
     tables = {"table3": table3(measurer), "table4": table4(measurer, res), "table5": table5(measurer, res),
@@ -354,6 +429,7 @@ def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = 
         t = ablation_table(res["ablate"], kind)
         if len(t):
             tables[f"ablate_{kind}"] = t
+    tables["claims"] = claims_table(res["ablate"], measurer)
     return tables
 
 
@@ -362,9 +438,11 @@ def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = 
 def decimals(column: str) -> int:
     """Fixed decimals of a column: the paper's numbers with its one decimal, this build's with two,
     differences with one (signed), counts with none."""
+    if column in ("Δ mIoU (A - B)", "Detectable Δ (80% power)"):
+        return 2  # the same decimals as the interval
     if column.startswith("Δ"):
         return 1
-    if column in ("Decoder channels", "Decoder repeats"):
+    if column in ("Decoder channels", "Decoder repeats", "Seeds", "Seeds for Δ paper"):
         return 0
     if "paper" in column or column in ("Encoder width", "Encoder depth"):
         return 1
@@ -405,8 +483,9 @@ NARROW = {
                "FLOPs B (paper)", "FLOPs B (conv)", "Δ FLOPs % (conv)"],
     "table5": ["Model", "mIoU (paper)", "mIoU ms (paper)", "mIoU (measured)", "pixAcc (paper)", "pixAcc (measured)"],
     "table8": ["Encoder", "Decoder", "mIoU (paper)", "FLOPs B (paper)", "FLOPs B (conv)", "Δ FLOPs % (conv)"],
-    "ablate_levels": ["Cell", "Params M", "FLOPs B (conv)", "mIoU", "measured on"],
-    "ablate_fusion": ["Cell", "Params M", "FLOPs B (conv)", "mIoU", "measured on"],
+    "ablate_levels": ["Cell", "Params M", "FLOPs B (conv)"],
+    "ablate_fusion": ["Cell", "Params M", "FLOPs B (conv)"],
+    "claims": ["Claim", "Δ mIoU (A - B)", "95% CI", "Verdict", "Δ paper"],
 }
 
 
@@ -416,7 +495,7 @@ def narrow(name: str, df: pd.DataFrame) -> pd.DataFrame:
     keep = NARROW.get(name)
     if keep is None:
         return df
-    extra = [c for c in df.columns if c.startswith("mIoU measured") or c == "final mIoU (measured)"]
+    extra = [c for c in df.columns if c.startswith("mIoU measured")]
     return df[[c for c in df.columns if c in keep or c in extra]]
 
 

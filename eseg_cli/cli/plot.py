@@ -19,7 +19,8 @@ from eseg_cli.cli._common import (
     set_threads,
 )
 
-_FIGURES = ("figure1", "figure4", "curves")
+_FIGURES = ("figure1", "figure4", "curves", "seeds")
+_STEMS = {"curves": "training_curves", "seeds": "ablation_seeds"}
 
 
 @app.command("plot", rich_help_panel="Paper workbench")
@@ -34,7 +35,8 @@ def plot_cmd(
                                help="Device for --measure-fps: auto, cpu or cuda[:N]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per model for --measure-fps."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="figure1, figure4 or curves (repeatable)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="figure1, figure4, curves or seeds (each "
+                                             "ablation cell's final mIoU per seed, mean ± std) (repeatable)."),
     confusion: Optional[list[Path]] = typer.Option(None, "--confusion", help="A run folder (repeatable): its "
                                                    "row-normalised confusion matrix and per-class IoU bars, from "
                                                    "its `eseg eval` output, as <out>/<run>_confusion.png and "
@@ -43,7 +45,8 @@ def plot_cmd(
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing figures without asking."),
     json_out: bool = typer.Option(False, "--json", help="Print the plotted points and files as JSON."),
 ):
-    """Draw Figure 1 (FLOPs vs mIoU), Figure 4 (FPS vs mIoU) and training curves, PNG and SVG.
+    """Draw Figure 1 (FLOPs vs mIoU), Figure 4 (FPS vs mIoU), training curves (seeds: mean and band) and each
+    ablation cell's final mIoU per seed, PNG and SVG.
 
     Examples:
 
@@ -51,7 +54,7 @@ def plot_cmd(
 
       [cyan]eseg profile -s lite-s --json > p.json && eseg plot --profile p.json --only figure4[/]
 
-      [cyan]eseg plot --results runs/ablate --only curves[/]     loss and mIoU vs step of the ablation runs
+      [cyan]eseg plot --results runs/ablate --only curves --only seeds[/]   curves and per-seed mIoU of an ablation
 
       [cyan]eseg eval -c runs/quickstart && eseg plot --confusion runs/quickstart[/]   confusion + per-class IoU
     """
@@ -72,7 +75,9 @@ def plot_cmd(
     bad = sorted(set(which) - set(_FIGURES))
     if bad:
         raise EsegError(f"--only {', '.join(bad)}: choose from {', '.join(_FIGURES)}")
-    existing = [out / f"{w if w != 'curves' else 'training_curves'}.png" for w in which]
+    existing = [out / f"{_STEMS.get(w, w)}.png" for w in which]
+    if "curves" in which:  # one figure per ablation when the runs come from several
+        existing += sorted(out.glob("training_curves_*.png"))
     for p in existing:
         confirm_overwrite(p, yes, "the figure")
     summary = generate_figures(results or [], out, profiles=profiles or [], measure_fps_now=measure_fps,

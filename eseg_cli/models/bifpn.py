@@ -101,13 +101,13 @@ class WeightedFusion(nn.Module):
 class FusionNode(nn.Module):
     """weighted fusion -> activation -> 3x3 separable conv -> BN (the paper's node)."""
 
-    def __init__(self, node: Node, channels: int, fusion: str, act: str):
+    def __init__(self, node: Node, channels: int, fusion: str, act: str, norm: str = "batch"):
         super().__init__()
         self.level = node.level
         self.inputs = node.inputs
         self.fuse = WeightedFusion(len(node.inputs), fusion)
         self.act = make_act(act)
-        self.conv = SeparableConv(channels, channels, 3, norm=True)
+        self.conv = SeparableConv(channels, channels, 3, norm=norm)
 
     def forward(self, feats: list[torch.Tensor], target_size: tuple[int, int]) -> torch.Tensor:
         xs = [resize_to(feats[i], target_size) for i in self.inputs]
@@ -117,10 +117,11 @@ class FusionNode(nn.Module):
 class BiFPNLayer(nn.Module):
     """One BiFPN repeat over ``num_levels`` features of ``channels`` channels."""
 
-    def __init__(self, min_level: int, max_level: int, channels: int, fusion: str, act: str):
+    def __init__(self, min_level: int, max_level: int, channels: int, fusion: str, act: str, norm: str = "batch"):
         super().__init__()
         self.min_level, self.max_level = min_level, max_level
-        self.nodes = nn.ModuleList(FusionNode(n, channels, fusion, act) for n in bifpn_nodes(min_level, max_level))
+        self.nodes = nn.ModuleList(FusionNode(n, channels, fusion, act, norm)
+                                   for n in bifpn_nodes(min_level, max_level))
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         n = len(feats)
@@ -159,7 +160,8 @@ class BiFPNDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: list[int], in_reductions: list[int], channels: int, repeats: int,
-                 min_level: int = 2, max_level: int = 9, fusion: str = "fastattn", act: str = "silu"):
+                 min_level: int = 2, max_level: int = 9, fusion: str = "fastattn", act: str = "silu",
+                 norm: str = "batch"):
         super().__init__()
         in_levels = [int(round(math.log2(r))) for r in in_reductions]
         if min_level < in_levels[0] or min_level > in_levels[-1]:
@@ -172,12 +174,14 @@ class BiFPNDecoder(nn.Module):
         self.min_level, self.max_level = min_level, max_level
         self.used = [i for i, lv in enumerate(in_levels) if min_level <= lv <= max_level]
         self.laterals = nn.ModuleList(
-            ConvBN(in_channels[i], channels) if in_channels[i] != channels else nn.Identity() for i in self.used
+            ConvBN(in_channels[i], channels, norm=norm) if in_channels[i] != channels else nn.Identity()
+            for i in self.used
         )
         top = in_levels[self.used[-1]]
         self.num_extra = max(0, max_level - top)
-        self.extra_proj = ConvBN(in_channels[self.used[-1]], channels) if self.num_extra else None
-        self.layers = nn.ModuleList(BiFPNLayer(min_level, max_level, channels, fusion, act) for _ in range(repeats))
+        self.extra_proj = ConvBN(in_channels[self.used[-1]], channels, norm=norm) if self.num_extra else None
+        self.layers = nn.ModuleList(BiFPNLayer(min_level, max_level, channels, fusion, act, norm)
+                                    for _ in range(repeats))
         self.out_channels = channels
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

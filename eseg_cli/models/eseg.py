@@ -8,6 +8,7 @@ from eseg_cli.errors import EsegError
 from eseg_cli.models.bifpn import BiFPNDecoder
 from eseg_cli.models.encoders import efficientnet_encoder, timm_encoder
 from eseg_cli.models.heads import FusionHead
+from eseg_cli.models.layers import check_norm
 from eseg_cli.models.pretrained import (
     EncoderWeights,
     load_encoder_weights,
@@ -38,6 +39,7 @@ def build_eseg(
     channels: int | None = None,
     repeats: int | None = None,
     drop_path_rate: float = 0.0,
+    decoder_norm: str = "batch",
 ) -> Segmentor:
     """Build an ESeg model of a Table 3 ``scale``.
 
@@ -57,6 +59,8 @@ def build_eseg(
         encoder: a timm backbone name to replace the EfficientNet (e.g. ``resnet50`` for Table 8, or
             ``efficientnet_lite0`` for ImageNet EfficientNet-Lite0 weights).
         width, depth, channels, repeats: override Table 3 (tiny models for tests and experiments).
+        decoder_norm: the BiFPN's and the head's normalisation, ``batch`` (the paper's) or ``group`` (GroupNorm,
+            for proxies whose top levels are a few pixels; the encoder keeps its batch norm).
     """
     if scale not in SCALES:
         raise EsegError(f"{scale!r} is not an ESeg scale; choose one of {', '.join(SCALES)}", field="scale")
@@ -83,12 +87,14 @@ def build_eseg(
     reps = repeats if repeats is not None else s.repeats
     if ch < 1 or reps < 0:
         raise EsegError(f"channels must be >= 1 and repeats >= 0, got {ch} and {reps}")
+    check_norm(decoder_norm)
     decoder = BiFPNDecoder(enc.feature_info.channels(), enc.feature_info.reduction(), ch, reps,
-                           min_level=min_level, max_level=max_level, fusion=fusion, act=act)
-    head = FusionHead(ch, max_level - min_level + 1, num_classes, act=act, fusion=head_fusion)
+                           min_level=min_level, max_level=max_level, fusion=fusion, act=act, norm=decoder_norm)
+    head = FusionHead(ch, max_level - min_level + 1, num_classes, act=act, fusion=head_fusion, norm=decoder_norm)
     config = dict(name=s.name, num_classes=num_classes, min_level=min_level, max_level=max_level, fusion=fusion,
                   head_fusion=head_fusion, act=act, encoder=encoder, width=width, depth=depth, channels=channels,
-                  repeats=repeats, encoder_variant=variant, mean=[float(x) for x in mean], std=[float(x) for x in std])
+                  repeats=repeats, encoder_variant=variant, mean=[float(x) for x in mean], std=[float(x) for x in std],
+                  decoder_norm=decoder_norm)
     model = Segmentor(enc, decoder, head, num_classes=num_classes, max_level=max_level, config=config)
     model.load_report = report
     return model

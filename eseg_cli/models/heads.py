@@ -21,13 +21,13 @@ class FusionHead(nn.Module):
     """
 
     def __init__(self, channels: int, num_levels: int, num_classes: int, act: str = "silu",
-                 fusion: str = "softmax"):
+                 fusion: str = "softmax", norm: str = "batch"):
         super().__init__()
         if fusion not in HEAD_FUSION_MODES:
             raise EsegError(f"unknown head fusion {fusion!r}; choose one of {', '.join(HEAD_FUSION_MODES)}")
         self.fusion = fusion
         self.level_weight = nn.Parameter(torch.zeros(num_levels)) if fusion == "softmax" else None
-        self.conv = SeparableConv(channels, channels, 3, norm=True, act=act)
+        self.conv = SeparableConv(channels, channels, 3, norm=norm, act=act)
         self.classifier = SeparableConv(channels, num_classes, 3, norm=False)
         self.frozen: tuple[float, ...] | None = None  # set by freeze_weights() for inference
 

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.layers import get_act_layer
 from torch import nn
+
+from eseg_cli.errors import EsegError
+
+# the decoders' normalisation: BatchNorm (the paper's) or GroupNorm (Wu & He 2018, insensitive to the batch size and
+# to 1x1 maps; an option for proxies whose top levels are tiny, applied to every decoder alike)
+NORMS = ("batch", "group")
+GROUPS = 32  # Wu & He's default number of groups (fewer where the channels do not divide by it)
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise EsegError(f"unknown decoder_norm {norm!r}; choose one of {', '.join(NORMS)}", field="decoder_norm")
+    return norm
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """``batch``: BatchNorm2d; ``group``: GroupNorm with 32 groups (the largest divisor of 32 that divides
+    ``channels``)."""
+    if check_norm(norm) == "group":
+        return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
+    return nn.BatchNorm2d(channels)
 
 
 def make_act(name: str) -> nn.Module:
@@ -14,10 +37,11 @@ def make_act(name: str) -> nn.Module:
 
 
 class ConvBN(nn.Sequential):
-    """1x1 (or kxk) conv without bias, then batch norm, then an optional activation."""
+    """1x1 (or kxk) conv without bias, then batch norm (or ``norm="group"``), then an optional activation."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, act: str | None = None):
-        layers = [nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out_ch)]
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, act: str | None = None, norm: str = "batch"):
+        layers = [nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
+                  make_norm(norm, out_ch)]
         if act:
             layers.append(make_act(act))
         super().__init__(*layers)
@@ -26,18 +50,19 @@ class ConvBN(nn.Sequential):
 class SeparableConv(nn.Sequential):
     """Depthwise kxk conv then pointwise 1x1 conv, optionally followed by batch norm and an activation.
 
-    Without batch norm the pointwise conv carries a bias (classifier use).
+    Without batch norm the pointwise conv carries a bias (classifier use). ``norm``: True or ``"batch"`` (batch
+    norm), ``"group"`` (group norm), False (none).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, dilation: int = 1,
-                 norm: bool = True, act: str | None = None):
+                 norm: bool | str = True, act: str | None = None):
         pad = dilation * (kernel_size // 2)
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, in_ch, kernel_size, padding=pad, dilation=dilation, groups=in_ch, bias=False),
             nn.Conv2d(in_ch, out_ch, 1, bias=not norm),
         ]
         if norm:
-            layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(make_norm("batch" if norm is True else norm, out_ch))
         if act:
             layers.append(make_act(act))
         super().__init__(*layers)
