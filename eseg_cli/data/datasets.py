@@ -23,7 +23,7 @@ from eseg_cli.data.classes import (
     IGNORE_INDEX,
     cityscapes_id_to_trainid_lut,
 )
-from eseg_cli.data.imageio import read_rgb, read_upright
+from eseg_cli.data.imageio import open_image, read_rgb, read_upright
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import path_component
 
@@ -148,11 +148,8 @@ class SegmentationDataset(Dataset):
         """The memory every pair takes decoded (image RGB + label), from the image headers alone."""
         total = 0
         for ip, _ in self.files:
-            try:
-                with Image.open(ip) as im:
-                    total += im.width * im.height * 4
-            except (OSError, SyntaxError, ValueError) as e:
-                raise EsegError(f"{ip}: cannot read the image ({e}); replace or remove the file") from None
+            with open_image(ip) as im:
+                total += im.width * im.height * 4
         return total
 
     def preload(self) -> int:
