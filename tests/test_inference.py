@@ -241,13 +241,16 @@ def test_profile_times_the_inference_path_and_eager(tiny_model):
         measure_latency(tiny_model, (64, 96), runs=1, warmup=0, amp="fp16", device="cpu")
 
 
-def test_compiled_prepared_model_equals_training_model(one_thread, monkeypatch):
+def test_compiled_prepared_model_equals_training_model(one_thread, request):
     """``--compile`` (inductor with freezing: oneDNN convs with fused activations) stays exact."""
     import torch._dynamo.config as dynamo_config
     from torch._dynamo.utils import counters
 
     # dynamo's own limit counts every instance of a method's code together; past it, it runs eagerly in silence
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 1)
+    # (its config's own patch: monkeypatch's undo left the key deleted for later tests)
+    limit = dynamo_config.patch(recompile_limit=1)
+    limit.__enter__()
+    request.addfinalizer(lambda: limit.__exit__(None, None, None))
     model = randomize(build_model("lite-s", **TINY))
     prepared = prepare_model(model, compile=True)
     assert prepared.prepared["compiled"]

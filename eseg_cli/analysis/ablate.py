@@ -310,9 +310,9 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
                             f"choose from {', '.join(c.name for c in all_cells)}")
         all_cells = [c for c in all_cells if c.name in cells]
     if seeds and not train:
-        raise EsegError("seeds only apply to trained cells: add --train", field="seed")
+        raise EsegError("'seeds' only apply to trained cells: set 'train'", field=("seeds", "train"))
     if protocol and not (train and recipe):
-        raise EsegError("a protocol is a recipe: give --protocol with --train and its --recipe", field="protocol")
+        raise EsegError("a 'protocol' is a recipe: give it with 'train' and its 'recipe'", field="protocol")
     overrides = dict(train_overrides or {})
     seed_list: list[int | None] = [None]
     if train:
@@ -327,7 +327,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
     done = {_done_key(r): r for r in (read_results(results_path) if results_path.is_file() else [])}
-    from eseg_cli.models import resolve_scale
+    from eseg_cli.models import model_name
     from eseg_cli.models.layers import check_norm
 
     if decoder_norm is not None:
@@ -337,14 +337,14 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
             raise EsegError("--aspp-scale applies to the DeepLabV3+ cells of the decoder ablation", field="aspp_scale")
         scaled_aspp_rates(16, aspp_scale)  # checks the factor before any cell runs
     # a stand-in encoder's cells are not Table 8's: no paper FLOPs beside them
-    paper = _paper_values(kind) if kind != "decoder" or resolve_scale(scale).name == "eseg-s" else {}
+    paper = _paper_values(kind) if kind != "decoder" or model_name(scale, field="scale") == "eseg-s" else {}
     train_settings = ({"steps": steps, "dataset": dataset, "data_root": data_root, "recipe": recipe,
                        "overrides": overrides or None} if train else None)
     if train and protocol:
         train_settings.update(protocol=protocol, protocol_steps=base_cfg.steps)
     common = dict(model_kwargs or {})
     # what makes cells of one name another comparison: the scale (its encoder, for the decoder), ASPP rates, norm
-    options = {"scale": resolve_scale(scale).name, "aspp_scale": aspp_scale, "decoder_norm": decoder_norm}
+    options = {"scale": model_name(scale, field="scale"), "aspp_scale": aspp_scale, "decoder_norm": decoder_norm}
     rows = []
     total = len(all_cells) * len(seed_list)
     emit = Emitter(on_event, "ablate", total=total)

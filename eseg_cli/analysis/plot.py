@@ -555,7 +555,7 @@ def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
     groups = {k: g for k in ("decoder", "levels", "fusion") if (g := evidence_group(rows, k))}
     if not groups:
         raise EsegError("no trained ablation at its protocol's steps among the results (smoke runs are not "
-                        "plotted); run `eseg ablate KIND --train --seeds N` first")
+                        "plotted); train one first (eseg_cli.analysis.ablate.run_ablation with train and seeds)")
     plt = _mpl()
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.6), dpi=DPI, squeeze=False)
     data = {}

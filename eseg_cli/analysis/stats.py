@@ -345,9 +345,10 @@ def _options_text(row: dict) -> str:
     opts = row.get("options") or {}
     parts = []
     if opts.get("scale"):
-        from eseg_cli.models import resolve_scale
+        from eseg_cli.models import SCALES
 
-        name = resolve_scale(opts["scale"]).display_name
+        scale = SCALES.get(opts["scale"])
+        name = scale.display_name if scale else opts["scale"]
         if row.get("ablation") == "decoder":
             parts.append("EfficientNet-B1" if opts["scale"] == "eseg-s" else f"{name} encoder for B1")
         else:

@@ -43,11 +43,16 @@ def list_models() -> list[str]:
     return sorted(_MODELS, key=lambda name: not name.startswith(FAMILY_PREFIX))
 
 
+def spelling(name: str) -> str:
+    """The one spelling rule for names: any case, ``_`` or a space for ``-`` (``"Lite_S"`` -> ``"lite-s"``)."""
+    return str(name).strip().lower().replace("_", "-").replace(" ", "-")
+
+
 def model_name(name: str, field: str | None = None) -> str:
     """The registered name ``name`` stands for: any case, ``_`` or a space for ``-``, and ``eseg-`` optional
     (``"S"``, ``"lite_s"`` -> ``"eseg-s"``, ``"eseg-lite-s"``). Raises :class:`EsegError` listing the
     registered names otherwise (naming the argument ``field`` when given)."""
-    key = str(name).strip().lower().replace("_", "-").replace(" ", "-")
+    key = spelling(name)
     for candidate in (key, FAMILY_PREFIX + key):
         if candidate in _MODELS:
             return candidate
