@@ -229,9 +229,9 @@ def test_seeds_resume_after_a_kill_skips_finished_pairs(tmp_path, monkeypatch):
 
 
 def test_seed_options_and_old_rows(tmp_path):
-    with pytest.raises(EsegError, match="--train"):
+    with pytest.raises(EsegError, match="'train'"):
         ablate.run_ablation("fusion", tmp_path, scale="lite-s", resolution=(64, 64), seeds=[0, 1])
-    with pytest.raises(EsegError, match="not also --set seed"):
+    with pytest.raises(EsegError, match="not also as the override seed"):
         ablate.run_ablation("fusion", tmp_path, scale="lite-s", train=True, seeds=[0], train_overrides={"seed": 1})
     res = runner.invoke(app, ["ablate", "fusion", "--train", "--seeds", "2", "--seed", "3", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "not both" in res.output

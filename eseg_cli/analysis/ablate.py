@@ -258,7 +258,7 @@ def _resolve_seeds(seeds: list[int] | None, overrides: dict, recipe_seed: int) -
     recipe's. The seed is popped from ``overrides``: it is a row's own key, not part of the shared settings."""
     if seeds:
         if "seed" in overrides:
-            raise EsegError("give the seeds with --seed/--seeds, not also --set seed=...", field="seed")
+            raise EsegError("give the 'seeds' once: as seeds, not also as the override seed=...", field="seeds")
         if any(int(x) < 0 for x in seeds):
             raise EsegError(f"seeds must be >= 0, got {list(seeds)}", field="seed")
         return list(dict.fromkeys(int(x) for x in seeds))
@@ -334,7 +334,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
         check_norm(decoder_norm)
     if aspp_scale is not None:
         if kind != "decoder":
-            raise EsegError("--aspp-scale applies to the DeepLabV3+ cells of the decoder ablation", field="aspp_scale")
+            raise EsegError("'aspp_scale' applies to the DeepLabV3+ cells of the decoder ablation", field="aspp_scale")
         scaled_aspp_rates(16, aspp_scale)  # checks the factor before any cell runs
     # a stand-in encoder's cells are not Table 8's: no paper FLOPs beside them
     paper = _paper_values(kind) if kind != "decoder" or model_name(scale, field="scale") == "eseg-s" else {}
