@@ -14,9 +14,9 @@ Modes:
 - ``compiled``: channels_last with forward + loss through ``torch.compile`` (``eseg train --compile``);
 - ``compiled_bf16``: both.
 
-``--trainer`` adds one more cell: ``eseg train``'s own path for ESeg-Lite-S on the built-in synthetic set with
-the synthetic recipe (its DataLoader, OHEM, logging), timed over the same number of steps, so its ratio to the
-bare step is measured in the same run. Each round times every cell once (``--steps`` steps, after the cells'
+``--trainer default,bf16`` adds cells of ``eseg train``'s own path for ESeg-Lite-S on the built-in synthetic set
+with the synthetic recipe (its DataLoader, OHEM, logging), as it is and with ``--amp bf16`` (or ``compiled``),
+timed over the same number of steps, so their ratio to the bare step is measured in the same run. Each round times every cell once (``--steps`` steps, after the cells'
 warm-up, compilation included there and reported separately) in a shuffled order, so that load from other
 processes hits all cells alike. Writes ``reports/benchmarks/train_speed.{json,md}`` with medians, minimums,
 the ratios asked by the acceptance, and the CPU model and flags.
@@ -50,6 +50,8 @@ MODES = ("eager", "channels_last", "bf16", "compiled", "compiled_bf16")
 MODELS = ("ESeg-Lite-S", "LRASPP-MobileNetV3-L", "ESeg-S", "DeepLabV3+ (B1, OS16)")
 PAIRS = (("ESeg-Lite-S", "LRASPP-MobileNetV3-L"), ("ESeg-S", "DeepLabV3+ (B1, OS16)"))
 NUM_CLASSES = 19
+#: the --trainer cells: eseg train's defaults, and with --amp bf16 / --compile
+TRAINER_MODES = {"default": {}, "bf16": {"amp": "bf16"}, "compiled": {"compile": True}}
 
 
 class FullRes(nn.Module):
@@ -130,15 +132,15 @@ class StepCell:
 class TrainerCell:
     """``eseg train``'s own step loop on the synthetic recipe (ESeg-Lite-S), as its log lines measure it."""
 
-    def __init__(self, sets: dict):
+    def __init__(self, mode: str):
         from eseg_cli.engine import load_config
         from eseg_cli.engine.distributed import setup
         from eseg_cli.engine.run import Run
         from eseg_cli.engine.trainer import Trainer
         from eseg_cli.events import Emitter
 
-        self.cfg = load_config("synthetic", "lite-s", {"check_data": False, **sets})
-        self.name, self.mode, self.batch = "ESeg-Lite-S", "trainer", self.cfg.batch_size
+        self.cfg = load_config("synthetic", "lite-s", {"check_data": False, **TRAINER_MODES[mode]})
+        self.name, self.mode, self.batch = "ESeg-Lite-S", f"trainer ({mode})", self.cfg.batch_size
         self.setting = f"{self.batch}x{self.cfg.crop_size[0]}x{self.cfg.crop_size[1]}"
         self._tmp = tempfile.TemporaryDirectory(prefix="eseg-train-speed-")
         self.trainer = Trainer(self.cfg, setup("cpu"), Run(self._tmp.name), Emitter(None, "train"))
@@ -192,9 +194,9 @@ def main() -> None:
     ap.add_argument("--settings", default="4x256,4x512", help="BATCHxSIZE or BATCHxHxW, comma-separated")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--trainer", action="store_true", help="add eseg train's own loop (ESeg-Lite-S, synthetic)")
-    ap.add_argument("--trainer-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a config override for the --trainer cell (YAML value), repeatable")
+    ap.add_argument("--trainer", default="", metavar="MODES",
+                    help="add eseg train's own loop (ESeg-Lite-S, synthetic recipe) in these modes, comma-separated: "
+                         + ", ".join(TRAINER_MODES))
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--name", default="train_speed")
     ap.add_argument("--seed", type=int, default=0)
@@ -212,10 +214,10 @@ def main() -> None:
         for name in models:
             for mode in modes:
                 cells.append(StepCell(name, int(batch), size, mode, args.seed))
-    if args.trainer:
-        import yaml
-
-        cells.append(TrainerCell({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.trainer_set)}))
+    for mode in [m for m in args.trainer.split(",") if m]:
+        if mode not in TRAINER_MODES:
+            raise SystemExit(f"unknown trainer mode {mode!r}; choose from {', '.join(TRAINER_MODES)}")
+        cells.append(TrainerCell(mode))
     for c in cells:
         t0 = time.perf_counter()
         c.warm(args.warmup)
@@ -271,7 +273,7 @@ def markdown(rows, pairs, meta, modes) -> str:
              f"CPU flags: {' '.join(cpu['flags']) or 'n/a'}. Measured {meta['date']}: `{meta['command']}` "
              f"({meta['rounds']} interleaved rounds of {meta['steps']} steps per cell).", "",
              "Median images/s (max in brackets; × = speed-up over the same model's bare eager step):", ""]
-    all_modes = [*modes, *(["trainer"] if any(r["mode"] == "trainer" for r in rows) else [])]
+    all_modes = [*modes, *dict.fromkeys(r["mode"] for r in rows if r["mode"].startswith("trainer"))]
     lines += ["| model | setting | " + " | ".join(all_modes) + " |", "|---|---|" + "---|" * len(all_modes)]
     for model in dict.fromkeys(r["model"] for r in rows):
         for setting in dict.fromkeys(r["setting"] for r in rows if r["model"] == model):
