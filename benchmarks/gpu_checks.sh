@@ -4,7 +4,9 @@
 #   2. fp16 autocast with the gradient scaler, one process;
 #   3. inference speed at 1024x2048, batch 1, end to end from a normalised tensor to the label map
 #      (`eseg profile`, the Predictor's path): ESeg-Lite-S fp32 / bf16 / bf16 + torch.compile, and
-#      ESeg-Lite-M/L and ESeg-S with bf16 + compile.
+#      ESeg-Lite-M/L and ESeg-S with bf16 + compile;
+#   4. training throughput at the paper's setting (512x1024 crops, batch 8, bf16 + torch.compile): ESeg-S and
+#      ESeg-Lite-S beside smp's DeepLabV3+ (B1, OS16) (benchmarks/train_speed.py; needs segmentation-models-pytorch).
 # Usage (from the repository root, eseg importable):  OUT=/tmp/eseg-gpu bash benchmarks/gpu_checks.sh
 # Writes <check>.json and <check>.log under $OUT, and gpu_speed.json (the speed rows, with each model's best
 # in fps_best_e2e for Figure 4: eseg report --profile), and prints a summary table last.
@@ -37,5 +39,7 @@ check speed_lite-s_bf16 120 $PY -m eseg_cli "${PROF[@]}" -s lite-s --amp bf16
 for s in lite-s lite-m lite-l s; do
   check "speed_${s}_bf16_compile" 150 $PY -m eseg_cli "${PROF[@]}" -s "$s" --amp bf16 --compile
 done
+check train_speed_gpu 300 $PY benchmarks/train_speed.py --device cuda --settings 8x512x1024 --modes compiled_bf16 \
+  --models "ESeg-S,ESeg-Lite-S,DeepLabV3+ (B1, OS16)" --rounds 3 --steps 5 --out "$OUT" --name train_speed_gpu
 $PY benchmarks/gpu_summary.py "$OUT"
 rm -rf "$W"

@@ -16,10 +16,12 @@ Modes:
 
 ``--trainer default,bf16`` adds cells of ``eseg train``'s own path for ESeg-Lite-S on the built-in synthetic set
 with the synthetic recipe (its DataLoader, OHEM, logging), as it is and with ``--amp bf16`` (or ``compiled``),
-timed over the same number of steps, so their ratio to the bare step is measured in the same run. Each round times every cell once (``--steps`` steps, after the cells'
-warm-up, compilation included there and reported separately) in a shuffled order, so that load from other
-processes hits all cells alike. Writes ``reports/benchmarks/train_speed.{json,md}`` with medians, minimums,
-the ratios asked by the acceptance, and the CPU model and flags.
+timed over the same number of steps, so their ratio to the bare step is measured in the same run.
+
+Each round times every cell once (``--steps`` steps, after the cells' warm-up, compilation included there and
+reported separately) in a shuffled order, so that load from other processes hits all cells alike. Writes
+``reports/benchmarks/train_speed.{json,md}`` with medians and maxima of images/s, the ESeg/peer ratios, and the
+CPU model and flags.
 """
 
 from __future__ import annotations
@@ -83,24 +85,24 @@ def build(name: str) -> nn.Module:
 class StepCell:
     """One (model, setting, mode): a model of its own, its optimizer and a fixed random batch."""
 
-    def __init__(self, name: str, batch: int, size: tuple[int, int], mode: str, seed: int):
+    def __init__(self, name: str, batch: int, size: tuple[int, int], mode: str, seed: int, device: str = "cpu"):
         torch.manual_seed(seed)
-        self.name, self.mode, self.batch = name, mode, batch
+        self.name, self.mode, self.batch, self.device = name, mode, batch, torch.device(device)
         self.setting = f"{batch}x{size[0]}x{size[1]}"
-        model = build(name).train()
+        model = build(name).train().to(self.device)
         cl = mode != "eager"
         if cl:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         # the reference is the bare step a user writes (torch's default AdamW); the others use eseg's fused one
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({} if mode == "eager" else {"fused": True}))
-        x = torch.randn(batch, 3, *size)
+        x = torch.randn(batch, 3, *size, device=self.device)
         self.x = x.contiguous(memory_format=torch.channels_last) if cl else x
-        self.y = torch.randint(0, NUM_CLASSES, (batch, *size))
+        self.y = torch.randint(0, NUM_CLASSES, (batch, *size), device=self.device)
         amp = "bf16" if mode.endswith("bf16") else None
 
         def forward_loss(x, y):
-            with autocast("cpu", amp):
+            with autocast(self.device, amp):
                 logits = self.model(x)
             return F.cross_entropy(logits.float(), y, ignore_index=255)
 
@@ -113,6 +115,10 @@ class StepCell:
         loss.backward()
         self.opt.step()
 
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def warm(self, n: int) -> None:
         t0 = time.perf_counter()
         self.step()  # compiles, for the compiled modes
@@ -120,12 +126,15 @@ class StepCell:
             self.compile_s = round(time.perf_counter() - t0, 1)
         for _ in range(n - 1):
             self.step()
+        self.sync()
 
     def run(self, steps: int) -> float:
         """Images/s over ``steps`` steps."""
+        self.sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             self.step()
+        self.sync()
         return steps * self.batch / (time.perf_counter() - t0)
 
 
@@ -185,9 +194,14 @@ def cpu_description() -> dict:
     return {"model": model, "flags": flags, "bf16": cpu_bf16_support()}
 
 
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the GPU check: benchmarks/gpu_checks.sh)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per cell per round")
     ap.add_argument("--warmup", type=int, default=2, help="steps per cell before the rounds (compiling included)")
@@ -213,7 +227,7 @@ def main() -> None:
         size = parse_size(rest) if "x" in rest else (int(rest), int(rest))
         for name in models:
             for mode in modes:
-                cells.append(StepCell(name, int(batch), size, mode, args.seed))
+                cells.append(StepCell(name, int(batch), size, mode, args.seed, args.device))
     for mode in [m for m in args.trainer.split(",") if m]:
         if mode not in TRAINER_MODES:
             raise SystemExit(f"unknown trainer mode {mode!r}; choose from {', '.join(TRAINER_MODES)}")
@@ -256,8 +270,9 @@ def write_report(cells, args, modes) -> None:
                               "ratio": round(a["median_images_per_s"] / b["median_images_per_s"], 3),
                               "ratio_of_maxima": round(a_max["max_images_per_s"] / b_max["max_images_per_s"], 3)})
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "cpu": cpu_description(), "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
-            "warmup": args.warmup, "command": "python " + " ".join(sys.argv),
+            "cpu": cpu_description(), "device": _device_name(args.device), "threads": args.threads,
+            "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+            "command": "python " + " ".join(sys.argv),
             "notes": "images/s of whole training steps (forward, CE, backward, AdamW); ratio = ESeg images/s / "
                      "peer images/s (higher is better for ESeg); the trainer cell is eseg train's own loop"}
     out = Path(args.out)
@@ -269,7 +284,8 @@ def write_report(cells, args, modes) -> None:
 
 def markdown(rows, pairs, meta, modes) -> str:
     cpu = meta["cpu"]
-    lines = [f"# Training speed — {cpu['model']}, {meta['threads']} threads, torch {meta['torch']}", "",
+    where = meta["device"] if meta.get("device", "cpu") != "cpu" else f"{cpu['model']}, {meta['threads']} threads"
+    lines = [f"# Training speed — {where}, torch {meta['torch']}", "",
              f"CPU flags: {' '.join(cpu['flags']) or 'n/a'}. Measured {meta['date']}: `{meta['command']}` "
              f"({meta['rounds']} interleaved rounds of {meta['steps']} steps per cell).", "",
              "Median images/s (max in brackets; × = speed-up over the same model's bare eager step):", ""]

@@ -52,6 +52,10 @@ def train_cmd(
     loss: Optional[str] = typer.Option(None, "--loss", help=f"ohem or ce; {_r('loss')}."),
     amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False,
                                          help=f"bf16 (CPU, XLA, CUDA) or fp16 (CUDA) autocast; {_r('amp')}."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                            help="torch.compile the training step (model + loss; exact up to "
+                                                 f"rounding; compiles in the first step); {_r('compile')}. On 2 CPU "
+                                                 "cores it measured slower than eager (benchmarks/README.md)."),
     ema: Optional[float] = typer.Option(None, "--ema",
         help=f"EMA decay of the weights, e.g. 0.9998; {_r('ema_decay')}."),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help=f"Max gradient norm; {_r('clip_grad')}."),
@@ -113,6 +117,9 @@ def train_cmd(
       [cyan]eseg train --resume runs/lite-s-synthetic-20260101-120000 --steps 3000[/]   extend the schedule
 
       [cyan]eseg train -s lite-s --set ema_decay=0.999 --set amp=bf16[/]
+
+      [cyan]eseg train -s S --amp bf16 --compile[/]            bf16 autocast (fast where the CPU has AVX512-BF16
+      or AMX, or on a GPU) and a compiled step
     """
     scale, amp = value(scale), value(amp)
     import torch
@@ -130,7 +137,8 @@ def train_cmd(
                 given = [n for n, v in (("--dataset", dataset), ("--recipe", recipe), ("--batch-size", batch_size),
                                         ("--crop", crop), ("--lr", lr), ("--extra-data", extra_data),
                                         ("--init-from", init_from), ("--scale", scale), ("--set", set_),
-                                        ("--tensorboard", tensorboard)) if v]
+                                        ("--tensorboard", tensorboard), ("--compile", compile_ is not None))
+                         if v]
                 if given:
                     raise EsegError(f"--resume continues the run with its saved config.yaml; drop {', '.join(given)}"
                                     " (only --steps and --data-root may change), or start a new run")
@@ -147,7 +155,7 @@ def train_cmd(
                     init_from=str(init_from) if init_from else None, freeze_encoder_steps=freeze_encoder,
                     encoder_lr_mult=encoder_lr_mult, extra_ratio=extra_ratio,
                     log_interval=log_interval, seed=seed, device=device, check_data=None if check else False,
-                    tensorboard=True if tensorboard else None),
+                    tensorboard=True if tensorboard else None, compile=compile_),
                     extra_data)
                 overwrite = run_dir is not None and _confirm_start_over(run_dir, yes)
                 summary = train(cfg, run_dir, overwrite=overwrite, on_event=on_event, init=init)
