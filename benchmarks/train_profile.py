@@ -48,11 +48,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)}
     cfg = load_config(args.dataset, args.scale, {"check_data": False, **overrides})
+    print(f"eseg_cli from {Path(sys.modules['eseg_cli'].__file__).parent}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="eseg-profile-") as tmp:
         trainer = Trainer(cfg, setup(cfg.device), Run(tmp), Emitter(None, "train", total=cfg.steps))
         batches = trainer.batches(0)
         trainer.net.train()
-        forward_loss = trainer.forward_loss
+        # a Trainer from before these methods existed (the baseline, ed13474): the same steps written out
+        forward_loss = getattr(trainer, "forward_loss", None) or (
+            lambda i, t: trainer.criterion(trainer.net(i).float(), t))
+        to_device = getattr(trainer, "to_device", None) or (
+            lambda i, t: (i.contiguous(memory_format=torch.channels_last) if cfg.channels_last else i, t))
         for _ in range(args.warmup):
             trainer.train_step(*next(batches))
         wall = dict.fromkeys(PHASES, 0.0)
@@ -60,7 +65,7 @@ def main() -> None:
             for step in range(args.steps):
                 t = time.perf_counter()
                 with record_function("data"):
-                    image, target = trainer.to_device(*next(batches))
+                    image, target = to_device(*next(batches))
                 t = _lap(wall, "data", t)
                 with record_function("forward+loss"):
                     loss = forward_loss(image, target)
