@@ -136,5 +136,17 @@ def test_the_start_up_line_names_the_bf16_support_found(tmp_path, monkeypatch):
     assert "without AVX512-BF16 or AMX: training in float32" in precision_note(None, "cpu")
     assert precision_note("bf16", "cpu").startswith("Warning: CPU:") and "emulated" in precision_note("bf16", "cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert "with AMX" in precision_note("bf16", "cpu") and "bf16 autocast on" in precision_note("bf16", "cpu")
+    assert "with AMX" in precision_note("bf16", "cpu") and "training in bf16" in precision_note("bf16", "cpu")
     assert precision_note("bf16", "cuda") is None
+
+
+def test_amp_auto_is_decided_for_the_device_and_recorded(tmp_path, monkeypatch):
+    import yaml
+
+    for native, expected in ((True, "bf16"), (False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        run = tmp_path / f"native-{native}"
+        train(tiny_cfg(steps=1, amp="auto"), run, model=_model(), train_dataset=Toy(4), val_dataset=None)
+        assert yaml.safe_load((run / "config.yaml").read_text())["amp"] == expected
+        assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]["amp"] == expected

@@ -9,8 +9,8 @@ import typer
 
 from eseg_cli.cli import app
 from eseg_cli.cli._common import (
-    AMPS,
     THREADS_HELP,
+    TRAIN_AMPS,
     complete_device,
     complete_model,
     confirm_overwrite,
@@ -50,8 +50,11 @@ def train_cmd(
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", min=0,
         help=f"Linear learning-rate warm-up steps; {_r('warmup_steps')}."),
     loss: Optional[str] = typer.Option(None, "--loss", help=f"ohem or ce; {_r('loss')}."),
-    amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False,
-                                         help=f"bf16 (CPU, XLA, CUDA) or fp16 (CUDA) autocast; {_r('amp')}."),
+    amp: Optional[TRAIN_AMPS] = typer.Option(None, "--amp", case_sensitive=False,
+                                               help="bf16 (CPU, XLA, CUDA) or fp16 (CUDA) autocast, none (float32), "
+                                                    "or auto: bf16 where the hardware runs it natively (a CPU with "
+                                                    f"AVX512-BF16 or AMX, a GPU with bf16), else float32; "
+                                                    f"{_r('amp')}."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                             help="torch.compile the training step (model + loss; exact up to "
                                                  f"rounding; compiles in the first step); {_r('compile')}. On 2 CPU "

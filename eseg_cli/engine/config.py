@@ -100,7 +100,7 @@ class TrainConfig:
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "loss": ("ohem", "ce"),
-    "amp": (None, *AMP_DTYPES),
+    "amp": (None, *AMP_DTYPES, "auto"),  # auto: resolved when a run starts (engine.precision.resolve_amp)
 }
 _PAIRS = ("crop_size", "scale_range", "val_resize")
 # (key, low, high, low excluded, high excluded): values outside silently change a run's meaning
@@ -164,6 +164,8 @@ def validate(raw: dict, where: str = "config") -> TrainConfig:
     cfg = TrainConfig(**values)
     cfg.scale = _canonical(model_name, cfg.scale, "scale", where)  # stored canonical: nothing below resolves it
     cfg.dataset = _canonical(dataset_name_of, cfg.dataset, "dataset", where)
+    if cfg.amp in ("none", "fp32"):  # said out loud (--amp none): full precision, stored as null
+        cfg.amp = None
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             shown = ", ".join("null" if c is None else c for c in choices)

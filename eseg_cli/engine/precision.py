@@ -50,10 +50,27 @@ def precision_note(amp: str | None, device: torch.device | str) -> str | None:
     s = cpu_bf16_support()
     found = " + ".join(n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if s[k])
     if s["native"]:
-        tail = ("bf16 autocast on (amp: bf16)" if amp == "bf16"
-                else "amp: bf16 runs natively here (faster, not exact)")
+        tail = ("training in bf16 autocast" if amp == "bf16"
+                else "training in float32; amp bf16 (or auto) runs natively here, faster, not exact")
         return f"CPU: {s['capability']} with {found}: {tail}."
     if amp == "bf16":
         return (f"Warning: CPU: {s['capability']} without AVX512-BF16 or AMX: bf16 autocast is emulated here and "
                 "slower than float32; drop amp (--amp none) unless you need bf16's numerics.")
-    return f"CPU: {s['capability']} without AVX512-BF16 or AMX: training in float32 (bf16 would be emulated)."
+    return (f"CPU: {s['capability']} without AVX512-BF16 or AMX: training in float32 (bf16 would be emulated and "
+            "slower; amp auto stays float32 here).")
+
+
+def resolve_amp(amp: str | None, device: torch.device | str) -> str | None:
+    """``amp`` with ``"auto"`` decided for ``device``: ``"bf16"`` where it runs natively (a CPU with AVX512-BF16
+    or AMX, a CUDA GPU with bf16, XLA), else None (float32): emulated bf16 is slower than float32 on a CPU.
+    Any other value is returned as it is. A run records the resolved value, so a resume keeps its precision."""
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cpu":
+        native = cpu_bf16_support()["native"]
+    elif device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "xla"
+    return "bf16" if native else None

@@ -34,7 +34,7 @@ from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, clea
 from eseg_cli.engine.evaluator import evaluate_model
 from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
 from eseg_cli.engine.losses import build_loss
-from eseg_cli.engine.precision import amp_dtype, autocast, precision_note
+from eseg_cli.engine.precision import amp_dtype, autocast, precision_note, resolve_amp
 from eseg_cli.engine.run import Run
 from eseg_cli.engine.sampling import MixedDataset, MixedSampler, ResumableSampler, SeededDataset
 from eseg_cli.engine.schedule import WarmupCosine
@@ -401,6 +401,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, rt: Runtime, run: Run, emit: Emitter, *, state: dict | None = None,
                  model: nn.Module | None = None, train_dataset: Dataset | None = None,
                  val_dataset: Dataset | None = None, init: dict | None = None):
+        # amp auto is decided for this device here, and the run records the decision: a resume keeps its precision
+        cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, rt.device))
         self.cfg, self.rt, self.run, self.emit = cfg, rt, run, emit
         self.device = rt.device
         seed_everything(cfg.seed, cfg.deterministic and not rt.xla)
