@@ -14,8 +14,9 @@ Modes:
 - ``compiled``: channels_last with forward + loss through ``torch.compile`` (``eseg train --compile``);
 - ``compiled_bf16``: both.
 
-``--trainer default,bf16`` adds cells of ``eseg train``'s own path for ESeg-Lite-S on the built-in synthetic set
-with the synthetic recipe (its DataLoader, OHEM, logging), as it is and with ``--amp bf16`` (or ``compiled``),
+``--trainer fp32,bf16`` adds cells of ``eseg train``'s own path for ESeg-Lite-S on the built-in synthetic set
+with the synthetic recipe (its data pipeline, OHEM, logging) in float32 and in bf16 (or ``default``: the recipe's
+own ``amp: auto``; ``compiled``),
 timed over the same number of steps, so their ratio to the bare step is measured in the same run.
 
 Each round times every cell once (``--steps`` steps, after the cells' warm-up, compilation included there and
@@ -52,8 +53,9 @@ MODES = ("eager", "channels_last", "bf16", "compiled", "compiled_bf16")
 MODELS = ("ESeg-Lite-S", "LRASPP-MobileNetV3-L", "ESeg-S", "DeepLabV3+ (B1, OS16)")
 PAIRS = (("ESeg-Lite-S", "LRASPP-MobileNetV3-L"), ("ESeg-S", "DeepLabV3+ (B1, OS16)"))
 NUM_CLASSES = 19
-#: the --trainer cells: eseg train's defaults, and with --amp bf16 / --compile
-TRAINER_MODES = {"default": {}, "bf16": {"amp": "bf16"}, "compiled": {"compile": True}}
+#: the --trainer cells: eseg train's defaults (the synthetic recipe's amp auto: bf16 on a CPU with AVX512-BF16
+#: or AMX), and with --amp none / bf16 / --compile
+TRAINER_MODES = {"default": {}, "fp32": {"amp": None}, "bf16": {"amp": "bf16"}, "compiled": {"compile": True}}
 
 
 class FullRes(nn.Module):
