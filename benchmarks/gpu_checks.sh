@@ -40,6 +40,6 @@ for s in lite-s lite-m lite-l s; do
   check "speed_${s}_bf16_compile" 150 $PY -m eseg_cli "${PROF[@]}" -s "$s" --amp bf16 --compile
 done
 check train_speed_gpu 300 $PY benchmarks/train_speed.py --device cuda --settings 8x512x1024 --modes compiled_bf16 \
-  --models "ESeg-S,ESeg-Lite-S,DeepLabV3+ (B1, OS16)" --rounds 3 --steps 5 --out "$OUT" --name train_speed_gpu
+  --models s,lite-s,deeplabv3plus --rounds 3 --steps 5 --out "$OUT" --name train_speed_gpu
 $PY benchmarks/gpu_summary.py "$OUT"
 rm -rf "$W"

@@ -50,7 +50,9 @@ from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
 MODES = ("eager", "channels_last", "bf16", "compiled", "compiled_bf16")
-MODELS = ("ESeg-Lite-S", "LRASPP-MobileNetV3-L", "ESeg-S", "DeepLabV3+ (B1, OS16)")
+#: --models keys -> the names the tables use
+MODELS = {"lite-s": "ESeg-Lite-S", "lraspp": "LRASPP-MobileNetV3-L", "s": "ESeg-S",
+          "deeplabv3plus": "DeepLabV3+ (B1, OS16)"}
 PAIRS = (("ESeg-Lite-S", "LRASPP-MobileNetV3-L"), ("ESeg-S", "DeepLabV3+ (B1, OS16)"))
 NUM_CLASSES = 19
 #: the --trainer cells: eseg train's defaults (the synthetic recipe's amp auto: bf16 on a CPU with AVX512-BF16
@@ -219,10 +221,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    models = [m for m in args.models.split(",") if m]
-    bad = (set(modes) - set(MODES)) | (set(models) - set(MODELS))
+    keys = [m for m in args.models.split(",") if m]
+    bad = (set(modes) - set(MODES)) | (set(keys) - set(MODELS))
     if bad:
-        raise SystemExit(f"unknown modes or models {sorted(bad)}; modes {MODES}, models {MODELS}")
+        raise SystemExit(f"unknown modes or models {sorted(bad)}; modes {MODES}, models {tuple(MODELS)}")
+    models = [MODELS[k] for k in keys]
     cells = []
     for setting in args.settings.split(","):
         batch, rest = setting.split("x", 1)
