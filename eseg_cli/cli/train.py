@@ -111,7 +111,7 @@ def train_cmd(
 
     Examples:
 
-      [cyan]eseg train --scale lite-s[/]                     built-in synthetic set, ~15 min on 2 CPU cores
+      [cyan]eseg train --scale lite-s[/]                     built-in synthetic set, ~5 min on 2 CPU cores
 
       [cyan]eseg train -s S -d cityscapes --data-root data/cityscapes --steps 90000[/]
 
