@@ -29,7 +29,7 @@ from eseg_cli.models.encoders import efficientnet_encoder, timm_encoder
 from eseg_cli.models.layers import ConvBN, SeparableConv, check_norm, make_norm
 from eseg_cli.models.pretrained import load_encoder_weights
 from eseg_cli.models.registry import register_model
-from eseg_cli.models.scales import EFFICIENTNET_SCALING, SCALES, normalize_name
+from eseg_cli.models.scales import EFFICIENTNET_SCALING, SCALES
 from eseg_cli.models.segmentor import Segmentor
 
 # ASPP rates per output stride: the DeepLab paper's 6/12/18 at stride 16, halved at stride 32.
@@ -90,9 +90,8 @@ class DeepLabV3PlusDecoder(nn.Module):
 
 
 def _encoder(name: str, output_stride: int, drop_path_rate: float) -> nn.Module:
-    scale = normalize_name(name)
-    if scale in SCALES and SCALES[scale].name == scale:  # an ESeg scale's own encoder, e.g. eseg-lite-s's
-        s = SCALES[scale]
+    if name in SCALES:  # an ESeg scale's own encoder, e.g. eseg-lite-s's (registered names: resolved above)
+        s = SCALES[name]
         return efficientnet_encoder(s.width, s.depth, lite=s.lite, output_stride=output_stride,
                                     drop_path_rate=drop_path_rate)
     key = name.strip().lower().replace("-", "_")
