@@ -224,7 +224,7 @@ def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, datase
     by an interrupted ablation is resumed from its last checkpoint, a finished one is reused.
     """
     from eseg_cli.engine import load_config, train
-    from eseg_cli.engine.run import Run
+    from eseg_cli.run import Run
 
     run = Run(run_dir)
     summary = run.read_summary()

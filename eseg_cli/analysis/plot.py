@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eseg_cli.engine.run import Run
+from eseg_cli.data.classes import colorize, palette_array
 from eseg_cli.errors import EsegError
+from eseg_cli.run import Run
 
 FORMATS = ("png", "svg")
 DPI = 150  # the figure is laid out at the dpi it is saved at, so label placement holds in the file
@@ -757,8 +758,6 @@ def plot_predictions(samples: list[dict], palette, out_dir: str | Path | None = 
     """A grid, one row per sample: image, ground truth, prediction (class colours) and errors (red: wrong
     pixel, black: ignored). ``samples``: ``{"name", "image" HxWx3 uint8, "gt" HxW, "pred" HxW}``.
     Returns ``(fig, per-sample pixel accuracy list, paths)``."""
-    from eseg_cli.data.classes import palette_array
-
     plt = _mpl()
     if not samples:
         raise EsegError("no samples to draw")
@@ -771,7 +770,7 @@ def plot_predictions(samples: list[dict], palette, out_dir: str | Path | None = 
         valid = gt != ignore_index
         acc = float((pred[valid] == gt[valid]).mean() * 100) if valid.any() else float("nan")
         accs.append(acc)
-        tiles = [s["image"], pal[gt.clip(0, 255)], pal[pred.clip(0, 255)],
+        tiles = [s["image"], colorize(gt, pal), colorize(pred, pal),
                  error_map(s["image"], gt, pred, ignore_index)]
         names = ["image", "ground truth", "prediction", f"errors (red), pixel acc {acc:.1f}%"]
         for ax, tile, name in zip(row, tiles, names, strict=True):

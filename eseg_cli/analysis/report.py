@@ -141,7 +141,7 @@ def _score(value, path: Path) -> float:
 
 def _run_config(folder: Path) -> dict | None:
     """The model and dataset of an engine run folder, from its ``config.yaml`` (None if there is none)."""
-    from eseg_cli.engine.run import Run
+    from eseg_cli.run import Run
 
     cfg = Run(folder).load_config()  # a damaged config.yaml is named, not taken for "no results"
     if not isinstance(cfg, dict) or "scale" not in cfg:

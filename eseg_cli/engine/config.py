@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 import yaml
 
-from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
+from eseg_cli.inference.precision import AMP_DTYPES
 from eseg_cli.models.registry import check_model_options, model_name
 from eseg_cli.utils import check_finite, check_size, path_component
 

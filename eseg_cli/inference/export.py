@@ -24,6 +24,7 @@ import torch
 
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.predictor import BasePredictor, Predictor
+from eseg_cli.run import resolve_checkpoint
 from eseg_cli.utils import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -204,8 +205,6 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
     if out.is_dir():
         raise EsegError(f"{out} is a folder; give the output file name (e.g. {out / ('model' + SUFFIX[fmt])})")
     if isinstance(checkpoint, (str, Path)) and out.exists():
-        from eseg_cli.engine.run import resolve_checkpoint
-
         if out.resolve() == resolve_checkpoint(checkpoint).resolve():
             raise EsegError(f"'out' {out} is the checkpoint being exported; give another file name", field="out")
     if len(sizes) < 1 or any(min(s) < 32 for s in sizes):
@@ -309,6 +308,3 @@ class OnnxPredictor(BasePredictor):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self._input: x.detach().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(out)
-
-    def labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).argmax(1).to(torch.uint8 if self.num_classes <= 255 else torch.int32)
