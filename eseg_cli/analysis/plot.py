@@ -9,6 +9,7 @@ other label, no marker and stays inside the axes.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -16,10 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from eseg_cli.analysis import paper, stats
+from eseg_cli.analysis.ablate import ABLATIONS
+from eseg_cli.analysis.profiler import profile_model
+from eseg_cli.analysis.report import build_tables, collect_results, evidence_group
 from eseg_cli.data.classes import colorize, palette_array
 from eseg_cli.errors import EsegError
+from eseg_cli.models import SCALES
 from eseg_cli.run import Run
+from eseg_cli.utils import atomic_write_bytes, atomic_write_json
 
 FORMATS = ("png", "svg")
 DPI = 150  # the figure is laid out at the dpi it is saved at, so label placement holds in the file
@@ -50,8 +59,6 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
     leader line joins a label placed away from its point.
     Only if the axes have no free room at all does a label overlap (beside its point).
     """
-    from matplotlib.text import Text
-
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -140,11 +147,7 @@ def label_anchor(box, point) -> tuple[float, float]:
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    import io
-
     import matplotlib
-
-    from eseg_cli.utils import atomic_write_bytes
 
     paths = []
     for fmt in FORMATS:
@@ -285,8 +288,6 @@ def read_profiles(paths) -> list[dict]:
 
 
 def _display_name(key: str) -> str:
-    from eseg_cli.models import SCALES
-
     return SCALES[key].display_name if key in SCALES else key
 
 
@@ -316,7 +317,6 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
     plt = _mpl()
     if points.empty:
         raise EsegError("no Figure 4 points to plot; check eseg_cli/resources/paper/figure4.csv")
-    from matplotlib.ticker import FuncFormatter
 
     paper_pts = points[points.kind != "measured"]
     meas = points[points.kind == "measured"].sort_values(["device", "resolution", "fps"])
@@ -441,8 +441,6 @@ def _seed_mean(frames: list[pd.DataFrame], column: str) -> pd.DataFrame:
 def runs_by_ablation(run_dirs: list[Path]) -> dict[str, list[Path]]:
     """Run folders grouped by the ablation they belong to (the nearest folder above named ``decoder``, ``levels`` or
     ``fusion``, as ``eseg ablate`` and ``reports/ablate`` lay them out); other runs under ``""``."""
-    from eseg_cli.analysis.ablate import ABLATIONS
-
     out: dict[str, list[Path]] = {}
     for run in run_dirs:
         kind = next((p.name for p in Path(run).parents if p.name in ABLATIONS), "")
@@ -467,7 +465,6 @@ def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None
     Returns ``(fig, data, paths)`` where ``data`` maps each label to ``{"log": df, "val": df, "setting": dict,
     "seeds": [...]}`` (with several seeds, ``log``/``val`` hold ``step``, ``mean`` and ``std`` per column)."""
     plt = _mpl()
-    from matplotlib.ticker import MaxNLocator
 
     if not run_dirs:
         raise EsegError("no training runs found (folders with log.jsonl) among the runs given; give a run folder or a "
@@ -550,9 +547,6 @@ def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
     :func:`eseg_cli.analysis.report.evidence_group`): each cell's final val mIoU per seed (dots) and the mean with
     an error bar of ± one sample std, titled with the dataset, protocol, seeds and steps. Returns ``(fig, data,
     paths)``, ``data`` mapping each ablation to its cells' summaries; raises when no ablation has one."""
-    from eseg_cli.analysis import stats
-    from eseg_cli.analysis.report import evidence_group
-
     groups = {k: g for k in ("decoder", "levels", "fusion") if (g := evidence_group(rows, k))}
     if not groups:
         raise EsegError("no trained ablation at its protocol's steps among the results (smoke runs are not "
@@ -591,8 +585,6 @@ def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
 def measure_fps(models: list[str], *, resolution: tuple[int, int] = (1024, 2048), device: str = "auto",
                 runs: int = 5, warmup: int = 2, **kw) -> list[dict]:
     """FPS of registered models on this device, as ``eseg profile`` measures it (no FLOPs)."""
-    from eseg_cli.analysis.profiler import profile_model
-
     return [profile_model(m, resolution=resolution, flops=False, latency=True, device=device, runs=runs,
                           warmup=warmup, **kw) for m in models]
 
@@ -611,9 +603,6 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
     Training curves need run folders in ``results``; without any, that figure is skipped (reported
     under ``skipped``).
     """
-    from eseg_cli.analysis import paper
-    from eseg_cli.analysis.report import build_tables
-
     out_dir = Path(out_dir)
     summary: dict = {"files": [], "skipped": {}, "points": {}}
     plt = _mpl()
@@ -627,7 +616,6 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
         measured = read_profiles(profiles)
         if measure_fps_now:
             now = measure_fps(list(REALTIME), resolution=fps_resolution, device=device, runs=runs)
-            from eseg_cli.utils import atomic_write_json
 
             # kept beside the figure so later runs can reuse it: --profile <out>/fps_measured.json
             summary["files"].append(str(atomic_write_json(out_dir / "fps_measured.json", now)))
@@ -646,8 +634,6 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
         else:
             summary["skipped"]["curves"] = "no run folders (with log.jsonl) among the results given"
     if "seeds" in which:
-        from eseg_cli.analysis.report import collect_results
-
         try:
             fig, data, paths = plot_ablation_seeds(collect_results(results)["ablate"] if results else [], out_dir)
         except EsegError as e:

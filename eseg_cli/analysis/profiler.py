@@ -12,6 +12,7 @@ import time
 import warnings
 
 import torch
+from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from eseg_cli.errors import EsegError
@@ -44,8 +45,6 @@ def count_flops(model: nn.Module, resolution: tuple[int, int], batch: int = 1) -
     only, closest to how the paper counted), ``by_operator`` and ``skipped_ops`` (ops fvcore has no
     formula for, with their call counts, after leaving out element-wise ops that cost no multiply-adds).
     """
-    from fvcore.nn import FlopCountAnalysis
-
     model = model.eval()
     check_size(resolution, "resolution")
     x = torch.zeros(batch, 3, *resolution, device=next(model.parameters()).device)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eseg_cli.analysis import plot
 from eseg_cli.analysis.plot import read_confusion, read_run
 from eseg_cli.engine.evaluator import eval_dataset
 from eseg_cli.errors import EsegError
@@ -100,8 +101,6 @@ def confusion(rec: RunRecord) -> tuple[str, pd.DataFrame] | None:
 def per_class_figure(rec: RunRecord, out_dir: str | Path | None = None):
     """The run's per-class IoU bars (whole-image evaluation first, else its final validation): ``(source,
     (fig, Series, paths))``, or None when it has neither. ``out_dir`` saves ``<run>_per_class_iou.png/.svg``."""
-    from eseg_cli.analysis import plot
-
     pc = rec.per_class()
     if not pc:
         return None
@@ -113,8 +112,6 @@ def per_class_figure(rec: RunRecord, out_dir: str | Path | None = None):
 def confusion_figure(rec: RunRecord, out_dir: str | Path | None = None):
     """The run's row-normalised confusion matrix: ``(evaluation, (fig, DataFrame, paths))``, or None when it
     has no evaluation with a confusion CSV. ``out_dir`` saves ``<run>_confusion.png/.svg``."""
-    from eseg_cli.analysis import plot
-
     cm = confusion(rec)
     if not cm:
         return None

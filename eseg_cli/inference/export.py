@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.onnx import _constants
 
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.predictor import BasePredictor, Predictor
@@ -66,8 +68,6 @@ def metadata(predictor: Predictor) -> dict[str, str]:
 
 def check_opset(opset: int) -> None:
     """Refuse an ONNX opset that this torch's (TorchScript-based) exporter does not write, before exporting."""
-    from torch.onnx import _constants
-
     lo = getattr(_constants, "ONNX_MIN_OPSET", 7)
     hi = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 17))
     if not lo <= opset <= hi:
@@ -269,8 +269,6 @@ def parse_metadata(meta: dict[str, str], path: Path) -> dict:
 
 
 def _three_finite(v) -> bool:
-    import math
-
     return isinstance(v, list) and len(v) == 3 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -244,8 +245,6 @@ def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Pat
                   overwrite: bool = False, on_event: OnEvent | None = None) -> dict:
     """Write ``<stem>_overlay.mp4``: every frame with its predicted mask blended over it. ``on_event`` gets
     progress events (task ``video``, item the file name, one step per frame; ``total`` as the file says)."""
-    import cv2
-
     _check_alpha(alpha)
     path, out_dir = Path(path), Path(out_dir)
     out = video_output(path, out_dir)
