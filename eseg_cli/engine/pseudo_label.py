@@ -21,7 +21,6 @@ first image is labelled, so a refused call leaves no settings behind.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ import numpy as np
 from eseg_cli.data.imageio import IMAGE_EXTS
 from eseg_cli.errors import EsegError, write_error
 from eseg_cli.events import Emitter, OnEvent
-from eseg_cli.inference.files import png_bytes
+from eseg_cli.inference.files import collect_inputs, png_bytes
 from eseg_cli.inference.modes import DEFAULT_SCALES, check_inference
 from eseg_cli.inference.precision import amp_dtype
 from eseg_cli.inference.predictor import Predictor
@@ -55,28 +54,12 @@ from eseg_cli.utils import (
 
 
 def find_images(sources: Sequence[str | Path]) -> list[Path]:
-    """Image files from folders (searched recursively), glob patterns and single files; sorted, unique."""
-    found: dict[Path, None] = {}
-    for src in sources:
-        p = Path(src).expanduser()
-        if p.is_dir():
-            hits = [q for q in sorted(p.rglob("*")) if q.suffix.lower() in IMAGE_EXTS and q.is_file()]
-            if not hits:
-                raise EsegError(f"image folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-        elif p.is_file():
-            if p.suffix.lower() not in IMAGE_EXTS:
-                raise EsegError(f"{p} is not an image file ({', '.join(IMAGE_EXTS)})")
-            hits = [p]
-        else:
-            hits = [Path(q) for q in sorted(glob.glob(str(p), recursive=True))
-                    if Path(q).suffix.lower() in IMAGE_EXTS and Path(q).is_file()]
-            if not hits:
-                raise EsegError(f"{src}: no such folder or file, and no image matches it as a pattern")
-        for h in hits:
-            found[h.resolve()] = None
-    images = list(found)
-    if not images:
-        raise EsegError("no images given to pseudo-label")
+    """Image files from folders (searched recursively), glob patterns and single files, found as ``eseg predict``
+    finds them (:func:`~eseg_cli.inference.files.collect_inputs`); sorted, unique, no two of one name."""
+    listed, videos = collect_inputs([Path(s).expanduser() for s in sources])
+    if videos:
+        raise EsegError(f"{videos[0]} is a video; pseudo-label labels images ({', '.join(IMAGE_EXTS)})")
+    images = list(dict.fromkeys(p.resolve() for p, _ in listed))
     names: dict[str, Path] = {}
     for img in images:
         key = img.stem.casefold()  # A.png and a.jpg clash on case-insensitive file systems too
