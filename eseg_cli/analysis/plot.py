@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.text import Text
@@ -35,8 +36,6 @@ DPI = 150  # the figure is laid out at the dpi it is saved at, so label placemen
 
 
 def _mpl():
-    import matplotlib
-
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
@@ -147,8 +146,6 @@ def label_anchor(box, point) -> tuple[float, float]:
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    import matplotlib
-
     paths = []
     for fmt in FORMATS:
         buf = io.BytesIO()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.patches import Patch
 
 from eseg_cli.data.classes import overlay
 from eseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -25,11 +27,8 @@ def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: in
     """Write a PNG grid of ``n`` samples of ``dataset`` (through its transform) with overlaid labels and
     a legend of the classes shown; ``side_by_side`` puts the plain input left of each overlay.
     Returns ``{"path", "indices", "classes"}``."""
-    import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     if n < 1:
         raise EsegError(f"'n' must be at least 1, got {n}", field="n")
