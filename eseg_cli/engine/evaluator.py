@@ -28,8 +28,6 @@ from eseg_cli.inference.predictor import Predictor
 from eseg_cli.run import Run
 from eseg_cli.utils import atomic_write_json, atomic_write_text, check_output_apart
 
-MODES = modes.MODES
-
 #: ``predict(images, size) -> (B, H, W)`` class ids at the labels' ``size``
 PredictFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
