@@ -153,3 +153,4 @@ def test_report_samples_and_eval_equal_the_predictor_for_a_tf_normalised_model(r
         np.testing.assert_array_equal(s["image"], np.asarray(Image.open(ip).convert("RGB")))
         np.testing.assert_array_equal(s["gt"], gt)
     assert m["mIoU"] == pytest.approx(_miou([s["pred"] for s in samples], [g for _, g in pairs]), abs=1e-3)
+
