@@ -58,8 +58,8 @@ from torch._dynamo.utils import counters  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eseg_cli.engine.precision import autocast  # noqa: E402
 from eseg_cli.inference import prepare_model, upsample_argmax  # noqa: E402
+from eseg_cli.inference.precision import autocast  # noqa: E402
 from eseg_cli.inference.predictor import normalization_constants, normalize_uint8  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eseg_cli.engine import load_config  # noqa: E402
 from eseg_cli.engine.distributed import setup  # noqa: E402
-from eseg_cli.engine.run import Run  # noqa: E402
 from eseg_cli.engine.trainer import Trainer  # noqa: E402
 from eseg_cli.events import Emitter  # noqa: E402
+from eseg_cli.run import Run  # noqa: E402
 
 PHASES = ("data", "forward+loss", "backward", "optimizer", "log")
 

@@ -44,7 +44,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eseg_cli.engine.precision import autocast, cpu_bf16_support  # noqa: E402
+from eseg_cli.inference.precision import autocast, cpu_bf16_support  # noqa: E402
 from eseg_cli.inference.prepare import compile_training  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
@@ -148,9 +148,9 @@ class TrainerCell:
     def __init__(self, mode: str):
         from eseg_cli.engine import load_config
         from eseg_cli.engine.distributed import setup
-        from eseg_cli.engine.run import Run
         from eseg_cli.engine.trainer import Trainer
         from eseg_cli.events import Emitter
+        from eseg_cli.run import Run
 
         self.cfg = load_config("synthetic", "lite-s", {"check_data": False, **TRAINER_MODES[mode]})
         self.name, self.mode, self.batch = "ESeg-Lite-S", f"trainer ({mode})", self.cfg.batch_size

@@ -1,4 +1,5 @@
-"""Progress events: how long-running library work (train, eval, prepare-data, ablate) reports progress.
+"""Progress events: how long-running library work (train, eval, prepare-data, ablate, predict, pseudo-label) reports
+progress.
 
 The library never draws: it calls ``on_event(Event(...))`` and the caller decides what to show (the CLI
 draws a rich bar on a terminal and prints plain lines otherwise; a test collects the events in a list).
@@ -24,7 +25,8 @@ KINDS = ("start", "advance", "log", "val", "message", "end")
 
 @dataclass(frozen=True)
 class Event:
-    """One progress report of ``task`` (``train``, ``eval``, ``prepare``, ``ablate``); see the module doc."""
+    """One progress report of ``task`` (``train``, ``eval``, ``prepare``, ``ablate``, ``predict``, ``video``,
+    ``pseudo-label``); see the module doc."""
 
     kind: str
     task: str

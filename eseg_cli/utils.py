@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import filecmp
+import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from eseg_cli.errors import EsegError, write_error
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -16,8 +21,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     A crash leaves either the old file or the new one, never a half-written file. A failed write (full or
     read-only disk, a folder in the way) raises :class:`~eseg_cli.errors.EsegError` naming ``path``.
     """
-    from eseg_cli.errors import write_error
-
     path = Path(path)
     if path.is_dir():
         raise write_error(path, IsADirectoryError(21, "is a folder", str(path)))
@@ -73,8 +76,6 @@ def parse_size(text: str, what: str = "size", max_side: int = MAX_SIDE) -> tuple
     Raises :class:`~eseg_cli.errors.EsegError` naming ``what`` for anything else, and for sides above
     ``max_side`` (checked before anything of that size is allocated).
     """
-    from eseg_cli.errors import EsegError
-
     parts = str(text).lower().replace("×", "x").split("x")
     try:
         nums = [int(p) for p in parts]
@@ -90,8 +91,6 @@ def parse_size(text: str, what: str = "size", max_side: int = MAX_SIDE) -> tuple
 
 def check_size(hw, what: str = "size", max_side: int = MAX_SIDE, field: str | None = None) -> None:
     """Refuse a size ``(H, W)`` with a side above ``max_side`` before anything that large is allocated."""
-    from eseg_cli.errors import EsegError
-
     if max(int(v) for v in hw) > max_side:
         raise EsegError(f"{what} {int(hw[0])}x{int(hw[1])} is too large: at most {max_side} pixels per side "
                         "(larger sizes exhaust memory)", field=field)
@@ -100,10 +99,6 @@ def check_size(hw, what: str = "size", max_side: int = MAX_SIDE, field: str | No
 def check_finite(value, what: str, field: str | None = None) -> None:
     """Refuse a NaN or infinite number: every float a user gives (a config value, a flag, one of a list) must be
     a real number, or a result changes in silence (a NaN threshold passes every comparison)."""
-    import math
-
-    from eseg_cli.errors import EsegError
-
     if isinstance(value, float) and not math.isfinite(value):
         raise EsegError(f"{what} must be a finite number, got {value!r}", field=field)
 
@@ -111,8 +106,6 @@ def check_finite(value, what: str, field: str | None = None) -> None:
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
     """``"0.5,1,1.5"`` -> ``(0.5, 1.0, 1.5)``: at least one number, each finite and positive; else an
     :class:`~eseg_cli.errors.EsegError` naming ``what``."""
-    from eseg_cli.errors import EsegError
-
     try:
         values = tuple(float(s) for s in str(text).split(",") if s.strip())
     except ValueError:
@@ -129,8 +122,6 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 def path_component(value: str, what: str, field: str | None = None) -> str:
     """A user value that becomes one folder or file name: refused when empty, ``.``/``..``, or holding a path
     separator (it would write outside the folder it is meant to be in)."""
-    from eseg_cli.errors import EsegError
-
     text = str(value)
     if text in ("", ".", "..") or "/" in text or "\\" in text or os.sep in text or "\0" in text:
         raise EsegError(f"{what} must be a plain folder name (no '/', '..' or empty), got {text!r}", field=field)
@@ -151,8 +142,6 @@ def folder_lock(folder: str | os.PathLike, busy: str):
     An OS lock (``flock``): it goes away with the process, so a killed process never leaves it behind.
     Where the OS has no ``flock`` (Windows), nothing is locked.
     """
-    from eseg_cli.errors import EsegError
-
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -177,8 +166,6 @@ def folder_lock(folder: str | os.PathLike, busy: str):
 def check_output_apart(out: str | os.PathLike, folders, files, field: str = "out") -> None:
     """Refuse an output folder that is an input folder or lies inside one (the outputs would replace the inputs,
     or be read as inputs by the next run), and one that holds an input file."""
-    from eseg_cli.errors import EsegError
-
     for folder in folders:
         if is_within(out, folder):
             raise EsegError(f"'{field}' {out} is the input folder {folder} or lies inside it; the outputs would mix "
@@ -191,8 +178,6 @@ def check_output_apart(out: str | os.PathLike, folders, files, field: str = "out
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes (hex), read in chunks."""
-    import hashlib
-
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -223,8 +208,6 @@ def remove_if_only_lock(folder: str | os.PathLike) -> bool:
 
 def same_content(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two files hold the same bytes (a hard link of the other, or an equal copy)."""
-    import filecmp
-
     a, b = Path(a), Path(b)
     if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
         return False
@@ -235,8 +218,6 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list, bool]:
     """The rows of a JSON-lines file and whether its last line was cut short (a process killed mid-write: the
     normal state of a killed run, so that line is left out). A damaged line before the last is an
     :class:`~eseg_cli.errors.EsegError` naming the file and line. A missing file has no rows."""
-    from eseg_cli.errors import EsegError
-
     path = Path(path)
     if not path.is_file():
         return [], False

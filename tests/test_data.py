@@ -292,7 +292,8 @@ def test_folder_dataset(tmp_path):
 
 # -------------------------------------------------------------------------------------------- preview
 def test_preview_grid_writes_png(tmp_path):
-    from eseg_cli.data.preview import overlay, preview_grid
+    from eseg_cli.data.classes import overlay
+    from eseg_cli.data.preview import preview_grid
 
     generate(tmp_path / "s", num_train=3, num_val=0, size=(64, 128), seed=0)
     tf = build_transforms(True, crop_size=(64, 128), scale_range=(0.5, 2.0), seed=0)
@@ -301,8 +302,10 @@ def test_preview_grid_writes_png(tmp_path):
     im = Image.open(res["path"])
     assert im.format == "PNG" and im.width > 300 and len(res["indices"]) == 2 and res["classes"]
     img = np.full((2, 2, 3), 100, np.uint8)
-    ov = overlay(img, np.array([[0, 255], [10, 10]]), [(128, 64, 128)] * 19, alpha=0.5)
+    ov = overlay(img, np.array([[0, 255], [10, 10]]), [(128, 64, 128)] * 19, alpha=0.5, ignore_index=255)
     assert tuple(ov[0, 0]) == (114, 82, 114) and tuple(ov[0, 1]) == (35, 35, 35)
+    plain = overlay(img, np.array([[0, 255], [10, 10]]), [(128, 64, 128)] * 19, alpha=0.5)
+    assert tuple(plain[0, 1]) == (50, 50, 50)  # without an ignore index: 255 blends the ignore colour (black)
 
 
 # sha256 of (image bytes + label bytes) of two samples, recorded before data/synthetic.py became the

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from eseg_cli.cli import app
 from eseg_cli.engine import load_config, train
-from eseg_cli.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from eseg_cli.engine.checkpoint import save_checkpoint
 from eseg_cli.engine.config import validate
 from eseg_cli.engine.losses import OhemCrossEntropy
 from eseg_cli.engine.schedule import WarmupCosine, warmup_cosine_factor
 from eseg_cli.errors import EsegError
+from eseg_cli.inference.runtime import load_checkpoint, load_model
 from eseg_cli.models import build_model
 
 TINY = dict(width=0.25, depth=0.3, channels=16, repeats=1)

@@ -15,8 +15,8 @@ torch_xla = pytest.importorskip("torch_xla", reason="torch-xla is not installed 
 from toydata import Toy  # noqa: E402
 
 from eseg_cli.engine import train  # noqa: E402
-from eseg_cli.engine.checkpoint import load_checkpoint  # noqa: E402
 from eseg_cli.engine.evaluator import evaluate_model  # noqa: E402
+from eseg_cli.inference.runtime import load_checkpoint  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 
 # the full P2..P9 graph: with 64x64 inputs the extra levels are pooled from 1x1 maps, the case torch-xla's

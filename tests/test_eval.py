@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from eseg_cli.cli import app
 from eseg_cli.engine import score_predictions
-from eseg_cli.engine.evaluator import predict
+from eseg_cli.inference.modes import scores as predict
 from eseg_cli.models import build_model
 
 TINY = "{width: 0.25, depth: 0.3, channels: 16, repeats: 1}"

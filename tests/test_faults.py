@@ -16,8 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from eseg_cli.cli import app
-from eseg_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from eseg_cli.engine.checkpoint import save_checkpoint
 from eseg_cli.errors import EsegError
+from eseg_cli.inference.runtime import load_checkpoint
 
 runner = CliRunner()
 TINY = {"width": 0.25, "depth": 0.3, "channels": 16, "repeats": 1}

@@ -12,8 +12,8 @@ from toydata import decompression_bomb
 
 from eseg_cli.data.datasets import read_image as dataset_read_image
 from eseg_cli.data.datasets import read_label
+from eseg_cli.data.imageio import as_rgb as predictor_read_image
 from eseg_cli.errors import EsegError
-from eseg_cli.inference.predictor import read_image as predictor_read_image
 
 READERS = {"datasets": dataset_read_image, "predictor": predictor_read_image}
 

@@ -83,7 +83,7 @@ def _folder(root, n=2, num_classes=3, size=(64, 128)):
 
 def test_cli_init_from_another_class_count_with_a_frozen_encoder(tmp_path, monkeypatch):
     from eseg_cli.data import synthetic
-    from eseg_cli.engine import checkpoint
+    from eseg_cli.inference import runtime as checkpoint
 
     syn = tmp_path / "syn"
     synthetic.generate(syn, num_train=2, num_val=1, size=(64, 128), seed=0)

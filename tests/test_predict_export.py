@@ -332,3 +332,23 @@ def test_export_rejects_a_folder_and_bad_sizes(run_dir, tmp_path):
     assert invoke("export", "-c", run_dir, "--out", tmp_path, "-f", "torchscript").exit_code == 2
     res = invoke("export", "-c", run_dir, "--out", tmp_path / "m.ts", "-f", "torchscript", "--check-sizes", "axb")
     assert res.exit_code == 2 and "HEIGHTxWIDTH" in res.output
+
+
+def test_predict_reports_progress_through_events(run_dir, images, tmp_path, one_thread):
+    """Images and video frames report progress as every long task does (events.py), not through callbacks of
+    their own."""
+    from eseg_cli.inference import files
+
+    predictor = Predictor(run_dir, device="cpu")
+    inputs, _ = files.collect_inputs([images])
+    events = []
+    files.predict_images(predictor, inputs, tmp_path / "out", on_event=events.append, batch_size=2)
+    assert [(e.kind, e.task, e.step, e.total) for e in events] == [
+        ("start", "predict", 0, 3), ("advance", "predict", 1, 3), ("advance", "predict", 2, 3),
+        ("advance", "predict", 3, 3), ("end", "predict", 3, 3)]
+    assert [e.item for e in events if e.kind == "advance"] == [stem for _, stem in inputs]
+    events.clear()
+    files.predict_video(predictor, _video(tmp_path / "clip.mp4"), tmp_path / "out", on_event=events.append)
+    assert [(e.kind, e.step) for e in events] == [("start", 0), ("advance", 1), ("advance", 2), ("advance", 3),
+                                                  ("end", 3)]
+    assert {e.task for e in events} == {"video"} and {e.item for e in events} == {"clip.mp4"}

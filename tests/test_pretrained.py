@@ -12,7 +12,7 @@ import torch
 from timm.layers import Conv2dSame
 
 from eseg_cli import EsegError, build_model
-from eseg_cli.engine.checkpoint import build_from_config
+from eseg_cli.inference.runtime import build_from_config
 from eseg_cli.models.pretrained import HALF_NORM, IMAGENET_NORM, encoder_variant_of, load_encoder_weights
 
 TINY = dict(width=0.25, depth=0.25, channels=16, repeats=1)
@@ -279,6 +279,15 @@ def test_training_from_tf_lite_weights_records_and_uses_their_normalisation(tmp_
     assert ckpt["model_config"]["mean"] == [0.5] * 3 and ckpt["model_config"]["encoder_variant"] == "tf"
     seen.clear()
     weights.unlink()  # eval needs only the checkpoint
+    from eseg_cli.inference import predictor as predictor_mod  # eval normalises through its Predictor
+
+    real_constants = predictor_mod.normalization_constants
+
+    def spy_constants(mean, std, device="cpu"):
+        seen.append((tuple(mean), tuple(std)))
+        return real_constants(mean, std, device)
+
+    monkeypatch.setattr(predictor_mod, "normalization_constants", spy_constants)
     evaluate(run, workers=0, device="cpu")
     assert seen == [HALF_NORM]
     from eseg_cli.inference import Predictor  # predict too

@@ -22,16 +22,16 @@ from toydata import Toy
 from typer.testing import CliRunner
 
 import eseg_cli.engine.trainer as trainer_mod
+from eseg_cli import run as run_mod
 from eseg_cli.cli import app
 from eseg_cli.cli._progress import ProgressReporter
-from eseg_cli.engine import run as run_mod
 from eseg_cli.engine import train
-from eseg_cli.engine.checkpoint import load_checkpoint
-from eseg_cli.engine.run import Run, resolve_checkpoint
 from eseg_cli.engine.schedule import warmup_cosine_factor
 from eseg_cli.errors import EsegError, Interrupted
 from eseg_cli.events import Event
+from eseg_cli.inference.runtime import load_checkpoint
 from eseg_cli.models import build_model
+from eseg_cli.run import Run, resolve_checkpoint
 
 TINY = dict(width=0.25, depth=0.3, channels=16, repeats=1)
 pytestmark = pytest.mark.usefixtures("one_thread")

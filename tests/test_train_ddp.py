@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eseg_cli.engine import train
-from eseg_cli.engine.checkpoint import load_checkpoint
+from eseg_cli.inference.runtime import load_checkpoint
 
 
 class Toy(Dataset):

@@ -13,8 +13,8 @@ from toydata import Toy
 from eseg_cli.data import build_dataset, build_transforms
 from eseg_cli.data.synthetic import generate
 from eseg_cli.engine import train
-from eseg_cli.engine.precision import cpu_bf16_support, precision_note
 from eseg_cli.engine.trainer import build_optimizer
+from eseg_cli.inference.precision import cpu_bf16_support, precision_note
 from eseg_cli.models import build_model
 
 # levels up to P5 only: at 64x64 the top levels would be 1x1, where batch norm over 2 images turns rounding-sized

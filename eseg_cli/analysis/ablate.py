@@ -21,8 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fvcore
+import timm
+import torch
+
+from eseg_cli import engine
+from eseg_cli.analysis.paper import load
+from eseg_cli.analysis.profiler import count_flops, count_params
+from eseg_cli.analysis.stats import row_seed
 from eseg_cli.errors import EsegError, Interrupted
 from eseg_cli.events import Emitter, OnEvent
+from eseg_cli.models import SCALES, create_model, model_name
+from eseg_cli.models.deeplab import ASPP_RATES
+from eseg_cli.models.layers import check_norm
+from eseg_cli.run import Run
 from eseg_cli.utils import atomic_write_json, atomic_write_text, cache_dir
 
 RESULTS_FILE = "results.jsonl"
@@ -46,8 +58,6 @@ def decoder_cells(scale: str = "eseg-s") -> list[Cell]:
     DeepLabV3+), for an ablation of the decoders that trains faster. The cells keep the names of the B1 rows
     they stand for, their labels name the encoder, and the ResNet-50 rows are left out.
     """
-    from eseg_cli.models import SCALES
-
     if scale != "eseg-s":
         enc = SCALES[scale]
         eseg_s = SCALES["eseg-s"]
@@ -95,7 +105,6 @@ def cells_for(kind: str, scale: str = "eseg-s") -> list[Cell]:
     """The cells of ablation ``kind`` (``decoder``, ``levels`` or ``fusion``)."""
     if kind not in ABLATIONS:
         raise EsegError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
-    from eseg_cli.models import SCALES, model_name
 
     name = model_name(scale, field="scale")  # "s", "S" -> "eseg-s": one name per model in the rows
     if name not in SCALES:
@@ -111,10 +120,6 @@ def cache_path() -> Path:
 
 
 def _cache_key(model: str, kwargs: dict, num_classes: int, resolution: tuple[int, int]) -> str:
-    import fvcore
-    import timm
-    import torch
-
     # versions are part of the key: a new tracer or timm can change the counts
     return json.dumps([model, kwargs, num_classes, list(resolution), torch.__version__.split("+")[0],
                        timm.__version__, getattr(fvcore, "__version__", "")], sort_keys=True, default=str)
@@ -137,9 +142,6 @@ def cached_measurement(model: str, kwargs: dict | None = None, *, resolution: tu
 def measure(model: str, kwargs: dict | None = None, *, resolution: tuple[int, int] = (1024, 2048),
             num_classes: int = 19, use_cache: bool = True) -> dict:
     """Params and FLOPs (fvcore total and conv-only multiply-adds) of the registered model ``model``, cached on disk."""
-    from eseg_cli.analysis.profiler import count_flops, count_params
-    from eseg_cli.models import create_model
-
     kwargs = dict(kwargs or {})
     key = _cache_key(model, kwargs, num_classes, resolution)
     cache = _load_cache() if use_cache else {}
@@ -205,7 +207,6 @@ def _pct(measured: float | None, paper: float | None) -> float | None:
 def _paper_values(kind: str) -> dict[str, dict]:
     if kind != "decoder":
         return {}  # the paper's level/fusion ablation numbers are not part of the stored reference data
-    from eseg_cli.analysis.paper import load
 
     return {r["cell"]: {"flops_b": float(r["flops_b"]), "miou": float(r["miou"])}
             for r in load("table8").to_dict("records")}
@@ -223,9 +224,6 @@ def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, datase
     the model changes, so every cell of an ablation trains under identical settings. A run folder left
     by an interrupted ablation is resumed from its last checkpoint, a finished one is reused.
     """
-    from eseg_cli.engine import load_config, train
-    from eseg_cli.engine.run import Run
-
     run = Run(run_dir)
     summary = run.read_summary()
     if summary and not (summary.get("finished") and summary.get("total_steps") == steps):
@@ -235,10 +233,10 @@ def train_cell(cell: Cell, run_dir: Path, *, base_scale: str, steps: int, datase
               "model": {**(overrides or {}).get("model", {}), **cell.kwargs}}
         if seed is not None:
             ov["seed"] = seed
-        config = load_config(dataset, base_scale, ov, recipe=recipe)
+        config = engine.load_config(dataset, base_scale, ov, recipe=recipe)
         resume = run.last_checkpoint.is_file()
         # a folder left before its first checkpoint has nothing to resume: it is moved aside, not mixed in
-        summary = train(config, run.path, resume=resume, overwrite=not resume, on_event=on_event)
+        summary = engine.train(config, run.path, resume=resume, overwrite=not resume, on_event=on_event)
     final = summary.get("final_metrics") or {}
     history = summary.get("history") or []
     last = history[-1] if history else {}
@@ -266,16 +264,12 @@ def _resolve_seeds(seeds: list[int] | None, overrides: dict, recipe_seed: int) -
 
 
 def _done_key(row: dict) -> tuple:
-    from eseg_cli.analysis.stats import row_seed
-
     return (row.get("ablation"), row.get("cell"), row.get("signature"), row_seed(row) if row.get("train") else None)
 
 
 def scaled_aspp_rates(output_stride: int, scale: float) -> list[int]:
     """DeepLabV3+'s ASPP rates at ``output_stride`` multiplied by ``scale`` (at least 1): rates scaled to the feature
     size, as DeepLabv3 itself doubles them when the output stride halves."""
-    from eseg_cli.models.deeplab import ASPP_RATES
-
     if not scale > 0:
         raise EsegError(f"'aspp_scale' must be > 0, got {scale}", field="aspp_scale")
     return [max(1, round(r * scale)) for r in ASPP_RATES[output_stride]]
@@ -316,9 +310,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     overrides = dict(train_overrides or {})
     seed_list: list[int | None] = [None]
     if train:
-        from eseg_cli.engine import load_config
-
-        base_cfg = load_config(dataset, scale, {}, recipe=recipe)  # the recipe's own seed and schedule
+        base_cfg = engine.load_config(dataset, scale, {}, recipe=recipe)  # the recipe's own seed and schedule
         steps = base_cfg.steps if steps is None else steps
         if steps < 1:
             raise EsegError(f"'steps' must be >= 1, got {steps}", field="steps")
@@ -327,9 +319,7 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
     done = {_done_key(r): r for r in (read_results(results_path) if results_path.is_file() else [])}
-    from eseg_cli.models import model_name
-    from eseg_cli.models.layers import check_norm
-
+    scale = model_name(scale, field="scale")
     if decoder_norm is not None:
         check_norm(decoder_norm)
     if aspp_scale is not None:
@@ -337,14 +327,14 @@ def run_ablation(kind: str, out_dir: str | Path, *, scale: str = "eseg-s", resol
             raise EsegError("'aspp_scale' applies to the DeepLabV3+ cells of the decoder ablation", field="aspp_scale")
         scaled_aspp_rates(16, aspp_scale)  # checks the factor before any cell runs
     # a stand-in encoder's cells are not Table 8's: no paper FLOPs beside them
-    paper = _paper_values(kind) if kind != "decoder" or model_name(scale, field="scale") == "eseg-s" else {}
+    paper = _paper_values(kind) if kind != "decoder" or scale == "eseg-s" else {}
     train_settings = ({"steps": steps, "dataset": dataset, "data_root": data_root, "recipe": recipe,
                        "overrides": overrides or None} if train else None)
     if train and protocol:
         train_settings.update(protocol=protocol, protocol_steps=base_cfg.steps)
     common = dict(model_kwargs or {})
     # what makes cells of one name another comparison: the scale (its encoder, for the decoder), ASPP rates, norm
-    options = {"scale": model_name(scale, field="scale"), "aspp_scale": aspp_scale, "decoder_norm": decoder_norm}
+    options = {"scale": scale, "aspp_scale": aspp_scale, "decoder_norm": decoder_norm}
     rows = []
     total = len(all_cells) * len(seed_list)
     emit = Emitter(on_event, "ablate", total=total)

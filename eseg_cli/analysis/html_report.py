@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eseg_cli.analysis import plot
+from eseg_cli.analysis import paper, plot
 from eseg_cli.analysis.report import NOTES, TABLE_TITLES, collect_results, format_frame
 from eseg_cli.analysis.runs import RunRecord, confusion_figure, per_class_figure, read_run_record, sample_predictions
 from eseg_cli.errors import EsegError
@@ -158,8 +158,6 @@ def read_inputs(results=(), profiles=()) -> tuple[list[Path], list[RunRecord], l
 def write_html_report(tables: dict[str, pd.DataFrame], out_path: str | Path, *, results=(), profiles=(),
                       samples: int = 3, device: str = "cpu") -> Path:
     """Draw every figure from ``tables`` (and the runs and FPS files given) and write the page."""
-    from eseg_cli.analysis import paper
-
     runs_found, records, measured = read_inputs(results, profiles)
     fig1, _, _ = plot.plot_figure1(tables["table4"])
     fig4, _, _ = plot.plot_figure4(plot.figure4_points(paper.load("figure4"), measured))

@@ -9,24 +9,33 @@ other label, no marker and stays inside the axes.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from eseg_cli.engine.run import Run
+from eseg_cli.analysis import paper, stats
+from eseg_cli.analysis.ablate import ABLATIONS
+from eseg_cli.analysis.profiler import profile_model
+from eseg_cli.analysis.report import build_tables, collect_results, evidence_group
+from eseg_cli.data.classes import colorize, palette_array
 from eseg_cli.errors import EsegError
+from eseg_cli.models import SCALES
+from eseg_cli.run import Run
+from eseg_cli.utils import atomic_write_bytes, atomic_write_json
 
 FORMATS = ("png", "svg")
 DPI = 150  # the figure is laid out at the dpi it is saved at, so label placement holds in the file
 
 
 def _mpl():
-    import matplotlib
-
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
@@ -49,8 +58,6 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 8, color="0.15", avoid
     leader line joins a label placed away from its point.
     Only if the axes have no free room at all does a label overlap (beside its point).
     """
-    from matplotlib.text import Text
-
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -139,12 +146,6 @@ def label_anchor(box, point) -> tuple[float, float]:
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    import io
-
-    import matplotlib
-
-    from eseg_cli.utils import atomic_write_bytes
-
     paths = []
     for fmt in FORMATS:
         buf = io.BytesIO()
@@ -284,8 +285,6 @@ def read_profiles(paths) -> list[dict]:
 
 
 def _display_name(key: str) -> str:
-    from eseg_cli.models import SCALES
-
     return SCALES[key].display_name if key in SCALES else key
 
 
@@ -315,7 +314,6 @@ def plot_figure4(points: pd.DataFrame, out_dir: str | Path | None = None, *, res
     plt = _mpl()
     if points.empty:
         raise EsegError("no Figure 4 points to plot; check eseg_cli/resources/paper/figure4.csv")
-    from matplotlib.ticker import FuncFormatter
 
     paper_pts = points[points.kind != "measured"]
     meas = points[points.kind == "measured"].sort_values(["device", "resolution", "fps"])
@@ -440,8 +438,6 @@ def _seed_mean(frames: list[pd.DataFrame], column: str) -> pd.DataFrame:
 def runs_by_ablation(run_dirs: list[Path]) -> dict[str, list[Path]]:
     """Run folders grouped by the ablation they belong to (the nearest folder above named ``decoder``, ``levels`` or
     ``fusion``, as ``eseg ablate`` and ``reports/ablate`` lay them out); other runs under ``""``."""
-    from eseg_cli.analysis.ablate import ABLATIONS
-
     out: dict[str, list[Path]] = {}
     for run in run_dirs:
         kind = next((p.name for p in Path(run).parents if p.name in ABLATIONS), "")
@@ -466,7 +462,6 @@ def plot_training_curves(run_dirs: list[Path], out_dir: str | Path | None = None
     Returns ``(fig, data, paths)`` where ``data`` maps each label to ``{"log": df, "val": df, "setting": dict,
     "seeds": [...]}`` (with several seeds, ``log``/``val`` hold ``step``, ``mean`` and ``std`` per column)."""
     plt = _mpl()
-    from matplotlib.ticker import MaxNLocator
 
     if not run_dirs:
         raise EsegError("no training runs found (folders with log.jsonl) among the runs given; give a run folder or a "
@@ -549,9 +544,6 @@ def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
     :func:`eseg_cli.analysis.report.evidence_group`): each cell's final val mIoU per seed (dots) and the mean with
     an error bar of ± one sample std, titled with the dataset, protocol, seeds and steps. Returns ``(fig, data,
     paths)``, ``data`` mapping each ablation to its cells' summaries; raises when no ablation has one."""
-    from eseg_cli.analysis import stats
-    from eseg_cli.analysis.report import evidence_group
-
     groups = {k: g for k in ("decoder", "levels", "fusion") if (g := evidence_group(rows, k))}
     if not groups:
         raise EsegError("no trained ablation at its protocol's steps among the results (smoke runs are not "
@@ -590,8 +582,6 @@ def plot_ablation_seeds(rows: list[dict], out_dir: str | Path | None = None):
 def measure_fps(models: list[str], *, resolution: tuple[int, int] = (1024, 2048), device: str = "auto",
                 runs: int = 5, warmup: int = 2, **kw) -> list[dict]:
     """FPS of registered models on this device, as ``eseg profile`` measures it (no FLOPs)."""
-    from eseg_cli.analysis.profiler import profile_model
-
     return [profile_model(m, resolution=resolution, flops=False, latency=True, device=device, runs=runs,
                           warmup=warmup, **kw) for m in models]
 
@@ -610,9 +600,6 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
     Training curves need run folders in ``results``; without any, that figure is skipped (reported
     under ``skipped``).
     """
-    from eseg_cli.analysis import paper
-    from eseg_cli.analysis.report import build_tables
-
     out_dir = Path(out_dir)
     summary: dict = {"files": [], "skipped": {}, "points": {}}
     plt = _mpl()
@@ -626,7 +613,6 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
         measured = read_profiles(profiles)
         if measure_fps_now:
             now = measure_fps(list(REALTIME), resolution=fps_resolution, device=device, runs=runs)
-            from eseg_cli.utils import atomic_write_json
 
             # kept beside the figure so later runs can reuse it: --profile <out>/fps_measured.json
             summary["files"].append(str(atomic_write_json(out_dir / "fps_measured.json", now)))
@@ -645,8 +631,6 @@ def generate_figures(results=(), out_dir: str | Path = "reports/figures", *, pro
         else:
             summary["skipped"]["curves"] = "no run folders (with log.jsonl) among the results given"
     if "seeds" in which:
-        from eseg_cli.analysis.report import collect_results
-
         try:
             fig, data, paths = plot_ablation_seeds(collect_results(results)["ablate"] if results else [], out_dir)
         except EsegError as e:
@@ -757,8 +741,6 @@ def plot_predictions(samples: list[dict], palette, out_dir: str | Path | None = 
     """A grid, one row per sample: image, ground truth, prediction (class colours) and errors (red: wrong
     pixel, black: ignored). ``samples``: ``{"name", "image" HxWx3 uint8, "gt" HxW, "pred" HxW}``.
     Returns ``(fig, per-sample pixel accuracy list, paths)``."""
-    from eseg_cli.data.classes import palette_array
-
     plt = _mpl()
     if not samples:
         raise EsegError("no samples to draw")
@@ -771,7 +753,7 @@ def plot_predictions(samples: list[dict], palette, out_dir: str | Path | None = 
         valid = gt != ignore_index
         acc = float((pred[valid] == gt[valid]).mean() * 100) if valid.any() else float("nan")
         accs.append(acc)
-        tiles = [s["image"], pal[gt.clip(0, 255)], pal[pred.clip(0, 255)],
+        tiles = [s["image"], colorize(gt, pal), colorize(pred, pal),
                  error_map(s["image"], gt, pred, ignore_index)]
         names = ["image", "ground truth", "prediction", f"errors (red), pixel acc {acc:.1f}%"]
         for ax, tile, name in zip(row, tiles, names, strict=True):

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import platform
 import statistics
 import threading
 import time
 import warnings
 
 import torch
+from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from eseg_cli.engine import precision
 from eseg_cli.errors import EsegError
+from eseg_cli.inference import precision
+from eseg_cli.inference.fold import fold_batchnorm
+from eseg_cli.inference.predictor import Predictor
+from eseg_cli.models import build_model
 from eseg_cli.utils import check_size
 
 # fvcore traces through torch.jit, which warns on every call in recent torch
@@ -39,8 +45,6 @@ def count_flops(model: nn.Module, resolution: tuple[int, int], batch: int = 1) -
     only, closest to how the paper counted), ``by_operator`` and ``skipped_ops`` (ops fvcore has no
     formula for, with their call counts, after leaving out element-wise ops that cost no multiply-adds).
     """
-    from fvcore.nn import FlopCountAnalysis
-
     model = model.eval()
     check_size(resolution, "resolution")
     x = torch.zeros(batch, 3, *resolution, device=next(model.parameters()).device)
@@ -114,10 +118,6 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
     if eager:
         model = model.eval().to(dev)
         if fuse_bn:
-            import copy
-
-            from eseg_cli.inference.fold import fold_batchnorm
-
             model = copy.deepcopy(model)
             fold_batchnorm(model)
         if channels_last:
@@ -126,8 +126,6 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
         fn = torch.compile(model) if compile else model
         autocast = precision.autocast(dev, amp)
     else:  # the Predictor's own path: autocast around the network only, exact post-processing in fp32
-        from eseg_cli.inference import Predictor
-
         predictor = Predictor(model, device=dev, compile=compile, amp=amp)
         channels_last, fuse_bn = predictor.channels_last, True
         if channels_last:
@@ -173,8 +171,6 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, runs: int 
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -182,8 +178,6 @@ def profile_model(name: str, *, resolution: tuple[int, int] = (1024, 2048), num_
                   flops: bool = True, latency: bool = True, latency_resolution: tuple[int, int] | None = None,
                   model_kwargs: dict | None = None, **latency_kwargs) -> dict:
     """Everything ``eseg profile`` reports for one registered model, as a JSON-able dict."""
-    from eseg_cli.models import build_model
-
     model = build_model(name, num_classes=num_classes, **(model_kwargs or {}))
     res: dict = {"model": model.config.get("name", name), "resolution": f"{resolution[0]}x{resolution[1]}",
                  "num_classes": num_classes}

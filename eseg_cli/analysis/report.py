@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
+from rich import box
+from rich.table import Table
 
 from eseg_cli.analysis import paper, stats
 from eseg_cli.analysis.ablate import cached_measurement, cells_for, measure, read_results
 from eseg_cli.analysis.stats import SMOKE_STEPS
 from eseg_cli.errors import EsegError
+from eseg_cli.models import SCALES, model_name
+from eseg_cli.run import Run
 from eseg_cli.utils import atomic_write_text, check_finite, read_jsonl
 
 FULL_RES = (1024, 2048)  # Cityscapes, where the paper counts FLOPs
@@ -141,12 +146,9 @@ def _score(value, path: Path) -> float:
 
 def _run_config(folder: Path) -> dict | None:
     """The model and dataset of an engine run folder, from its ``config.yaml`` (None if there is none)."""
-    from eseg_cli.engine.run import Run
-
     cfg = Run(folder).load_config()  # a damaged config.yaml is named, not taken for "no results"
     if not isinstance(cfg, dict) or "scale" not in cfg:
         return None
-    from eseg_cli.models import model_name
 
     try:  # a config read from disk: eseg stores the registered name, a hand-written one may not
         name = model_name(cfg["scale"])
@@ -214,8 +216,6 @@ def _m(v, scale: float, nd: int) -> float | None:
 def table3(measurer: Measurer) -> pd.DataFrame:
     """Table 3 (from :data:`eseg_cli.models.SCALES`) with measured params/FLOPs, and the paper's from
     Table 4 where it gives them (ESeg-S/M/L)."""
-    from eseg_cli.models import SCALES
-
     t4 = paper.load("table4").set_index("key")
     rows = []
     for s in SCALES.values():
@@ -501,11 +501,6 @@ def narrow(name: str, df: pd.DataFrame) -> pd.DataFrame:
 
 def to_rich(df: pd.DataFrame, title: str | None = None):
     """A rich Table (numbers right-aligned, fixed decimals) for printing in a terminal."""
-    import textwrap
-
-    from rich import box
-    from rich.table import Table
-
     shown = format_frame(df)
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", header_style="bold", pad_edge=False)
     for c in df.columns:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from eseg_cli.analysis import plot
 from eseg_cli.analysis.plot import read_confusion, read_run
-from eseg_cli.engine.run import Run
+from eseg_cli.engine.evaluator import eval_dataset
 from eseg_cli.errors import EsegError
+from eseg_cli.inference.predictor import Predictor
+from eseg_cli.run import Run
 
 
 @dataclass
@@ -99,8 +101,6 @@ def confusion(rec: RunRecord) -> tuple[str, pd.DataFrame] | None:
 def per_class_figure(rec: RunRecord, out_dir: str | Path | None = None):
     """The run's per-class IoU bars (whole-image evaluation first, else its final validation): ``(source,
     (fig, Series, paths))``, or None when it has neither. ``out_dir`` saves ``<run>_per_class_iou.png/.svg``."""
-    from eseg_cli.analysis import plot
-
     pc = rec.per_class()
     if not pc:
         return None
@@ -112,8 +112,6 @@ def per_class_figure(rec: RunRecord, out_dir: str | Path | None = None):
 def confusion_figure(rec: RunRecord, out_dir: str | Path | None = None):
     """The run's row-normalised confusion matrix: ``(evaluation, (fig, DataFrame, paths))``, or None when it
     has no evaluation with a confusion CSV. ``out_dir`` saves ``<run>_confusion.png/.svg``."""
-    from eseg_cli.analysis import plot
-
     cm = confusion(rec)
     if not cm:
         return None
@@ -122,26 +120,21 @@ def confusion_figure(rec: RunRecord, out_dir: str | Path | None = None):
                                                          f"{rec.describe()}", stem=f"{rec.name}_confusion")
 
 
-@torch.no_grad()
 def sample_predictions(checkpoint: str | Path, n: int = 3, *, device: str = "cpu", split: str = "val",
                        data_root: str | Path | None = None) -> tuple[list[dict], object]:
-    """Predict the first ``n`` images of the split the checkpoint was trained on (its validation resize,
-    single scale). Returns ``(samples, dataset)``; a sample is ``{"name", "image", "gt", "pred"}``."""
-    from eseg_cli.data.preview import denormalize
-    from eseg_cli.engine.checkpoint import load_model
-    from eseg_cli.engine.evaluator import _build_eval_dataset
-
-    model, ckpt = load_model(checkpoint, map_location="cpu")
-    model.to(device)
-    cfg = ckpt.get("config") or {}
+    """Predict the first ``n`` images of the split the checkpoint was trained on, as ``eseg eval`` does (its
+    :class:`~eseg_cli.inference.Predictor`, the normalisation its checkpoint records, its validation resize,
+    whole-image mode, labels at the ground truth's size). Returns ``(samples, dataset)``; a sample is
+    ``{"name", "image", "gt", "pred"}`` (the image as read, uint8 HxWx3, at the ground truth's size)."""
+    predictor = Predictor(checkpoint, device)
+    cfg = predictor.checkpoint.get("config") or {}
     dataset = cfg.get("dataset") or "synthetic"
-    root = data_root or cfg.get("data_root") or ckpt.get("data_root")
-    ds = _build_eval_dataset(dataset, root, split, cfg.get("val_resize"))
+    root = data_root or cfg.get("data_root") or predictor.checkpoint.get("data_root")
+    ds = eval_dataset(dataset, root, split, cfg.get("val_resize"))
     samples = []
     for i in range(min(n, len(ds))):
         img, mask = ds[i]
-        logits = model(img[None].to(device))
-        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        samples.append({"name": Path(ds.files[i][0]).stem, "image": denormalize(img),
-                        "gt": mask.numpy().astype(np.uint8), "pred": pred})
+        pred = predictor.labels(predictor.to_tensor(img[None]), tuple(mask.shape))[0].cpu().numpy()
+        samples.append({"name": Path(ds.files[i][0]).stem, "image": ds.load(i)[0],
+                        "gt": mask.numpy().astype(np.uint8), "pred": pred.astype(np.uint8)})
     return samples, ds

@@ -25,7 +25,9 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
+from eseg_cli.analysis import paper
 from eseg_cli.errors import EsegError
+from eseg_cli.models import SCALES
 
 CONFIDENCE = 0.95
 HOLDS, REVERSED, INCONCLUSIVE = "holds", "reversed", "inconclusive at this budget"
@@ -267,8 +269,6 @@ class Claim:
 
 
 def _table8_claims() -> list[Claim]:
-    from eseg_cli.analysis import paper
-
     t8 = {r["cell"]: r for r in paper.load("table8").to_dict("records")}
     out = []
     for enc, name in (("b1", "B1"), ("r50", "R50")):
@@ -311,8 +311,6 @@ def _fusion_claims() -> list[Claim]:
 
 
 def _extra_data_claims() -> list[Claim]:
-    from eseg_cli.analysis import paper
-
     s = paper.load("table4").set_index("key").loc["eseg-s"]
     return [Claim("selftrain:student>teacher", "selftrain", "Extra data: student > teacher",
                   "student", "teacher",
@@ -345,10 +343,7 @@ def _options_text(row: dict) -> str:
     opts = row.get("options") or {}
     parts = []
     if opts.get("scale"):
-        from eseg_cli.models import SCALES
-
-        scale = SCALES.get(opts["scale"])
-        name = scale.display_name if scale else opts["scale"]
+        name = SCALES[opts["scale"]].display_name if opts["scale"] in SCALES else opts["scale"]
         if row.get("ablation") == "decoder":
             parts.append("EfficientNet-B1" if opts["scale"] == "eseg-s" else f"{name} encoder for B1")
         else:

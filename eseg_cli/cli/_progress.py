@@ -14,7 +14,8 @@ from rich.console import Console
 
 from eseg_cli.cli._common import err_console
 
-_LABELS = {"train": "train", "eval": "eval", "prepare": "prepare", "ablate": "ablate"}
+_LABELS = {"train": "train", "eval": "eval", "prepare": "prepare", "ablate": "ablate", "predict": "images",
+           "video": "video"}
 
 
 def use_bar(progress: bool = True) -> bool:

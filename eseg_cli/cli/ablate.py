@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from eseg_cli.cli import app
+from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     CELLS,
     THREADS_HELP,

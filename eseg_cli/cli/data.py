@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from eseg_cli.cli import app
+from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     THREADS_HELP,
     EsegTyper,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from eseg_cli.cli import app
+from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     AMPS,
     MODES,
@@ -76,8 +76,8 @@ def eval_cmd(
     """
     from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.engine import evaluate, score_predictions
-    from eseg_cli.engine.run import Run
     from eseg_cli.errors import EsegError
+    from eseg_cli.run import Run
     from eseg_cli.utils import parse_floats, parse_size
 
     mode, amp = value(mode), value(amp)

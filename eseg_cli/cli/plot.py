@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from eseg_cli.cli import app
+from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     PROFILES_HELP,
     THREADS_HELP,
@@ -97,8 +97,8 @@ def _run_figures(runs: list[Path], out: Path, yes: bool) -> list[str]:
     """``--confusion``: each run's confusion matrix and per-class IoU bars into ``out``; the files written."""
     from eseg_cli.analysis.plot import _mpl
     from eseg_cli.analysis.runs import confusion_figure, per_class_figure, read_run_record
-    from eseg_cli.engine.run import Run
     from eseg_cli.errors import EsegError
+    from eseg_cli.run import Run
 
     records = []
     for path in runs:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from eseg_cli.cli import app
+from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     AMPS,
     THREADS_HELP,
@@ -127,37 +127,31 @@ def predict_cmd(
 
 def _predict_all(predictor, images, videos, out: Path, quiet: bool, *, alpha: float, overwrite: bool,
                  **image_kw) -> dict:
-    """Images, then videos, with a progress bar on a terminal. Ctrl-C stops with what was finished and how to
-    go on (no partial file is left: each is written whole, or removed)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Images, then videos, with progress drawn from the library's events. Ctrl-C stops with what was finished
+    and how to go on (no partial file is left: each is written whole, or removed)."""
+    from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.errors import Interrupted
     from eseg_cli.inference.files import predict_images, predict_video
 
     summary: dict = {"model": predictor.source}
     done = {"images": 0, "videos": 0}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
-                        disable=quiet or not err_console.is_terminal)
+    reporter = ProgressReporter(bar=use_bar(), quiet=quiet or not use_bar())  # a bar on a terminal, else nothing
+
+    def on_event(ev):
+        if ev.task == "predict" and ev.kind == "advance":
+            done["images"] = ev.step
+        reporter(ev)
+
     try:
-        with progress:
+        with reporter:
             if images:
-                task = progress.add_task("images", total=len(images), rate="")
-
-                def on_image(n, total):
-                    done["images"] = n
-                    elapsed = progress.tasks[task].elapsed or 0
-                    progress.update(task, completed=n, rate=f"{n / elapsed:.2f} img/s" if elapsed else "")
-
                 summary.update(predict_images(predictor, images, out, alpha=alpha, overwrite=overwrite,
-                                              on_image=on_image, **image_kw))
+                                              on_event=on_event, **image_kw))
             if videos:
                 summary["videos"] = []
                 for v in videos:
-                    task = progress.add_task(v.name, total=None, rate="")
-                    summary["videos"].append(predict_video(
-                        predictor, v, out, alpha=alpha, overwrite=overwrite,
-                        on_frame=lambda n, total, task=task: progress.update(task, completed=n, total=total or None)))
+                    summary["videos"].append(predict_video(predictor, v, out, alpha=alpha, overwrite=overwrite,
+                                                           on_event=on_event))
                     done["videos"] += 1
     except KeyboardInterrupt:
         raise Interrupted(f"stopped: {done['images']} of {len(images)} images and {done['videos']} of {len(videos)} "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from eseg_cli.cli import app
+from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     THREADS_HELP,
     TRAIN_AMPS,
@@ -184,7 +184,7 @@ def _config(scale, dataset, recipe, set_, flags: dict, extra_data):
 
 def _confirm_start_over(run_dir: Path, yes: bool) -> bool:
     """Whether ``run_dir`` holds a run that the user agreed to move aside (asks on a terminal)."""
-    from eseg_cli.engine.run import Run
+    from eseg_cli.run import Run
 
     if not Run(run_dir).holds_run():
         return False

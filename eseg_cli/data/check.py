@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -125,8 +126,6 @@ def check_dataset(ds, *, workers: int | None = None, cache_dir: str | Path | Non
     emit = Emitter(on_event if todo else None, "check", total=len(todo))
     emit("start", 0)
     if workers > 1 and len(todo) >= _PARALLEL_MIN:
-        import multiprocessing as mp
-
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init, initargs=(ds,)) as ex:
             for n, r in enumerate(ex.map(_check_pair, todo, chunksize=max(1, min(16, len(todo) // (4 * workers)))),

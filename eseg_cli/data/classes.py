@@ -148,6 +148,25 @@ def palette_array(palette: list[tuple[int, int, int]], ignore_color=(0, 0, 0)) -
     return out
 
 
+def colorize(mask: np.ndarray, palette) -> np.ndarray:
+    """A label map as an HxWx3 uint8 colour image (``palette`` a list of RGB or a :func:`palette_array`; ids past
+    255 are drawn as 255). The one colouring of labels: colour masks, overlays, previews, report samples."""
+    colors = palette if isinstance(palette, np.ndarray) and palette.shape == (256, 3) else palette_array(palette)
+    mask = np.asarray(mask)
+    return colors[mask] if mask.dtype == np.uint8 else colors[np.clip(mask, 0, 255)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5,
+            ignore_index: int | None = None) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * colorize(mask)`` as uint8 (``image`` HxWx3 uint8); with ``ignore_index``,
+    its pixels are shown darkened instead."""
+    out = image.astype(np.float32) * (1 - alpha) + colorize(mask, palette).astype(np.float32) * alpha
+    if ignore_index is not None:
+        ign = np.asarray(mask) == ignore_index
+        out[ign] = image[ign].astype(np.float32) * 0.35
+    return (out + 0.5).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Mapillary Vistas v1.2 -> Cityscapes trainIds (for pretraining a Cityscapes model on Mapillary)
 # ----------------------------------------------------------------------------------------------------------

@@ -23,12 +23,11 @@ from eseg_cli.data.classes import (
     IGNORE_INDEX,
     cityscapes_id_to_trainid_lut,
 )
-from eseg_cli.data.imageio import open_image, read_rgb, read_upright
+from eseg_cli.data.imageio import IMAGE_EXTS, open_image, read_rgb, read_upright
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import path_component
 
 _DATASETS: dict[str, type[SegmentationDataset]] = {}
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def register_dataset(name: str) -> Callable[[type], type]:

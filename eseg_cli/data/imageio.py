@@ -13,6 +13,7 @@ models see, and that says which failures to read a file mean a bad file.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ from eseg_cli.errors import EsegError
 
 #: what PIL raises for a file it cannot decode (DecompressionBombError: an image too large to decode safely)
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+#: the file suffixes read as images (image folders, predict, pseudo-label, folder datasets)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_SIDES = (5, 6, 7, 8)  # the EXIF orientations that turn the image by 90 degrees
@@ -109,3 +113,26 @@ def _decoded(path, decode, what: str = "image"):
     except UNREADABLE as e:
         raise EsegError(f"{path}: cannot read the {what} ({describe(Path(path), e)}); replace or remove the file") \
             from None
+
+
+def as_rgb(image) -> np.ndarray:
+    """A path, a PIL image or an HxW(x3) uint8 array -> a contiguous HxWx3 uint8 RGB array (files and PIL images
+    read as :func:`read_rgb` and :func:`to_rgb` do)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise EsegError(f"image {path} does not exist")
+        return read_rgb(path)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise EsegError(f"an image array must be HxWx3 (RGB), got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise EsegError(f"an image array must be uint8 (0..255), got {image.dtype}")
+        if min(image.shape[:2]) < 1:
+            raise EsegError(f"an image array must not be empty, got shape {image.shape}")
+        return np.ascontiguousarray(image)
+    raise EsegError(f"expected an image path, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")

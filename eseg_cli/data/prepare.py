@@ -28,8 +28,10 @@ from eseg_cli.data.classes import (
     CITYSCAPES_ID_TO_LABEL,
     CITYSCAPES_NAME_TO_LABEL,
     IGNORE_INDEX,
+    MAPILLARY_TO_CITYSCAPES,
     cityscapes_id_to_trainid_lut,
 )
+from eseg_cli.data.datasets import MapillaryDataset, mapillary_split_dirs, read_mapillary_config
 from eseg_cli.data.imageio import UNREADABLE, oriented_size
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
@@ -396,8 +398,6 @@ def _check_mapillary(job) -> np.ndarray:
 
 def scan_mapillary(root) -> tuple[list[dict], list[tuple[str, Path, Path]]]:
     """The label definitions and ``(split, image, label)`` rows of a Mapillary Vistas v1.2 copy."""
-    from eseg_cli.data.datasets import MapillaryDataset, mapillary_split_dirs, read_mapillary_config
-
     root = Path(root)
     if not root.is_dir():
         raise EsegError(f"'root' {root} does not exist or is not a folder; point it at the Mapillary Vistas root "
@@ -420,8 +420,6 @@ def scan_mapillary(root) -> tuple[list[dict], list[tuple[str, Path, Path]]]:
 def prepare_mapillary(root, workers: int = 1, on_event: OnEvent | None = None) -> dict:
     """Check a Mapillary Vistas v1.2 copy (config, pairs, sizes, label values, readability); returns counts.
     Labels are mapped by the dataset reader (65 classes, or Cityscapes' 19), so nothing is written."""
-    from eseg_cli.data.classes import MAPILLARY_TO_CITYSCAPES
-
     t0 = time.perf_counter()
     labels, rows = scan_mapillary(root)
     results = _run([(img, lab, len(labels)) for _, img, lab in rows], _check_mapillary, workers, on_event)

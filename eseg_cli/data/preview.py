@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.patches import Patch
 
-from eseg_cli.data.classes import IGNORE_INDEX, palette_array
+from eseg_cli.data.classes import overlay
 from eseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_bytes
@@ -20,26 +22,13 @@ def denormalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5,
-            ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Blend class colours over ``image`` (HxWx3 uint8); ignored pixels are shown darkened."""
-    colors = palette_array(palette)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
-    out = image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha
-    ign = np.asarray(mask) == ignore_index
-    out[ign] = image[ign].astype(np.float32) * 0.35
-    return (out + 0.5).astype(np.uint8)
-
-
 def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: int = 0, alpha: float = 0.55,
                  title: str | None = None, side_by_side: bool = True) -> dict:
     """Write a PNG grid of ``n`` samples of ``dataset`` (through its transform) with overlaid labels and
     a legend of the classes shown; ``side_by_side`` puts the plain input left of each overlay.
     Returns ``{"path", "indices", "classes"}``."""
-    import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     if n < 1:
         raise EsegError(f"'n' must be at least 1, got {n}", field="n")
@@ -52,7 +41,7 @@ def preview_grid(dataset, n: int, out_path, *, cols: int | None = None, seed: in
         img, mask = dataset[i]
         m = mask.numpy()
         rgb = denormalize(img)
-        tile = overlay(rgb, m, dataset.palette, alpha, dataset.ignore_index)
+        tile = overlay(rgb, m, dataset.palette, alpha, ignore_index=dataset.ignore_index)
         if side_by_side:
             gap = np.full((rgb.shape[0], max(rgb.shape[1] // 64, 2), 3), 255, np.uint8)
             tile = np.concatenate([rgb, gap, tile], axis=1)

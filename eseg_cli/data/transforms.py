@@ -15,7 +15,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def build_transforms(train: bool, *, crop_size=None, scale_range=None, hflip: bool = True,
                      photometric: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     ignore_index: int = IGNORE_INDEX, resize=None, seed: int | None = None) -> A.Compose:
+                     ignore_index: int = IGNORE_INDEX, resize=None, seed: int | None = None,
+                     normalize: bool = True) -> A.Compose:
     """The recipe's pipelines as one albumentations ``Compose``.
 
     train: [resize] -> random scale in ``scale_range`` -> pad to ``crop_size`` (image 0, mask
@@ -24,6 +25,8 @@ def build_transforms(train: bool, *, crop_size=None, scale_range=None, hflip: bo
     ``scale_range``). The fixed crop makes every sample the same size, so batches stack.
     val: [resize the image (not the mask) to ``resize`` = (H, W)] -> normalize -> tensors. The mask keeps
     its size so that scores are computed on the original labels: the evaluator resizes the predictions back.
+    ``normalize=False`` leaves the image uint8 (3xHxW): inference normalises it itself (the Predictor's
+    :func:`~eseg_cli.inference.predictor.normalize_uint8`, with the checkpoint's mean/std).
 
     Call as ``out = t(image=img, mask=mask)``; ``out["image"]`` is float32 3xHxW, ``out["mask"]`` a
     uint8/int tensor HxW (the datasets turn it into int64). ``seed`` fixes the random draws (for
@@ -56,7 +59,9 @@ def build_transforms(train: bool, *, crop_size=None, scale_range=None, hflip: bo
             ops.append(A.HorizontalFlip(p=0.5))
         if photometric:
             ops.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=0.8))
-    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    if normalize:
+        ops.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    ops.append(ToTensorV2())
     return A.Compose(ops, seed=seed)
 
 

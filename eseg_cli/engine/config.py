@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 import yaml
 
-from eseg_cli.engine.precision import AMP_DTYPES
 from eseg_cli.errors import EsegError
+from eseg_cli.inference.precision import AMP_DTYPES
 from eseg_cli.models.registry import check_model_options, model_name
 from eseg_cli.utils import check_finite, check_size, path_component
 
@@ -100,7 +100,7 @@ class TrainConfig:
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "loss": ("ohem", "ce"),
-    "amp": (None, *AMP_DTYPES, "auto"),  # auto: resolved when a run starts (engine.precision.resolve_amp)
+    "amp": (None, *AMP_DTYPES, "auto"),  # auto: resolved when a run starts (inference.precision.resolve_amp)
 }
 _PAIRS = ("crop_size", "scale_range", "val_resize")
 # (key, low, high, low excluded, high excluded): values outside silently change a run's meaning

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from eseg_cli.errors import EsegError
+from eseg_cli.inference.runtime import resolve_device
 
 
 @dataclass
@@ -31,27 +31,6 @@ class Runtime:
     def distributed(self) -> bool:
         """In a process group (DDP, SyncBN), also as torchrun's only process; or one of several XLA replicas."""
         return self.backend is not None or self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when a GPU is present, else ``cpu``; ``xla`` -> the torch-xla device."""
-    name = (name or "auto").lower()
-    if name == "xla":
-        try:
-            import torch_xla
-        except ImportError:
-            raise EsegError("'device' xla needs torch-xla (pip install torch-xla, matching your torch); "
-                            "on a CPU host set PJRT_DEVICE=CPU", field="device") from None
-        return torch_xla.device()
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EsegError(f"'device' {name}: no CUDA GPU is visible; use 'device' cpu", field="device")
-        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise EsegError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or xla")
 
 
 def setup(device: str = "auto") -> Runtime:

@@ -10,6 +10,7 @@ from torch import nn
 
 from eseg_cli.engine.config import TrainConfig
 from eseg_cli.errors import EsegError
+from eseg_cli.inference import runtime
 from eseg_cli.models.pretrained import EncoderWeights, model_normalization, read_encoder_weights
 
 
@@ -74,9 +75,7 @@ class InitReport:
 
 def read_init_source(source: str | Path) -> dict:
     """The checkpoint of ``--init-from``: a run folder (its best.pt) or an eseg checkpoint file."""
-    from eseg_cli.engine.checkpoint import load_checkpoint
-
-    return load_checkpoint(source)
+    return runtime.load_checkpoint(source)
 
 
 def init_model_kwargs(cfg: TrainConfig, ckpt: dict) -> dict:

@@ -1,7 +1,7 @@
 """Pseudo-labels for self-training: a teacher labels unlabelled images, keeping only confident pixels.
 
-For every image the teacher's class probabilities come from the same inference path as evaluation
-(:func:`eseg_cli.engine.evaluator.predict`, ``whole`` / ``slide`` / ``msflip``, with the normalisation
+For every image the teacher's class probabilities come from its :class:`~eseg_cli.inference.Predictor`
+(``predict_proba``: the inference path of evaluation, ``whole`` / ``slide`` / ``msflip``, with the normalisation
 recorded in the teacher's checkpoint). A pixel keeps the teacher's class where its top probability is at
 least ``threshold`` and becomes 255 (ignore) elsewhere, as in the paper's self-training (threshold 0.5).
 
@@ -21,7 +21,6 @@ first image is labelled, so a refused call leaves no settings behind.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -31,10 +30,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from eseg_cli.data.imageio import IMAGE_EXTS
 from eseg_cli.errors import EsegError, write_error
 from eseg_cli.events import Emitter, OnEvent
+from eseg_cli.inference.files import collect_inputs, png_bytes
+from eseg_cli.inference.modes import DEFAULT_SCALES, check_inference
+from eseg_cli.inference.precision import amp_dtype
+from eseg_cli.inference.predictor import Predictor
+from eseg_cli.inference.runtime import resolve_device
+from eseg_cli.run import resolve_checkpoint
 from eseg_cli.utils import (
     atomic_write_bytes,
     atomic_write_json,
@@ -47,32 +52,14 @@ from eseg_cli.utils import (
     same_content,
 )
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def find_images(sources: Sequence[str | Path]) -> list[Path]:
-    """Image files from folders (searched recursively), glob patterns and single files; sorted, unique."""
-    found: dict[Path, None] = {}
-    for src in sources:
-        p = Path(src).expanduser()
-        if p.is_dir():
-            hits = [q for q in sorted(p.rglob("*")) if q.suffix.lower() in IMAGE_EXTS and q.is_file()]
-            if not hits:
-                raise EsegError(f"image folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-        elif p.is_file():
-            if p.suffix.lower() not in IMAGE_EXTS:
-                raise EsegError(f"{p} is not an image file ({', '.join(IMAGE_EXTS)})")
-            hits = [p]
-        else:
-            hits = [Path(q) for q in sorted(glob.glob(str(p), recursive=True))
-                    if Path(q).suffix.lower() in IMAGE_EXTS and Path(q).is_file()]
-            if not hits:
-                raise EsegError(f"{src}: no such folder or file, and no image matches it as a pattern")
-        for h in hits:
-            found[h.resolve()] = None
-    images = list(found)
-    if not images:
-        raise EsegError("no images given to pseudo-label")
+    """Image files from folders (searched recursively), glob patterns and single files, found as ``eseg predict``
+    finds them (:func:`~eseg_cli.inference.files.collect_inputs`); sorted, unique, no two of one name."""
+    listed, videos = collect_inputs([Path(s).expanduser() for s in sources])
+    if videos:
+        raise EsegError(f"{videos[0]} is a video; pseudo-label labels images ({', '.join(IMAGE_EXTS)})")
+    images = list(dict.fromkeys(p.resolve() for p, _ in listed))
     names: dict[str, Path] = {}
     for img in images:
         key = img.stem.casefold()  # A.png and a.jpg clash on case-insensitive file systems too
@@ -81,26 +68,6 @@ def find_images(sources: Sequence[str | Path]) -> list[Path]:
                             "layout keys labels by image name, so label them into separate output folders")
         names[key] = img
     return images
-
-
-def class_probabilities(model, image: torch.Tensor, num_classes: int, *, mode: str = "whole", crop=None,
-                        stride=None, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
-                        amp: str | None = None) -> torch.Tensor:
-    """``(B, C, H, W)`` class probabilities of a normalised batch through the evaluation path."""
-    from eseg_cli.engine.evaluator import predict
-
-    scores = predict(model, image, num_classes, mode=mode, crop=crop, stride=stride, scales=tuple(scales),
-                     flip=flip, amp=amp)
-    if mode == "msflip":  # predict() sums the softmax over scales (and flips): make it an average
-        return scores / (len(scales) * (2 if flip else 1))
-    return scores.softmax(1)
-
-
-def threshold_labels(probs: torch.Tensor, threshold: float, ignore_index: int = 255) -> torch.Tensor:
-    """Top class per pixel, ``ignore_index`` where its probability is below ``threshold``."""
-    conf, label = probs.max(1)
-    label[conf < threshold] = ignore_index
-    return label
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -198,7 +165,7 @@ def _begin(layout: _Layout, settings: dict, classes, palette, rows: dict[str, di
 
 def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: str | Path, *,
                  threshold: float = 0.5, mode: str = "whole", crop=None, stride=None,
-                 scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True, split: str = "train",
+                 scales=DEFAULT_SCALES, flip: bool = True, split: str = "train",
                  device: str = "auto", amp: str | None = None, use_ema: bool = True,
                  on_event: OnEvent | None = None) -> dict:
     """Label ``images`` with the teacher ``checkpoint`` into the folder dataset ``out_dir``; return the summary.
@@ -209,12 +176,6 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
     the bytes written; anything else is labelled again. ``on_event`` gets progress events (task
     ``pseudo-label``, one step per image; the done ones count at the start).
     """
-    from eseg_cli.engine.checkpoint import load_model
-    from eseg_cli.engine.distributed import resolve_device
-    from eseg_cli.engine.evaluator import check_inference
-    from eseg_cli.engine.precision import amp_dtype
-    from eseg_cli.engine.run import resolve_checkpoint
-
     if not 0.0 <= threshold <= 1.0:
         raise EsegError(f"threshold must be between 0 and 1 (a class probability), got {threshold}",
                         field="threshold")
@@ -227,9 +188,10 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
     dev = resolve_device(device)
     amp_dtype(amp, dev)
     teacher = resolve_checkpoint(checkpoint)
-    model, ckpt = load_model(teacher, map_location="cpu", use_ema=use_ema)
+    predictor = Predictor(teacher, dev, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip, amp=amp,
+                          use_ema=use_ema)
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "teacher_sha256": file_sha256(teacher),
-                "step": ckpt.get("step"), "threshold": threshold, "mode": mode,
+                "step": predictor.checkpoint.get("step"), "threshold": threshold, "mode": mode,
                 "crop": list(crop) if crop else None, "stride": list(stride) if stride else None,
                 "scales": list(scales) if mode == "msflip" else None, "flip": flip if mode == "msflip" else None,
                 "split": layout.split, "use_ema": use_ema, "amp": amp}
@@ -238,76 +200,59 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
         done, cut = _previous_work(layout, settings)
         todo = [f for f in files if not _finished(done.get(f.stem), f, layout)]
         t0 = time.perf_counter()
-        _label_all(model, ckpt, dev, todo, layout, done, len(files), Emitter(on_event, "pseudo-label",
-                   total=len(files)), begin=lambda classes, palette: _begin(layout, settings, classes, palette,
-                                                                             done, cut),
-                   threshold=threshold, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip, amp=amp)
+        _label_all(predictor, todo, layout, done, len(files), Emitter(on_event, "pseudo-label", total=len(files)),
+                   begin=lambda: _begin(layout, settings, predictor.class_names, predictor.palette, done, cut),
+                   threshold=threshold)
         summary = _summary(layout.out, [done[f.stem] for f in files], len(todo), threshold, mode,
-                           checkpoint_classes_of(model, ckpt)[0], time.perf_counter() - t0)
+                           predictor.class_names, time.perf_counter() - t0)
         atomic_write_json(layout.manifest, {"settings": settings, "summary": summary})
     return summary
 
 
-def checkpoint_classes_of(model, ckpt) -> tuple[list[str], list]:
-    from eseg_cli.inference.predictor import checkpoint_classes  # (eseg_cli.inference uses eseg_cli.engine)
-
-    classes, palette, _ = checkpoint_classes(ckpt, int(model.num_classes))
-    return classes, palette
-
-
-def _label_all(model, ckpt, dev, todo: list[Path], layout: _Layout, done: dict[str, dict], total: int,
-               emit: Emitter, *, begin, threshold: float, **predict_kw) -> None:
+def _label_all(predictor: Predictor, todo: list[Path], layout: _Layout, done: dict[str, dict], total: int,
+               emit: Emitter, *, begin, threshold: float) -> None:
     """Label ``todo`` one image at a time: image copy, mask, then its stats row (a crash in between redoes it)."""
-    from eseg_cli.data import build_transforms
-    from eseg_cli.data.datasets import read_image
-    from eseg_cli.inference.prepare import prepare_model  # (eseg_cli.inference uses eseg_cli.engine)
-    from eseg_cli.models.pretrained import model_normalization
-
     skipped = total - len(todo)
     emit("start", skipped)
-    if todo:
-        model = prepare_model(model, device=dev, copy_model=False)  # eval's (and the Predictor's) inference path
-        model.eval()
-        num_classes = int(model.num_classes)
-        classes, palette = checkpoint_classes_of(model, ckpt)
-        mean, std = model_normalization(ckpt.get("model_config"))
-        tf = build_transforms(False, mean=mean, std=std)
-        stats_f = None
-        try:
-            for i, path in enumerate(todo, 1):
-                x = tf(image=read_image(path))["image"].unsqueeze(0).to(dev)
-                with torch.no_grad():
-                    probs = class_probabilities(model, x, num_classes, **predict_kw)
-                if stats_f is None:
-                    begin(classes, palette)
-                    stats_f = open(layout.stats, "a", encoding="utf-8")
-                done[path.stem] = _write_pair(path, probs[0], threshold, layout)
-                stats_f.write(json.dumps(done[path.stem]) + "\n")
-                stats_f.flush()
-                emit("advance", skipped + i)
-        finally:
-            if stats_f is not None:
-                stats_f.close()
+    stats_f = None
+    try:
+        for i, path in enumerate(todo, 1):
+            probs = predictor.predict_proba(path)
+            if stats_f is None:
+                begin()
+                stats_f = open(layout.stats, "a", encoding="utf-8")
+            done[path.stem] = _write_pair(path, probs, threshold, layout)
+            stats_f.write(json.dumps(done[path.stem]) + "\n")
+            stats_f.flush()
+            emit("advance", skipped + i)
+    finally:
+        if stats_f is not None:
+            stats_f.close()
     emit("end", total)
 
 
-def _write_pair(path: Path, probs: torch.Tensor, threshold: float, layout: _Layout) -> dict:
-    """Write the image copy and the mask of ``path``; return its stats row."""
-    from PIL import Image
-
+def threshold_mask(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, predicted)`` of ``CxHxW`` class probabilities: the top class per pixel as uint8, 255 where its
+    probability is below ``threshold``; and the top class's pixel count per class (before the threshold)."""
     num_classes = probs.shape[0]
-    conf, label = probs.max(0)
-    predicted = torch.bincount(label.flatten(), minlength=num_classes)
-    label[conf < threshold] = 255
-    lab = label.cpu().numpy().astype(np.uint8)
-    buf = _png(Image.fromarray(lab, mode="L"))
+    label = probs.argmax(0)
+    predicted = np.bincount(label.ravel(), minlength=num_classes)
+    label[probs.max(0) < threshold] = 255
+    return label.astype(np.uint8), predicted
+
+
+def _write_pair(path: Path, probs: np.ndarray, threshold: float, layout: _Layout) -> dict:
+    """Write the image copy and the mask of ``path``; return its stats row."""
+    num_classes = probs.shape[0]
+    lab, predicted = threshold_mask(probs, threshold)
+    buf = png_bytes(lab)
     _link_or_copy(path, layout.image(path))
     atomic_write_bytes(layout.mask(path), buf)
     kept = np.bincount(lab[lab != 255].ravel(), minlength=num_classes)[:num_classes]
     st = path.stat()
     return {"name": path.stem, "source": str(path), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
             "mask_sha256": hashlib.sha256(buf).hexdigest(), "pixels": int(lab.size),
-            "predicted": predicted.cpu().tolist(), "kept": kept.tolist()}
+            "predicted": predicted.tolist(), "kept": kept.tolist()}
 
 
 def _summary(out: Path, rows: list[dict], labelled: int, threshold: float, mode: str, classes: list[str],
@@ -324,11 +269,3 @@ def _summary(out: Path, rows: list[dict], labelled: int, threshold: float, mode:
                       for c, p, k in zip(classes, predicted, kept)],
         "seconds": round(seconds, 2),
     }
-
-
-def _png(img) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

@@ -1,6 +1,6 @@
 """The training loop: one step-based loop for CPU, CUDA (DDP through torchrun) and torch-xla.
 
-Read it top-down: :func:`train` opens the run folder (its layout: :mod:`eseg_cli.engine.run`) and hands
+Read it top-down: :func:`train` opens the run folder (its layout: :mod:`eseg_cli.run`) and hands
 over to a :class:`Trainer`, whose constructor sets up data, model, optimizer, schedule and precision;
 :meth:`Trainer.train_step` is one optimisation step and the only place with XLA / DDP / grad-scaler
 branches; :meth:`Trainer.fit` is the loop, with hooks for logging (one host sync per log interval),
@@ -34,13 +34,14 @@ from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, clea
 from eseg_cli.engine.evaluator import evaluate_model
 from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
 from eseg_cli.engine.losses import build_loss
-from eseg_cli.engine.precision import amp_dtype, autocast, precision_note, resolve_amp
-from eseg_cli.engine.run import Run
 from eseg_cli.engine.sampling import MixedDataset, MixedSampler, ResumableSampler, SeededDataset
 from eseg_cli.engine.schedule import WarmupCosine
 from eseg_cli.errors import EsegError, Interrupted
 from eseg_cli.events import Emitter, OnEvent, tee
+from eseg_cli.inference import runtime
+from eseg_cli.inference.precision import amp_dtype, autocast, precision_note, resolve_amp
 from eseg_cli.inference.prepare import compile_training
+from eseg_cli.run import Run
 
 RUNS_DIR = Path("runs")  # where a run without a folder of its own goes (relative to the working directory)
 VAL_KEYS = ("mIoU", "pixAcc", "mAcc", "fwIoU")
@@ -236,7 +237,7 @@ def train(config: dict | TrainConfig, run_dir: str | Path | None = None, *, resu
         run = Run(run_dir)
         if not run.last_checkpoint.is_file():
             raise EsegError(f"cannot resume {run.path}: it has no checkpoints/last.pt; start a new run instead")
-        state = ckpt_io.load_checkpoint(run.last_checkpoint)
+        state = runtime.load_checkpoint(run.last_checkpoint)
         cfg = validate(with_new_keys(state["config"]), where=f"config saved in {run.last_checkpoint}")
         cfg, changes = _resume_changes(cfg, int(state["step"]), steps, data_root)
         _check_config_file(run, cfg, given=changes)
@@ -470,7 +471,7 @@ class Trainer:
                 raise EsegError(f"{self.run.last_checkpoint}: its config says model {clash[0]}="
                                 f"{cfg.model[clash[0]]!r} but its weights were built with {saved[clash[0]]!r}; the "
                                 "checkpoint is inconsistent, start a new run")
-            model = ckpt_io.build_from_config(saved)
+            model = runtime.build_from_config(saved)
         elif model is None:
             model = build_train_model(cfg, self.num_classes, weights, init)
         self.model_config = dict(getattr(model, "config", {}) or {})
@@ -481,7 +482,7 @@ class Trainer:
         if self.init_report is not None:
             self.emit.message(self.init_report.table())
         if state is not None:
-            ckpt_io.load_weights(model, state["model"], f"checkpoint {self.run.last_checkpoint}")
+            runtime.load_weights(model, state["model"], f"checkpoint {self.run.last_checkpoint}")
         if rt.distributed and self.device.type == "cuda":
             from timm.layers import convert_sync_batchnorm
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.onnx import _constants
 
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.predictor import BasePredictor, Predictor
+from eseg_cli.run import resolve_checkpoint
 from eseg_cli.utils import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -65,8 +68,6 @@ def metadata(predictor: Predictor) -> dict[str, str]:
 
 def check_opset(opset: int) -> None:
     """Refuse an ONNX opset that this torch's (TorchScript-based) exporter does not write, before exporting."""
-    from torch.onnx import _constants
-
     lo = getattr(_constants, "ONNX_MIN_OPSET", 7)
     hi = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 17))
     if not lo <= opset <= hi:
@@ -204,8 +205,6 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
     if out.is_dir():
         raise EsegError(f"{out} is a folder; give the output file name (e.g. {out / ('model' + SUFFIX[fmt])})")
     if isinstance(checkpoint, (str, Path)) and out.exists():
-        from eseg_cli.engine.run import resolve_checkpoint
-
         if out.resolve() == resolve_checkpoint(checkpoint).resolve():
             raise EsegError(f"'out' {out} is the checkpoint being exported; give another file name", field="out")
     if len(sizes) < 1 or any(min(s) < 32 for s in sizes):
@@ -270,8 +269,6 @@ def parse_metadata(meta: dict[str, str], path: Path) -> dict:
 
 
 def _three_finite(v) -> bool:
-    import math
-
     return isinstance(v, list) and len(v) == 3 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
 
@@ -309,6 +306,3 @@ class OnnxPredictor(BasePredictor):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self._input: x.detach().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(out)
-
-    def labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).argmax(1).to(torch.uint8 if self.num_classes <= 255 else torch.int32)

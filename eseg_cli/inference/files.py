@@ -7,7 +7,8 @@ Per image ``<stem>`` (keeping the sub-folder layout of a folder input) in the ou
 - ``<stem>_overlay.jpg``: the mask alpha-blended over the image (unless ``overlay=False``);
 - ``<stem>_confidence.png``: the winning class's probability x 255 (with ``confidence=True``).
 
-A video (anything OpenCV reads) gives ``<stem>_overlay.mp4``.
+A video (anything OpenCV reads) gives ``<stem>_overlay.mp4``. :func:`write_prediction` is the one writer of
+these files (``eseg predict``, and ``eseg eval --save-predictions``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from eseg_cli.data.classes import cityscapes_trainid_to_labelid_lut, palette_array
+from eseg_cli.data.classes import cityscapes_trainid_to_labelid_lut, colorize, palette_array
+from eseg_cli.data.classes import overlay as blend_mask
+from eseg_cli.data.imageio import IMAGE_EXTS as IMAGE_SUFFIXES
+from eseg_cli.data.imageio import as_rgb
 from eseg_cli.errors import EsegError
-from eseg_cli.inference.predictor import BasePredictor, read_image
+from eseg_cli.events import Emitter, OnEvent
+from eseg_cli.inference.predictor import BasePredictor
 from eseg_cli.utils import atomic_write_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 IDS = ("trainid", "labelid")
 
@@ -86,7 +91,7 @@ def video_output(path: Path, out_dir: Path) -> Path:
 
 
 def plan_outputs(images: list[tuple[Path, str]], videos: list[Path], out_dir: str | Path, *, overlay: bool = True,
-                 confidence: bool = False, overwrite: bool = False) -> list[dict[str, Path]]:
+                 confidence: bool = False, overwrite: bool = False, field: str = "out") -> list[dict[str, Path]]:
     """The output files of every image (and video), checked before anything is written: each name belongs to
     one input only (``street_color.png`` is an input's label map and ``street.png``'s colour mask; two
     ``clip.mp4`` from two folders), none is an input, and none exists unless ``overwrite``."""
@@ -100,10 +105,10 @@ def plan_outputs(images: list[tuple[Path, str]], videos: list[Path], out_dir: st
         key = str(p.resolve()).casefold()  # case-insensitive file systems (macOS, Windows) clash on case too
         if key in owners:
             raise EsegError(f"inputs {owners[key]} and {src} would both write {p}; rename one, or predict them into "
-                            "separate output folders", field="out")
+                            "separate output folders", field=field)
         if key in inputs:
             raise EsegError(f"input {src} would write {p}, which is an input; choose another output folder",
-                            field="out")
+                            field=field)
         owners[key] = src
     if not overwrite:
         existing = [p for _, p in outputs if p.exists()]
@@ -113,7 +118,8 @@ def plan_outputs(images: list[tuple[Path, str]], videos: list[Path], out_dir: st
     return targets
 
 
-def _png(arr: np.ndarray) -> bytes:
+def png_bytes(arr: np.ndarray) -> bytes:
+    """An HxW or HxWx3 array as PNG file bytes (fast compression)."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
@@ -130,11 +136,6 @@ def _check_alpha(alpha: float) -> None:
         raise EsegError(f"'alpha' must be between 0 and 1, got {alpha}", field="alpha")
 
 
-def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * color`` as uint8."""
-    return (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha + 0.5).astype(np.uint8)
-
-
 class _Images(Dataset):
     def __init__(self, files: list[Path]):
         self.files = files
@@ -143,11 +144,26 @@ class _Images(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        return i, read_image(self.files[i])
+        return i, as_rgb(self.files[i])
 
 
 def _collate(batch):
     return batch
+
+
+def write_prediction(targets: dict[str, Path], lab: np.ndarray, colors: np.ndarray, *,
+                     to_ids: Callable[[np.ndarray], np.ndarray] = lambda m: m, image: np.ndarray | None = None,
+                     alpha: float = 0.5, confidence: np.ndarray | None = None) -> None:
+    """Write the files of one prediction that ``targets`` (:func:`output_paths`) names: the label PNG (uint16 past
+    255), the colour mask, and the overlay over ``image`` and the confidence PNG where named. Each is written
+    whole (atomically)."""
+    atomic_write_bytes(targets["label"], png_bytes(to_ids(lab).astype(np.uint8 if lab.max(initial=0) < 256
+                                                                    else np.uint16)))
+    atomic_write_bytes(targets["color"], png_bytes(colorize(lab, colors)))
+    if "overlay" in targets:
+        atomic_write_bytes(targets["overlay"], _jpg(blend_mask(image, lab, colors, alpha)))
+    if "confidence" in targets:
+        atomic_write_bytes(targets["confidence"], png_bytes(confidence))
 
 
 def _label_writer(ids: str, num_classes: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -164,11 +180,12 @@ def _label_writer(ids: str, num_classes: int) -> Callable[[np.ndarray], np.ndarr
 def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out_dir: str | Path, *,
                    ids: str = "trainid", overlay: bool = True, alpha: float = 0.5, confidence: bool = False,
                    batch_size: int = 4, workers: int = 0, overwrite: bool = False,
-                   on_image: Callable[[int, int], None] | None = None) -> dict:
+                   on_event: OnEvent | None = None) -> dict:
     """Write the outputs of every image (see the module docstring); return a summary.
 
     Images are read by a DataLoader (``workers`` processes) and run in batches of equal-size images.
-    ``on_image(done, total)`` is called after each image. Existing outputs are refused unless ``overwrite``.
+    ``on_event`` gets progress events (task ``predict``, one step per image). Existing outputs are refused
+    unless ``overwrite``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -184,6 +201,8 @@ def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out
                         collate_fn=_collate)
     done, pixels, t0 = 0, 0, time.perf_counter()
     model_s = 0.0
+    emit = Emitter(on_event, "predict", total=len(images))
+    emit("start", 0)
     for batch in loader:
         # equal-size runs of the batch go through the network together
         groups: list[list] = []
@@ -206,19 +225,12 @@ def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out
             for j, (i, arr) in enumerate(group):
                 lab = labels[j]
                 hist += np.bincount(lab.ravel(), minlength=len(hist))[: len(hist)]
-                t = targets[i]
-                atomic_write_bytes(t["label"], _png(to_ids(lab).astype(np.uint8 if lab.max(initial=0) < 256
-                                                                           else np.uint16)))
-                color = colors[lab] if lab.dtype == np.uint8 else colors[np.clip(lab, 0, 255)]
-                atomic_write_bytes(t["color"], _png(color))
-                if overlay:
-                    atomic_write_bytes(t["overlay"], _jpg(blend(arr, color, alpha)))
-                if conf is not None:
-                    atomic_write_bytes(t["confidence"], _png(conf[j]))
+                write_prediction(targets[i], lab, colors, to_ids=to_ids, image=arr, alpha=alpha,
+                                 confidence=conf[j] if conf is not None else None)
                 done += 1
                 pixels += lab.size
-                if on_image:
-                    on_image(done, len(images))
+                emit("advance", done, item=images[i][1])
+    emit("end", done)
     seconds = time.perf_counter() - t0
     names = list(predictor.class_names) or [str(i) for i in range(len(hist))]
     return {
@@ -230,10 +242,9 @@ def predict_images(predictor: BasePredictor, images: list[tuple[Path, str]], out
 
 
 def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Path, *, alpha: float = 0.5,
-                  overwrite: bool = False, on_frame: Callable[[int, int], None] | None = None) -> dict:
-    """Write ``<stem>_overlay.mp4``: every frame with its predicted mask blended over it."""
-    import cv2
-
+                  overwrite: bool = False, on_event: OnEvent | None = None) -> dict:
+    """Write ``<stem>_overlay.mp4``: every frame with its predicted mask blended over it. ``on_event`` gets
+    progress events (task ``video``, item the file name, one step per frame; ``total`` as the file says)."""
     _check_alpha(alpha)
     path, out_dir = Path(path), Path(out_dir)
     out = video_output(path, out_dir)
@@ -251,7 +262,8 @@ def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Pat
     colors = palette_array(predictor.palette)
     frames, t0 = 0, time.perf_counter()
     try:
-        frames = _overlay_frames(predictor, cap, writer, colors, alpha, total, on_frame)
+        frames = _overlay_frames(predictor, cap, writer, colors, alpha, Emitter(on_event, "video", total=total or None),
+                                 path.name)
     finally:
         cap.release()
         writer.release()
@@ -265,17 +277,18 @@ def predict_video(predictor: BasePredictor, path: str | Path, out_dir: str | Pat
             "frames_per_s": round(frames / seconds, 3)}
 
 
-def _overlay_frames(predictor: BasePredictor, cap, writer, colors: np.ndarray, alpha: float, total: int,
-                    on_frame: Callable[[int, int], None] | None) -> int:
+def _overlay_frames(predictor: BasePredictor, cap, writer, colors: np.ndarray, alpha: float, emit: Emitter,
+                    name: str) -> int:
     """Write every frame of ``cap`` with its mask blended over it; return the number of frames."""
     frames = 0
+    emit("start", 0, item=name)
     while True:
         ok, bgr = cap.read()
         if not ok:
+            emit("end", frames, item=name)
             return frames
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         lab = predictor.labels(predictor.to_tensor(rgb))[0].cpu().numpy()
-        writer.write(np.ascontiguousarray(blend(rgb, colors[lab], alpha)[:, :, ::-1]))
+        writer.write(np.ascontiguousarray(blend_mask(rgb, lab, colors, alpha)[:, :, ::-1]))
         frames += 1
-        if on_frame:
-            on_frame(frames, total)
+        emit("advance", frames, item=name)

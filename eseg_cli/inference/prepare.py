@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eseg_cli.engine.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.fold import fold_batchnorm, freeze_fusion_weights
+from eseg_cli.inference.precision import amp_dtype  # noqa: F401  (the one amp table; re-exported here)
 
 # Why a private op: for 1x1 kernels PyTorch's CPU dispatcher picks its generic ``_slow_conv2d_forward`` (a
 # GEMM), which first copies the bias into the whole output. Once batch norm is folded every 1x1 conv has a bias,

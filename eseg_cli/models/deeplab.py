@@ -28,7 +28,7 @@ from eseg_cli.errors import EsegError
 from eseg_cli.models.encoders import efficientnet_encoder, timm_encoder
 from eseg_cli.models.layers import ConvBN, SeparableConv, check_norm, make_norm
 from eseg_cli.models.pretrained import load_encoder_weights
-from eseg_cli.models.registry import FAMILY_PREFIX, register_model, spelling
+from eseg_cli.models.registry import register_model
 from eseg_cli.models.scales import EFFICIENTNET_SCALING, SCALES
 from eseg_cli.models.segmentor import Segmentor
 
@@ -90,10 +90,8 @@ class DeepLabV3PlusDecoder(nn.Module):
 
 
 def _encoder(name: str, output_stride: int, drop_path_rate: float) -> nn.Module:
-    scale = spelling(name)
-    scale = scale if scale in SCALES else FAMILY_PREFIX + scale
-    if scale in SCALES:  # an ESeg scale's own encoder, e.g. eseg-lite-s's
-        s = SCALES[scale]
+    if name in SCALES:  # an ESeg scale's own encoder, e.g. eseg-lite-s's (registered names: resolved above)
+        s = SCALES[name]
         return efficientnet_encoder(s.width, s.depth, lite=s.lite, output_stride=output_stride,
                                     drop_path_rate=drop_path_rate)
     key = name.strip().lower().replace("-", "_")

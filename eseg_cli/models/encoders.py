@@ -10,6 +10,9 @@ from __future__ import annotations
 from functools import partial
 
 import timm
+from timm.layers import get_act_layer
+from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, round_channels
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
 from eseg_cli.errors import EsegError
@@ -64,10 +67,6 @@ def efficientnet_encoder(
     ``efficientnet_bX`` without its 1280-channel head. ``variant="tf"`` builds timm's TensorFlow-compatible
     variant (``tf_efficientnet_bX``: SAME padding, BatchNorm eps 1e-3), the one TF-ported weights need.
     """
-    from timm.layers import get_act_layer
-    from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, round_channels
-    from timm.models.efficientnet import EfficientNetFeatures
-
     tf = _check_variant(variant) == "tf"
     arch = arch or (LITE_ARCH if lite else EFFICIENTNET_ARCH)
     act = get_act_layer(act_layer or ("relu" if lite else "swish"))

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.analysis.ablate import cells_for
-from eseg_cli.engine.checkpoint import load_model, save_checkpoint
+from eseg_cli.engine.checkpoint import save_checkpoint
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import prepare_model
 from eseg_cli.inference.export import export_model
 from eseg_cli.inference.fold import conv_bn_pairs
+from eseg_cli.inference.runtime import load_model
 from eseg_cli.models import SCALES, build_model, list_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
