@@ -8,6 +8,7 @@ ignored pixels are 255, and exposes ``classes``, ``palette``, ``ignore_index``, 
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from eseg_cli.data.classes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     IGNORE_INDEX,
+    MAPILLARY_TO_CITYSCAPES,
     cityscapes_id_to_trainid_lut,
 )
 from eseg_cli.data.imageio import IMAGE_EXTS, open_image, read_rgb, read_upright
+from eseg_cli.data.synthetic import ensure_default
+from eseg_cli.data.transforms import build_transforms
 from eseg_cli.errors import EsegError
 from eseg_cli.utils import path_component
 
@@ -109,7 +113,6 @@ class SegmentationDataset(Dataset):
         self.files = files
         self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None  # from preload()
         if transform is None:
-            from eseg_cli.data.transforms import build_transforms
             transform = build_transforms(train=False)
         self.transform = transform
 
@@ -254,7 +257,6 @@ class SyntheticDataset(CityscapesDataset):
     builtin_root = True
 
     def __init__(self, root=None, split: str = "train", transform=None):
-        from eseg_cli.data.synthetic import ensure_default
         if root is None or str(root) == "":
             root = ensure_default()
         root = Path(root)
@@ -360,8 +362,6 @@ def _auto_palette(n: int) -> list[tuple[int, int, int]]:
 
 def read_mapillary_config(root: Path) -> list[dict]:
     """The ``labels`` of a Mapillary Vistas ``config_v1.2.json`` (or v1.2's ``config.json``) under ``root``."""
-    import json
-
     for name in ("config_v1.2.json", "config.json"):
         path = root / name
         if path.is_file():
@@ -440,8 +440,6 @@ class MapillaryCityscapesDataset(MapillaryDataset):
     (:data:`~eseg_cli.data.classes.MAPILLARY_TO_CITYSCAPES`; unmapped labels are ignored)."""
 
     def _setup_classes(self) -> None:
-        from eseg_cli.data.classes import MAPILLARY_TO_CITYSCAPES
-
         self.classes, self.palette = CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
         self._lut = np.full(256, IGNORE_INDEX, np.uint8)
         for i, lab in enumerate(self.labels):

@@ -24,13 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from eseg_cli.data import build_dataset, build_transforms
+from eseg_cli.data.check import check_batchable, check_dataset
 from eseg_cli.engine import checkpoint as ckpt_io
 from eseg_cli.engine import tensorboard
 from eseg_cli.engine.config import TrainConfig, as_config, validate, with_new_keys
 from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, cleanup, setup
+from eseg_cli.engine.ema import WeightEma
 from eseg_cli.engine.evaluator import evaluate_model
 from eseg_cli.engine.initialize import encoder_start, init_from_checkpoint, init_model_kwargs, read_init_source
 from eseg_cli.engine.losses import build_loss
@@ -41,6 +47,7 @@ from eseg_cli.events import Emitter, OnEvent, tee
 from eseg_cli.inference import runtime
 from eseg_cli.inference.precision import amp_dtype, autocast, precision_note, resolve_amp
 from eseg_cli.inference.prepare import compile_training
+from eseg_cli.models import create_model
 from eseg_cli.run import Run
 
 RUNS_DIR = Path("runs")  # where a run without a folder of its own goes (relative to the working directory)
@@ -70,8 +77,6 @@ def build_train_data(cfg: TrainConfig, norm: tuple | None = None):
     """Train and val datasets for ``cfg`` through eseg_cli.data (the synthetic default is generated on first use).
 
     ``norm`` is the model's input normalisation ``(mean, std)`` (ImageNet's when None)."""
-    from eseg_cli.data import build_dataset, build_transforms
-
     mean_std = dict(zip(("mean", "std"), norm)) if norm else {}
     train_tf = build_transforms(True, crop_size=tuple(cfg.crop_size), scale_range=tuple(cfg.scale_range),
                                 hflip=cfg.hflip, photometric=cfg.photometric, **mean_std)
@@ -85,8 +90,6 @@ def build_train_data(cfg: TrainConfig, norm: tuple | None = None):
 
 def _mix_sources(main, cfg: TrainConfig, train_tf):
     """The main training set and ``cfg.extra_data`` as one :class:`MixedDataset` (one shared transform)."""
-    from eseg_cli.data import build_dataset
-
     sources, names = [main], [f"{cfg.dataset}:{cfg.train_split}"]
     for i, src in enumerate(cfg.extra_data):
         ds = build_dataset(src["dataset"], src["root"], src["split"], transform=train_tf)
@@ -118,8 +121,6 @@ def check_train_data(cfg: TrainConfig, rt: Runtime, train_ds, val_ds, say: Calla
     ``val_batch_size``. With ``check_data``: every image/label pair is read (readability, sizes, label values;
     see :mod:`eseg_cli.data.check`), by rank 0 only, its verdict shared with the other processes.
     """
-    from eseg_cli.data.check import check_batchable, check_dataset
-
     ds_classes = getattr(train_ds, "num_classes", None)
     if cfg.num_classes and ds_classes and cfg.num_classes != ds_classes:
         raise EsegError(f"config 'num_classes' is {cfg.num_classes} but the {cfg.dataset} dataset has {ds_classes} "
@@ -169,8 +170,6 @@ def preload_training_set(train_ds, max_mb: int, say: Callable[[str], None]) -> N
 def build_train_model(cfg: TrainConfig, num_classes: int, weights=None, init: dict | None = None) -> nn.Module:
     """The model of ``cfg``; ``weights`` (from :func:`~eseg_cli.engine.initialize.encoder_start`) replace
     reading ``cfg.pretrained`` again; ``init`` (the ``init_from`` checkpoint) gives its architecture."""
-    from eseg_cli.models import create_model
-
     kw = init_model_kwargs(cfg, init) if init is not None else dict(cfg.model)
     if cfg.pretrained:
         kw["pretrained"] = weights or cfg.pretrained
@@ -484,8 +483,6 @@ class Trainer:
         if state is not None:
             runtime.load_weights(model, state["model"], f"checkpoint {self.run.last_checkpoint}")
         if rt.distributed and self.device.type == "cuda":
-            from timm.layers import convert_sync_batchnorm
-
             model = convert_sync_batchnorm(model)  # timm's keeps its fused BN+activation layers intact
             if rt.is_main:
                 n = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
@@ -500,8 +497,6 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = self.net = model
         if rt.distributed and not rt.xla:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.net = DistributedDataParallel(model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)
 
@@ -516,8 +511,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and dev.type == "cuda")
         self.ema = None
         if cfg.ema_decay:
-            from eseg_cli.engine.ema import WeightEma
-
             self.ema = WeightEma(self.model, cfg.ema_decay)
         self.criterion = build_loss(cfg.loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                                     ignore_index=self.ignore_index)
@@ -719,8 +712,6 @@ class Trainer:
 
             agreed = xm.mesh_reduce("eseg_stop", signum or 0, max)
         else:
-            import torch.distributed as dist
-
             flag = torch.tensor([signum or 0], device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             agreed = int(flag.item())
