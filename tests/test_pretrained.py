@@ -253,6 +253,7 @@ def test_training_from_tf_lite_weights_records_and_uses_their_normalisation(tmp_
     from eseg_cli import data as data_pkg
     from eseg_cli.data import synthetic
     from eseg_cli.engine import train
+    from eseg_cli.engine import trainer as trainer_module
     from eseg_cli.engine.evaluator import evaluate
 
     root = tmp_path / "syn"
@@ -267,7 +268,7 @@ def test_training_from_tf_lite_weights_records_and_uses_their_normalisation(tmp_
         seen.append((kw.get("mean"), kw.get("std")))
         return real(*a, **kw)
 
-    monkeypatch.setattr(data_pkg, "build_transforms", spy)
+    monkeypatch.setattr(trainer_module, "build_transforms", spy)  # the trainer's data pipeline
     run = tmp_path / "run"
     s = train(dict(dataset="synthetic", data_root=str(root), model=TINY, pretrained=str(weights), steps=1,
                    batch_size=2, crop_size=[64, 64], workers=0, eval_interval=1, ohem_min_kept=100),

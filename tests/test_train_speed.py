@@ -27,7 +27,7 @@ def tiny_cfg(**kw):
     # rounding-sized over the steps (OHEM's k-th value selection and Adam's first steps amplify them into jumps)
     cfg = dict(scale="lite-s", model=TINY, batch_size=2, steps=5, warmup_steps=1, log_interval=1, eval_interval=100,
                checkpoint_interval=100, workers=0, optimizer="sgd", lr=0.05, loss="ce", ema_decay=None,
-               clip_grad=None, channels_last=False, compile=False, amp=None)
+               clip_grad=None, channels_last=False, compile=False, amp="none")
     cfg.update(kw)
     return cfg
 
