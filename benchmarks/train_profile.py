@@ -91,6 +91,7 @@ def main() -> None:
             "calls_per_step": round(e.count / args.steps, 1)}
            for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
            if e.key not in PHASES][:args.top]
+    cfg = trainer.cfg  # amp auto decided
     print(f"{cfg.scale}, batch {cfg.batch_size} x {cfg.crop_size[0]}x{cfg.crop_size[1]}, channels_last "
           f"{cfg.channels_last}, compile {getattr(cfg, 'compile', False)}, amp {cfg.amp}, loss {cfg.loss}, "
           f"{torch.get_num_threads()} threads: {images / total:.1f} images/s over {args.steps} steps")
