@@ -318,9 +318,15 @@ def _extra_data_claims() -> list[Claim]:
                   "Mapillary + Cityscapes coarse pseudo-labels", round(float(s["miou_extra"] - s["miou"]), 1))]
 
 
+def _pretraining_claims() -> list[Claim]:
+    return [Claim("pretrained:pretrained>scratch", "pretrained", "ImageNet-pretrained encoder > from scratch",
+                  "pretrained", "scratch", "every model of the paper starts from an ImageNet-pretrained encoder "
+                  "(no from-scratch number)")]
+
+
 def claims() -> list[Claim]:
-    """Every claim the report checks: Table 8, the level range, the fusion modes and extra data."""
-    return _table8_claims() + _level_claims() + _fusion_claims() + _extra_data_claims()
+    """Every claim the report checks: Table 8, the level range, the fusion modes, extra data and pretraining."""
+    return _table8_claims() + _level_claims() + _fusion_claims() + _extra_data_claims() + _pretraining_claims()
 
 
 def describe_group(group: list[dict]) -> str:
