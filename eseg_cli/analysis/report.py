@@ -180,6 +180,8 @@ def make_measurer(measure_missing: bool = True, ablate_rows: list[dict] | None =
     ``measure_missing``) by measuring; None when it may not measure and nothing is cached."""
     by_cfg = {}
     for r in ablate_rows or []:
+        if not {"model", "resolution", "num_classes"} <= r.keys():  # self-training rows: no FLOPs measured
+            continue
         by_cfg[json.dumps([r["model"], r.get("model_kwargs", {}), r["resolution"], r["num_classes"]],
                           sort_keys=True)] = r
 
