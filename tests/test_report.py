@@ -285,3 +285,27 @@ def test_the_header_says_when_the_ranking_changed_at_the_last_validation(tmp_pat
             r["prev_miou"] = 70.0  # ranked first at step 1250, last at the end
     group = report.evidence_group(rows, "decoder")
     assert report.measured_header(group).endswith("ranking differs at step 1250")
+
+
+def test_self_training_rows_fill_their_claims_beside_the_ablations(tmp_path):
+    """Rows as benchmarks/selftrain.py writes them (no model or FLOPs; options describe the data) are read with the
+    ablation rows: the extra-data and pretraining claims get their paired difference and verdict."""
+    folder = tmp_path / "selftrain"
+    folder.mkdir()
+    train = {"steps": 1500, "dataset": "synthetic", "recipe": "r.yaml", "protocol": "selftrain v1",
+             "protocol_steps": 1500, "overrides": None}
+    values = {("selftrain", "teacher"): [40.0, 42.0, 41.0], ("selftrain", "student"): [40.9, 43.0, 42.1],
+              ("pretrained", "pretrained"): [50.0, 49.0, 51.0], ("pretrained", "scratch"): [51.0, 50.5, 52.5]}
+    with open(folder / "results.jsonl", "w") as f:
+        for (ablation, cell), vals in values.items():
+            for seed, v in enumerate(vals):
+                f.write(json.dumps({"ablation": ablation, "cell": cell, "seed": seed, "final_miou": v,
+                                    "options": {"scale": "eseg-lite-s", "labelled": 50}, "train": train,
+                                    "finished_at": "2026-12-05T12:00:00Z"}) + "\n")
+    t = report.build_tables([fake_results(tmp_path / "abl"), folder], measure_missing=False)["claims"]
+    t = t.set_index("A - B")
+    st = t.loc["student - teacher"]
+    assert st["Verdict"] == "holds" and st["Δ mIoU (A - B)"] == pytest.approx(1.0) and st["Seeds"] == 3
+    assert st["Measured on"] == "synthetic proxy (selftrain v1), 3 seeds, 1500 steps, ESeg-Lite-S"
+    assert t.loc["pretrained - scratch", "Verdict"] == "reversed"
+    assert t.loc["b1-bifpn - b1-deeplab-os16", "Verdict"] == "holds"  # the ablation rows are still read
