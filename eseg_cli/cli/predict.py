@@ -166,8 +166,7 @@ def export_cmd(
     format_: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="onnx, torchscript or pt2."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (model.onnx, model.ts, model.pt2)."),
     sizes: str = typer.Option("512x1024,360x500", "--check-sizes",
-                              help="Two HxW sizes the export is checked at against PyTorch (pt2: the first is "
-                                   "its fixed size)."),
+                              help="HxW sizes the export is checked at against PyTorch (at least 32x32)."),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
@@ -177,8 +176,8 @@ def export_cmd(
     """Export the prepared (folded) model; then check it against PyTorch at two sizes.
 
     Input: float32 NCHW normalised as in training (mean/std, class names and palette are in the file's
-    metadata); dynamic batch, height and width; output: logits at the input size. Fails if the argmax
-    agrees with PyTorch on less than 99.9% of pixels.
+    metadata); dynamic batch, height and width (pt2: 32 to 8192 per side); output: logits at the input size.
+    Fails if the argmax agrees with PyTorch on less than 99.9% of pixels.
 
     Examples:
 

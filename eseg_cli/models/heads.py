@@ -66,6 +66,6 @@ def upsample_or_broadcast(f: torch.Tensor, size) -> torch.Tensor:
     so the CPU kernel wrote its output NCHW and every channels_last consumer then converted it (the top levels
     are 1x1 at the synthetic recipe's 256x256 crops; 13% of an ESeg-Lite-S training step).
     """
-    if f.shape[-2:] == (1, 1):
+    if not torch.compiler.is_exporting() and f.shape[-2:] == (1, 1):  # torch.export: one graph for every size
         return f
     return F.interpolate(f, size=size, mode="bilinear", align_corners=False)

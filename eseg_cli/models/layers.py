@@ -85,3 +85,21 @@ def resize_to(x: torch.Tensor, size: tuple[int, int], *, up_mode: str = "nearest
     if up_mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     return F.interpolate(x, size=size, mode=up_mode, align_corners=False)
+
+
+def resize_by_level(x: torch.Tensor, size: tuple[int, int], step: int) -> torch.Tensor:
+    """:func:`resize_to` for a source ``step`` pyramid levels above (coarser, ``step > 0``) or one below
+    (``step == -1``) the target, the direction taken from the levels instead of a comparison of sizes.
+
+    For ``torch.export``, where sizes are symbolic: comparing two levels' sizes adds a guard ("P9 is not the size
+    of P8") that holds for some input sizes only. It computes what :func:`resize_to` computes wherever each level
+    is ceil(half) the one below (strided convs and :func:`~eseg_cli.models.bifpn.avg_pool2x` make it so): where
+    two levels are both 1x1, nearest upsampling and the 3x3/2 max pool are identities there too.
+    """
+    if step == 0:
+        return x
+    if step > 0:
+        return F.interpolate(x, size=size, mode="nearest")
+    if step == -1:
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    raise EsegError(f"a fusion input {-step} levels below its node cannot be resampled by level; only one")
