@@ -353,3 +353,32 @@ def test_predict_reports_progress_through_events(run_dir, images, tmp_path, one_
     assert [(e.kind, e.step) for e in events] == [("start", 0), ("advance", 1), ("advance", 2), ("advance", 3),
                                                   ("end", 3)]
     assert {e.task for e in events} == {"video"} and {e.item for e in events} == {"clip.mp4"}
+
+
+# ------------------------------------------------------------------------------------------- bf16 support line
+
+@pytest.mark.parametrize("avx512_bf16, amx, needle", [
+    (True, False, "with AVX512-BF16: predicting in float32; --amp bf16 runs natively here"),
+    (True, True, "with AVX512-BF16 + AMX: predicting in float32"),
+    (False, False, "without AVX512-BF16 or AMX: predicting in float32 (bf16 would be emulated"),
+])
+def test_predict_and_profile_name_the_bf16_support_found(avx512_bf16, amx, needle, run_dir, images, tmp_path,
+                                                         monkeypatch, one_thread):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    capability = torch.backends.cpu.get_cpu_capability()
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "out", "--device", "cpu")
+    assert res.exit_code == 0 and f"CPU: {capability} {needle}" in res.output.replace("\n", " "), res.output
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "j", "--device", "cpu", "--json")
+    summary = json.loads(res.stdout)
+    assert summary["cpu_bf16"] == {"capability": capability, "avx512_bf16": avx512_bf16, "amx_bf16": amx,
+                                   "native": avx512_bf16 or amx}
+    res = invoke("profile", "-s", "lite-s", "-r", "64x64", "--no-flops", "--runs", "1", "--warmup", "0",
+                 "--device", "cpu", "--json")
+    prof = json.loads(res.stdout)
+    assert prof["cpu_bf16"]["avx512_bf16"] == avx512_bf16 and prof["cpu_bf16"]["amx_bf16"] == amx
+    assert needle.replace("predicting", "timing") in prof["precision_note"]
+    if not (avx512_bf16 or amx):  # asking for bf16 there is warned about
+        res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "w", "--device", "cpu",
+                     "--amp", "bf16")
+        assert res.exit_code == 0 and "Warning: CPU:" in res.output and "emulated" in res.output, res.output

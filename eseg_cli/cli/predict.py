@@ -95,13 +95,19 @@ def predict_cmd(
             predictor = OnnxPredictor(onnx, threads=threads)
         else:
             from eseg_cli.inference import Predictor
+            from eseg_cli.inference.precision import cpu_bf16_support, precision_note
 
             predictor = Predictor(checkpoint, device=device, compile=compile_, amp=value(amp),
                                   use_ema=not no_ema)
+            note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
+            if note and not json_out:
+                err_console.print(note if note.startswith("Warning") else f"[dim]{note}[/]")
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
     if json_out:
+        if onnx is None and note:
+            summary.update(precision_note=note, cpu_bf16=cpu_bf16_support())
         print_json(summary)
         return
     t = Table(title=f"eseg predict — {summary['model']}")
