@@ -382,3 +382,50 @@ def test_predict_and_profile_name_the_bf16_support_found(avx512_bf16, amx, needl
         res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "w", "--device", "cpu",
                      "--amp", "bf16")
         assert res.exit_code == 0 and "Warning: CPU:" in res.output and "emulated" in res.output, res.output
+
+
+# ------------------------------------------------------------------------------------------- predict --compile
+
+@pytest.fixture()
+def mixed_sizes(tmp_path) -> Path:
+    """Three images of three sizes whose pyramids differ at the top (P9 1x1, 2x1; P8 2x2, 3x2, 2x2), all on one
+    side of torch's batch-1 convolution heuristic (see ``compile_inference``) for the tiny model."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for name, (h, w) in {"a": (510, 500), "b": (515, 500), "c": (470, 480)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"{name}.png")
+    return src
+
+
+def _predict_compiled_counting_graphs(run_dir, images, out):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    res = invoke("predict", "-c", run_dir, images, "--out", out, "--compile", "--device", "cpu", "--batch-size", "1",
+                 "--no-overlay", "--json")
+    assert res.exit_code == 0, res.output
+    return counters["stats"]["unique_graphs"] - before
+
+
+def _labels_match_eager(run_dir, images, out):
+    p = Predictor(run_dir, device="cpu")
+    for src in sorted(images.glob("*.png")):
+        assert (np.array(Image.open(out / src.name)) == p.predict(src)).mean() > 0.999
+
+
+def test_predict_compile_traces_one_graph_for_mixed_sizes(run_dir, mixed_sizes, tmp_path, monkeypatch, one_thread):
+    """dynamo's tracing (where every guard, hence every recompilation, comes from) through dynamo's eager backend:
+    the model's size comparisons would each add one; with symbolic sizes it resamples by level instead."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
+    assert _predict_compiled_counting_graphs(run_dir, mixed_sizes, tmp_path / "out") == 1
+    _labels_match_eager(run_dir, mixed_sizes, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_predict_compile_compiles_once_for_mixed_sizes(run_dir, mixed_sizes, tmp_path, one_thread):
+    """The same through inductor, as `predict --compile` runs (minutes on 2 busy cores)."""
+    assert _predict_compiled_counting_graphs(run_dir, mixed_sizes, tmp_path / "out") == 1
+    _labels_match_eager(run_dir, mixed_sizes, tmp_path / "out")

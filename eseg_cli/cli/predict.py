@@ -54,8 +54,9 @@ def predict_cmd(
     amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False,
                                        help="Autocast: bf16 or fp16 (not exact). --compile --amp bf16 is the "
                                             "fastest path on CPUs with AVX512-BF16 or AMX and on GPUs."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing: "
-                                  "the fastest exact path; each new image size compiles once, tens of seconds)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing, "
+                                  "exact): one graph for images of any size, compiled at the first image (a minute "
+                                  "or more on a few cores)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
@@ -97,7 +98,7 @@ def predict_cmd(
             from eseg_cli.inference import Predictor
             from eseg_cli.inference.precision import cpu_bf16_support, precision_note
 
-            predictor = Predictor(checkpoint, device=device, compile=compile_, amp=value(amp),
+            predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=True, amp=value(amp),
                                   use_ema=not no_ema)
             note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
             if note and not json_out:

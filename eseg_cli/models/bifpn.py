@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
-from eseg_cli.models.layers import ConvBN, SeparableConv, make_act, resize_by_level, resize_to
+from eseg_cli.models.layers import ConvBN, SeparableConv, make_act, resize_by_level, resize_to, traced_for_inference
 
 FUSION_MODES = ("fastattn", "softmax", "sum")
 
@@ -112,8 +112,8 @@ class FusionNode(nn.Module):
         self.conv = SeparableConv(channels, channels, 3, norm=norm)
 
     def forward(self, feats: list[torch.Tensor], target_size: tuple[int, int]) -> torch.Tensor:
-        if self.input_levels is not None and torch.compiler.is_exporting():
-            # torch.export: symbolic sizes; the levels say which way to resample (the same numbers at any size)
+        if self.input_levels is not None and traced_for_inference(self):
+            # one graph for every size (export, dynamic compile): the levels say which way to resample
             xs = [resize_by_level(feats[i], target_size, lv - self.level)
                   for i, lv in zip(self.inputs, self.input_levels)]
         else:
