@@ -152,6 +152,14 @@ def _pt2_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, st
     return buf.getvalue()
 
 
+def runtime_padding_layers(model: torch.nn.Module) -> list[str]:
+    """timm's TF-"SAME" layers in ``model`` (``Conv2dSame``, ``MaxPool2dSame``, ...): they pad by an amount computed
+    with ``math.ceil`` from the input size at run time, which a pt2 program with dynamic sizes cannot hold
+    (``torch.export.save`` fails: "op <built-in function ceil> is not in _SYM_OPS")."""
+    return sorted({type(m).__name__ for m in model.modules()
+                   if type(m).__module__.startswith("timm.layers") and type(m).__name__.endswith("Same")})
+
+
 def load_exported(path: str | Path, fmt: str | None = None):
     """A callable ``f(x: np.ndarray float32 NCHW) -> np.ndarray logits`` for an exported file."""
     path = Path(path)
@@ -241,6 +249,11 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
         raise EsegError(f"check sizes must be at least 32x32, got {sizes}")
     predictor = Predictor(checkpoint, device="cpu", channels_last=False, use_ema=use_ema)
     model = predictor.model
+    same = runtime_padding_layers(model) if fmt == "pt2" else []
+    if same:
+        raise EsegError(f"pt2 cannot hold this model's {', '.join(same)} (timm's TF 'SAME' padding, computed with "
+                        "math.ceil from the input size at run time, which torch.export cannot save with dynamic "
+                        "height and width); use --format onnx or torchscript")
     example = torch.zeros(1, 3, *TRACE_SIZE)
     meta = metadata(predictor)
     if fmt == "onnx":
