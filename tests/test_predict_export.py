@@ -388,8 +388,8 @@ def test_predict_and_profile_name_the_bf16_support_found(avx512_bf16, amx, needl
 
 @pytest.fixture()
 def mixed_sizes(tmp_path) -> Path:
-    """Three images of three sizes whose pyramids differ at the top (P9 1x1, 2x1; P8 2x2, 3x2, 2x2), all on one
-    side of torch's batch-1 convolution heuristic (see ``compile_inference``) for the tiny model."""
+    """Three images of three sizes whose pyramids differ at the top (P9 1x1, 2x1; P8 2x2, 3x2, 2x2), all over 256
+    pixels high (see ``compile_inference``: images up to 256 high compile a graph of their own)."""
     rng = np.random.default_rng(0)
     src = tmp_path / "mixed"
     src.mkdir()

@@ -55,8 +55,8 @@ def predict_cmd(
                                        help="Autocast: bf16 or fp16 (not exact). --compile --amp bf16 is the "
                                             "fastest path on CPUs with AVX512-BF16 or AMX and on GPUs."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing, "
-                                  "exact): one graph for images of any size, compiled at the first image (a minute "
-                                  "or more on a few cores)."),
+                                  "exact): one graph for images of mixed sizes (another for images at most 256 "
+                                  "pixels high), compiled at the first image (minutes on a few cores)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
