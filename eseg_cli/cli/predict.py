@@ -101,8 +101,6 @@ def predict_cmd(
             predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=True, amp=value(amp),
                                   use_ema=not no_ema)
             note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
-            if note and not json_out:
-                err_console.print(note if note.startswith("Warning") else f"[dim]{note}[/]")
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
@@ -130,6 +128,8 @@ def predict_cmd(
         console.print(h)
     kinds = ", ".join(summary.get("files_per_image", [])) or "overlay videos"
     console.print(f"[dim]written to {out}: per image {kinds}[/]")
+    if onnx is None and note:
+        console.print(note if note.startswith("Warning") else f"[dim]{note}[/]")
 
 
 def _predict_all(predictor, images, videos, out: Path, quiet: bool, *, alpha: float, overwrite: bool,
