@@ -176,12 +176,12 @@ def evaluate_onnx(path: str | Path, *, dataset: str | None = None, data_root: st
     predictor = OnnxPredictor(path, threads, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip)
     meta = predictor.metadata
     if mode == "slide" and crop is None:
-        raise EsegError("slide mode needs --crop HxW for an ONNX file (it does not record the run's training crop)",
-                        field="crop")
+        raise EsegError("slide mode needs a crop size ('crop', HxW) for an ONNX file (it does not record the run's "
+                        "training crop)", field="crop")
     recorded = "dataset" in predictor.session.get_modelmeta().custom_metadata_map
     if dataset is None and not meta["dataset"]:
         raise EsegError(f"{path} records no dataset (exported by an older eseg, or from a bare model): give "
-                        "--dataset (and --data-root)", field="dataset")
+                        "'dataset' (and 'data_root')", field=("dataset", "data_root"))
     dataset = dataset or meta["dataset"]
     if data_root is None and dataset == meta["dataset"]:
         data_root = meta["data_root"]

@@ -146,7 +146,7 @@ def _pt2_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, st
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         guard = next((ln for ln in lines if "guard" in ln.lower()), lines[0] if lines else type(e).__name__)
         raise EsegError(f"torch.export could not export this model with dynamic height and width "
-                        f"({guard[:300]}); use --format onnx or torchscript") from None
+                        f"({guard[:300]}); use 'format' onnx or torchscript", field="format") from None
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={"eseg.json": json.dumps(meta)})
     return buf.getvalue()
@@ -253,7 +253,7 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
     if same:
         raise EsegError(f"pt2 cannot hold this model's {', '.join(same)} (timm's TF 'SAME' padding, computed with "
                         "math.ceil from the input size at run time, which torch.export cannot save with dynamic "
-                        "height and width); use --format onnx or torchscript")
+                        "height and width); use 'format' onnx or torchscript", field="format")
     example = torch.zeros(1, 3, *TRACE_SIZE)
     meta = metadata(predictor)
     if fmt == "onnx":

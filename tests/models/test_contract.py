@@ -177,7 +177,7 @@ class TestModelContract:
 
         model = randomize(case.build())
         if runtime_padding_layers(model):  # timm's TF "SAME" padding: refused at once, naming the layers
-            with pytest.raises(EsegError, match="Same.*--format onnx or torchscript"):
+            with pytest.raises(EsegError, match="Same.*'format' onnx or torchscript"):
                 export_model(model, "pt2", tmp_path / "model.pt2", sizes=((64, 96), (37, 53)))
             return
         result = export_model(model, "pt2", tmp_path / "model.pt2", sizes=((64, 96), (37, 53)))
