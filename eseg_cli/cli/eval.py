@@ -1,4 +1,4 @@
-"""``eseg eval``: metrics of a checkpoint (or of saved prediction PNGs) on a dataset split."""
+"""``eseg eval``: metrics of a checkpoint, an exported ONNX file, or saved prediction PNGs on a dataset split."""
 
 from __future__ import annotations
 
