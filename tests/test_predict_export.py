@@ -406,6 +406,7 @@ def _predict_compiled_counting_graphs(run_dir, images, out):
     res = invoke("predict", "-c", run_dir, images, "--out", out, "--compile", "--device", "cpu", "--batch-size", "1",
                  "--no-overlay", "--json")
     assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["compile"] == "dynamic"
     return counters["stats"]["unique_graphs"] - before
 
 
@@ -429,3 +430,17 @@ def test_predict_compile_compiles_once_for_mixed_sizes(run_dir, mixed_sizes, tmp
     """The same through inductor, as `predict --compile` runs (minutes on 2 busy cores)."""
     assert _predict_compiled_counting_graphs(run_dir, mixed_sizes, tmp_path / "out") == 1
     _labels_match_eager(run_dir, mixed_sizes, tmp_path / "out")
+
+
+def test_predict_compile_is_static_for_one_size_dynamic_for_mixed(images, mixed_sizes, tmp_path):
+    from eseg_cli.inference.files import mixed_sizes as is_mixed
+
+    same = sorted((images / "sub").glob("*"))  # b.jpg and c.png, both 40x64
+    assert not is_mixed(same, []) and is_mixed(sorted(mixed_sizes.glob("*.png")), [])
+    assert is_mixed([images / "a.png", same[0]], [])  # 37x53 beside 40x64
+    assert is_mixed(same, [tmp_path / "clip.mp4"])  # a video's frames: another size, unread
+    rotated = tmp_path / "rotated.jpg"  # stored 64 high x 40 wide, shown 40 x 64 as the others: one size
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    Image.new("RGB", (40, 64)).save(rotated, exif=exif)
+    assert not is_mixed(same + [rotated], [])

@@ -55,8 +55,9 @@ def predict_cmd(
                                        help="Autocast: bf16 or fp16 (not exact). --compile --amp bf16 is the "
                                             "fastest path on CPUs with AVX512-BF16 or AMX and on GPUs."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing, "
-                                  "exact): one graph for images of mixed sizes (another for images at most 256 "
-                                  "pixels high), compiled at the first image (minutes on a few cores)."),
+                                  "exact), at the first image (a minute or more on a few cores): inputs of one "
+                                  "size get a static graph, mixed sizes one graph for all (another for images at "
+                                  "most 256 pixels high)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
@@ -75,7 +76,7 @@ def predict_cmd(
       [cyan]eseg predict -c runs/<run> frames/ --out preds/ --compile --amp bf16[/]   fastest, not exact
     """
     from eseg_cli.errors import EsegError
-    from eseg_cli.inference.files import collect_inputs, plan_outputs
+    from eseg_cli.inference.files import collect_inputs, mixed_sizes, plan_outputs
     from eseg_cli.utils import check_output_apart, output_lock
 
     if (checkpoint is None) == (onnx is None):
@@ -98,12 +99,15 @@ def predict_cmd(
             from eseg_cli.inference import Predictor
             from eseg_cli.inference.precision import cpu_bf16_support, precision_note
 
-            predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=True, amp=value(amp),
-                                  use_ema=not no_ema)
+            dynamic = compile_ and mixed_sizes([p for p, _ in images], videos)  # else faster static graphs
+            predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=dynamic,
+                                  amp=value(amp), use_ema=not no_ema)
             note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
+    if onnx is None and compile_:
+        summary["compile"] = "dynamic" if predictor.model.prepared["compile_dynamic"] else "static"
     if json_out:
         if onnx is None and note:
             summary.update(precision_note=note, cpu_bf16=cpu_bf16_support())
