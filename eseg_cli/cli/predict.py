@@ -56,8 +56,8 @@ def predict_cmd(
                                             "fastest path on CPUs with AVX512-BF16 or AMX and on GPUs."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing, "
                                   "exact), at the first image (a minute or more on a few cores): inputs of one "
-                                  "size get a static graph, mixed sizes one graph for all (another for images at "
-                                  "most 256 pixels high)."),
+                                  "size get a static graph, mixed sizes one graph per range of heights and widths "
+                                  "(e.g. 257 to 512)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),

@@ -44,7 +44,7 @@ def mixed_sizes(images: list[Path], videos: list[Path]) -> bool:
     a file whose header cannot be read is left out: reading it later says why). Videos count as another size
     beside images or beside another video (their frame size is not read here).
 
-    ``predict --compile`` compiles one graph with symbolic sizes for mixed sizes; for one size a static graph
+    ``predict --compile`` compiles graphs with symbolic sizes for mixed sizes; for one size a static graph
     compiles about 4x faster and runs about 1.5x faster (reports/benchmarks/README.md)."""
     if videos and (images or len(videos) > 1):
         return True

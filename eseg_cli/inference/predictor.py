@@ -182,8 +182,8 @@ class Predictor(BasePredictor):
         fold: fold batch norm and freeze the fusion weights (exact; default on).
         channels_last: ``None`` picks the faster layout for the device.
         compile: ``torch.compile`` the prepared model (first call per image size compiles).
-        compile_dynamic: with ``compile``, one graph with symbolic sizes for images of every size (what
-            ``eseg predict --compile`` uses for folders of mixed sizes).
+        compile_dynamic: with ``compile``, graphs with symbolic sizes, each for a range of image sizes (what
+            ``eseg predict --compile`` uses for folders of mixed sizes; see ``compile_inference``).
         amp: ``None`` (fp32, exact), ``"bf16"`` or ``"fp16"`` autocast.
         use_ema: use the checkpoint's EMA weights when it has them.
         mean, std: override the normalisation (0..1 pixel units); default: the checkpoint's.

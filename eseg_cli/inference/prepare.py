@@ -95,12 +95,14 @@ def compile_inference(model: nn.Module, dynamic: bool = False) -> nn.Module:
     Inductor's *freezing* is on: the weights become constants, so on CPU every convolution gets oneDNN's
     pre-packed weights with its activation (and residual add) fused in, and on CUDA constant folding
     removes the weight-side work. It requires that the weights never change afterwards, which holds for a
-    prepared model. ``dynamic``: one graph with symbolic height and width serves images of every size (the model
+    prepared model. ``dynamic``: a graph with symbolic height and width serves images of many sizes (the model
     then resamples by pyramid level, see ``models.layers.traced_for_inference``); otherwise each new size
-    compiles again. Torch still guards on one thing of its own: at the pyramid's top a map one pixel high is both
-    NCHW- and NHWC-contiguous, and its convolution guards on which layout it gets, so images up to 256 pixels
-    high compile a graph of their own (measured on the quick-start ESeg-Lite-S: one graph for 256x512 and
-    240x480, one for every size from 300x400 to 1024x2048).
+    compiles again. Torch still guards on one thing of its own, in the re-trace inductor runs: at the pyramid's
+    top a map one pixel high (or wide) is both NCHW- and NHWC-contiguous, and its convolution's layout choice
+    guards on it, so one graph holds for a range of heights and one of widths (measured on the tiny test
+    model: ``257 <= h <= 512`` for a graph first compiled at 510x500, and the same for the width) and a size
+    outside them compiles another (on the quick-start ESeg-Lite-S: one graph for 256x512 and 240x480, one for
+    300x400 and 360x500).
     """
     for name in ("forward_logits", "forward"):
         if callable(getattr(model, name, None)):
@@ -172,7 +174,7 @@ def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold:
         fold: fold batch norm and freeze the fusion weights (exact; on by default).
         channels_last: ``None`` picks the faster layout for the device.
         compile: :func:`compile_inference` (the first call compiles).
-        compile_dynamic: compile one graph for every input size, not one per size.
+        compile_dynamic: compile graphs with symbolic sizes (one per range of sizes), not one per size.
         copy_model: leave ``model`` untouched (``False`` prepares it in place).
 
     The returned module keeps the model's interface (``forward`` gives logits at the input size) and
