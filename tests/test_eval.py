@@ -131,3 +131,104 @@ def test_train_eval_save_and_rescore_cli(syn, tmp_path):
     assert "mIoU" in r.output
     assert json.loads((run / "eval_slide.json").read_text())["mode"] == "slide"
     assert json.loads((run / "eval_whole.json").read_text())["mode"] == "whole"
+
+
+# ------------------------------------------------------------------------------------------- eval --onnx (issue 21)
+
+@pytest.fixture(scope="module")
+def syn_run(syn, tmp_path_factory):
+    """A tiny ESeg-Lite checkpoint recording the synthetic set ``syn`` as its dataset, and its ONNX export."""
+    from eseg_cli.engine.checkpoint import save_checkpoint
+    from eseg_cli.inference.export import export_model
+
+    torch.manual_seed(0)
+    model = build_model("lite-s", num_classes=19, width=0.25, depth=0.25, channels=16, repeats=1).eval()
+    with torch.no_grad():  # road, building, vegetation and sky close, the pixels deciding: some right, some wrong
+        bias = torch.full((19,), -5.0)
+        bias[[0, 2, 8, 10]] = torch.tensor([0.3, 0.0, 0.1, 0.2])
+        model.head.classifier[1].bias.copy_(bias)
+        model.head.classifier[1].weight.mul_(50)
+    run = tmp_path_factory.mktemp("onnx-run")
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config, "step": 1, "classes": None,
+                     "config": {"dataset": "synthetic", "data_root": str(syn)}}, run / "checkpoints" / "best.pt")
+    export_model(run, "onnx", run / "model.onnx", sizes=((64, 128), (45, 77)))
+    return run
+
+
+@pytest.mark.parametrize("mode_args", [["--mode", "whole"], ["--mode", "slide", "--crop", "48x64"],
+                                       ["--mode", "msflip", "--scales", "0.75,1.25"]])
+def test_eval_onnx_scores_as_pytorch(mode_args, syn_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+    r = CliRunner().invoke(app, ["eval", "-c", str(syn_run), "--workers", "0", "--json", "--out",
+                                 str(tmp_path / "pt"), *mode_args])
+    assert r.exit_code == 0, r.output
+    pt = json.loads(r.stdout)
+    # no --dataset: the file records the run's dataset and root
+    r = CliRunner().invoke(app, ["eval", "--onnx", str(syn_run / "model.onnx"), "--workers", "0", "--json",
+                                 *mode_args])
+    assert r.exit_code == 0, r.output
+    ox = json.loads(r.stdout)
+    assert ox["dataset"] == "synthetic" and ox["images"] == pt["images"] == 3 and ox["mode"] == pt["mode"]
+    assert pt["mIoU"] > 1.0 and pt["pixAcc"] < 100.0  # some pixels right, some wrong
+    for k in ("mIoU", "pixAcc", "mAcc", "fwIoU"):
+        assert ox[k] == pytest.approx(pt[k], abs=0.01), k
+    assert ox["quantized_ops"] == {} and ox["onnx_metadata"] == {}
+    assert (syn_run / "model_eval" / f"eval_{ox['mode']}.json").is_file()  # beside the file, not the run's own
+
+
+def test_eval_onnx_of_an_int8_file_reports_its_quantisation(syn_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    q = tmp_path / "int8.onnx"
+    quantize_dynamic(str(syn_run / "model.onnx"), str(q), weight_type=QuantType.QUInt8)
+    proto = onnx.load(str(q))
+    if not any(p.key == "num_classes" for p in proto.metadata_props):  # the quantiser may drop the metadata
+        src = onnx.load(str(syn_run / "model.onnx"))
+        proto.metadata_props.extend(src.metadata_props)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "int8", "dynamic uint8 weights (onnxruntime quantize_dynamic)"
+    onnx.save(proto, str(q))
+    r = CliRunner().invoke(app, ["eval", "--onnx", str(q), "--workers", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["quantized_ops"].get("ConvInteger", 0) > 0 and 0 <= m["mIoU"] <= 100
+    assert m["onnx_metadata"]["int8"] == "dynamic uint8 weights (onnxruntime quantize_dynamic)"
+    r = CliRunner().invoke(app, ["eval", "--onnx", str(q), "--workers", "0", "--yes"])  # the table names them
+    assert r.exit_code == 0 and "ConvInteger" in r.output and "metadata int8: dynamic uint8" in r.output, r.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--amp", "bf16"], "--amp"),
+    (["--no-ema"], "--no-ema"),
+    (["--mode", "slide"], "--crop"),
+    (["--dataset", "ade20k"], "--data-root"),  # another dataset: not the recorded root
+])
+def test_eval_onnx_refuses_what_it_cannot_do(args, needle, syn_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+    r = CliRunner().invoke(app, ["eval", "--onnx", str(syn_run / "model.onnx"), "--workers", "0", "--out",
+                                 str(tmp_path / "o"), *args])
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 2 and "Traceback" not in r.output and len(errors) == 1, r.output
+    assert needle in errors[0], r.output
+
+
+def test_eval_onnx_without_a_recorded_dataset_asks_for_one(syn_run, syn, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'eseg[deploy]'")
+    import onnx
+
+    proto = onnx.load(str(syn_run / "model.onnx"))  # as an older export wrote it: no dataset keys
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in ("dataset", "data_root", "val_resize")]
+    del proto.metadata_props[:]
+    for k, v in keep:
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+    old = tmp_path / "old.onnx"
+    onnx.save(proto, str(old))
+    r = CliRunner().invoke(app, ["eval", "--onnx", str(old), "--workers", "0"])
+    assert r.exit_code == 2 and "--dataset" in r.output and "old.onnx" in r.output, r.output
+    r = CliRunner().invoke(app, ["eval", "--onnx", str(old), "--workers", "0", "-d", "synthetic", "--data-root",
+                                 str(syn), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["metadata_records_dataset"] is False

@@ -289,16 +289,17 @@ def test_export_matches_pytorch_at_two_sizes(fmt, suffix, run_dir, tmp_path, one
     out = tmp_path / f"model{suffix}"
     res = invoke("export", "-c", run_dir, "--format", fmt, "--out", out, "--check-sizes", SIZES, "--json")
     assert res.exit_code == 0, res.output
-    checks = json.loads(res.stdout)["checks"]
-    assert len(checks) == 2 and all(c["argmax_agreement"] >= 0.999 and c["max_abs_diff"] < 1e-3 for c in checks)
+    result = json.loads(res.stdout)
+    checks = result["checks"]
+    assert [c["size"] for c in checks][:2] == ["96x160", "75x101"] and result["dynamic"] == "batch, height, width"
+    assert all(c["argmax_agreement"] >= 0.999 and c["max_abs_diff"] < 1e-3 for c in checks)
     meta = read_metadata(out)
     assert json.loads(meta["class_names"])[0] == "road" and len(json.loads(meta["palette"])) == 19
     assert json.loads(meta["mean"]) == pytest.approx([0.485, 0.456, 0.406])
-    # run it here too, at sizes it was not traced at (ONNX/TorchScript: any size and batch)
+    # run it here too, at sizes it was not traced at (every format: any size and batch; pt2 from 32 per side)
     p = Predictor(run_dir, device="cpu", channels_last=False)
     run = load_exported(out)
-    sizes = [(2, 96, 160)] if fmt == "pt2" else [(2, 96, 160), (1, 75, 101), (1, 600, 300)]
-    for b, h, w in sizes:
+    for b, h, w in [(2, 96, 160), (1, 75, 101), (1, 600, 300), (3, 33, 47)]:
         x = torch.randn(b, 3, h, w)
         np.testing.assert_allclose(run(x.numpy()), p.logits(x).numpy(), atol=1e-4, rtol=1e-4)
     # a second export to the same file asks first
@@ -352,3 +353,99 @@ def test_predict_reports_progress_through_events(run_dir, images, tmp_path, one_
     assert [(e.kind, e.step) for e in events] == [("start", 0), ("advance", 1), ("advance", 2), ("advance", 3),
                                                   ("end", 3)]
     assert {e.task for e in events} == {"video"} and {e.item for e in events} == {"clip.mp4"}
+
+
+# ------------------------------------------------------------------------------------------- bf16 support line
+
+@pytest.mark.parametrize("avx512_bf16, amx, needle", [
+    (True, False, "with AVX512-BF16: predicting in float32; --amp bf16 runs natively here"),
+    (True, True, "with AVX512-BF16 + AMX: predicting in float32"),
+    (False, False, "without AVX512-BF16 or AMX: predicting in float32 (bf16 would be emulated"),
+])
+def test_predict_and_profile_name_the_bf16_support_found(avx512_bf16, amx, needle, run_dir, images, tmp_path,
+                                                         monkeypatch, one_thread):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    capability = torch.backends.cpu.get_cpu_capability()
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "out", "--device", "cpu")
+    assert res.exit_code == 0 and f"CPU: {capability} {needle}" in res.output.replace("\n", " "), res.output
+    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "j", "--device", "cpu", "--json")
+    summary = json.loads(res.stdout)
+    assert summary["cpu_bf16"] == {"capability": capability, "avx512_bf16": avx512_bf16, "amx_bf16": amx,
+                                   "native": avx512_bf16 or amx}
+    res = invoke("profile", "-s", "lite-s", "-r", "64x64", "--no-flops", "--runs", "1", "--warmup", "0",
+                 "--device", "cpu", "--json")
+    prof = json.loads(res.stdout)
+    assert prof["cpu_bf16"]["avx512_bf16"] == avx512_bf16 and prof["cpu_bf16"]["amx_bf16"] == amx
+    assert needle.replace("predicting", "timing") in prof["precision_note"]
+    if not (avx512_bf16 or amx):  # asking for bf16 there is warned about
+        res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "w", "--device", "cpu",
+                     "--amp", "bf16")
+        assert res.exit_code == 0 and "Warning: CPU:" in res.output and "emulated" in res.output, res.output
+
+
+# ------------------------------------------------------------------------------------------- predict --compile
+
+@pytest.fixture()
+def mixed_sizes(tmp_path) -> Path:
+    """Three images of three sizes whose pyramids differ at the top (P9 1x1, 1x2, 1x2; P8 2x2, 2x3, 2x3)."""
+    return _images(tmp_path / "mixed", [(470, 480), (300, 520), (400, 700)])
+
+
+def _images(src: Path, sizes) -> Path:
+    rng = np.random.default_rng(0)
+    src.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    return src
+
+
+def _predict_compiled_counting_graphs(run_dir, images, out):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    res = invoke("predict", "-c", run_dir, images, "--out", out, "--compile", "--device", "cpu", "--batch-size", "1",
+                 "--no-overlay", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["compile"] == "dynamic"
+    return counters["stats"]["unique_graphs"] - before
+
+
+def _labels_match_eager(run_dir, images, out):
+    p = Predictor(run_dir, device="cpu")
+    for src in sorted(images.glob("*.png")):
+        assert (np.array(Image.open(out / src.name)) == p.predict(src)).mean() > 0.999
+
+
+def test_predict_compile_traces_one_graph_for_mixed_sizes(run_dir, mixed_sizes, tmp_path, monkeypatch, one_thread):
+    """dynamo's tracing (where every guard, hence every recompilation, comes from) through dynamo's eager backend:
+    the model's size comparisons would each add one; with symbolic sizes it resamples by level instead."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
+    assert _predict_compiled_counting_graphs(run_dir, mixed_sizes, tmp_path / "out") == 1
+    _labels_match_eager(run_dir, mixed_sizes, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_predict_compile_compiles_once_for_mixed_sizes(run_dir, tmp_path, one_thread):
+    """Through inductor, as `predict --compile` runs (minutes on 2 busy cores). Its re-trace adds torch's own
+    guard on the top level's maps being one pixel high or wide (see ``compile_inference``): one graph serves
+    sizes from 257 to 512 pixels a side here."""
+    images = _images(tmp_path / "in", [(470, 480), (300, 400), (400, 300)])
+    assert _predict_compiled_counting_graphs(run_dir, images, tmp_path / "out") == 1
+    _labels_match_eager(run_dir, images, tmp_path / "out")
+
+
+def test_predict_compile_is_static_for_one_size_dynamic_for_mixed(images, mixed_sizes, tmp_path):
+    from eseg_cli.inference.files import mixed_sizes as is_mixed
+
+    same = sorted((images / "sub").glob("*"))  # b.jpg and c.png, both 40x64
+    assert not is_mixed(same, []) and is_mixed(sorted(mixed_sizes.glob("*.png")), [])
+    assert is_mixed([images / "a.png", same[0]], [])  # 37x53 beside 40x64
+    assert is_mixed(same, [tmp_path / "clip.mp4"])  # a video's frames: another size, unread
+    rotated = tmp_path / "rotated.jpg"  # stored 64 high x 40 wide, shown 40 x 64 as the others: one size
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    Image.new("RGB", (40, 64)).save(rotated, exif=exif)
+    assert not is_mixed(same + [rotated], [])

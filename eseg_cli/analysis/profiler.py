@@ -190,4 +190,7 @@ def profile_model(name: str, *, resolution: tuple[int, int] = (1024, 2048), num_
         lat_res = latency_resolution or resolution
         res.update(measure_latency(model, lat_res, **latency_kwargs))
         res["latency_resolution"] = f"{lat_res[0]}x{lat_res[1]}"
+        if res["device"].startswith("cpu"):
+            res["cpu_bf16"] = precision.cpu_bf16_support()
+            res["precision_note"] = precision.precision_note(latency_kwargs.get("amp"), "cpu", "profile")
     return res

@@ -1,4 +1,4 @@
-"""``eseg eval``: metrics of a checkpoint (or of saved prediction PNGs) on a dataset split."""
+"""``eseg eval``: metrics of a checkpoint, an exported ONNX file, or saved prediction PNGs on a dataset split."""
 
 from __future__ import annotations
 
@@ -30,9 +30,13 @@ def eval_cmd(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score these prediction PNGs "
                                                                            "(trainIds, or Cityscapes labelIds) "
                                                                            "instead of running a model."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Score an `eseg export`ed ONNX file (float32 or "
+                                                             "int8) through onnxruntime with the same evaluator."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cityscapes, ade20k, synthetic or folder "
-                                                                        "(default: the checkpoint's)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the checkpoint's)."),
+                                                                        "(default: the checkpoint's, or the one the "
+                                                                        "ONNX file records)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the checkpoint's, "
+                                                                       "or the one the ONNX file records)."),
     split: str = typer.Option("val", "--split", help="Dataset split to score."),
     mode: MODES = typer.Option("whole", "--mode", case_sensitive=False,
                                help="whole (single scale, the paper's protocol), slide, or msflip (multi-scale + "
@@ -55,7 +59,8 @@ def eval_cmd(
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Only the first N images."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval_<mode>.json and "
                                                                  "eval_<mode>_confusion.csv (eval.json ... for "
-                                                                 "--predictions; default: the run folder)."),
+                                                                 "--predictions; default: the run folder; for "
+                                                                 "--onnx FILE: FILE's stem + _eval beside it)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write <image>.png (trainIds) "
                                                                                      "and <image>_color.png here."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
@@ -73,9 +78,11 @@ def eval_cmd(
       [cyan]eseg eval -c runs/quickstart --mode slide --save-predictions preds/[/]   crop: the run's own
 
       [cyan]eseg eval --predictions preds/ -d cityscapes --data-root data/cityscapes[/]
+
+      [cyan]eseg eval --onnx model.onnx[/]   the dataset the file records (or -d / --data-root)
     """
     from eseg_cli.cli._progress import ProgressReporter, use_bar
-    from eseg_cli.engine import evaluate, score_predictions
+    from eseg_cli.engine import evaluate, evaluate_onnx, score_predictions
     from eseg_cli.errors import EsegError
     from eseg_cli.run import Run
     from eseg_cli.utils import parse_floats, parse_size
@@ -83,8 +90,11 @@ def eval_cmd(
     mode, amp = value(mode), value(amp)
     set_threads(threads)
 
-    if (checkpoint is None) == (predictions is None):
-        raise EsegError("give exactly one of --checkpoint PATH or --predictions DIR")
+    if sum(v is not None for v in (checkpoint, predictions, onnx)) != 1:
+        raise EsegError("give exactly one of --checkpoint PATH, --onnx FILE or --predictions DIR")
+    if onnx is not None and (amp or no_ema or device not in ("auto", "cpu")):
+        raise EsegError("--amp, --no-ema and --device apply to a checkpoint; an --onnx model runs as exported, on "
+                        "the CPU (onnxruntime)")
     if ids not in ("auto", "trainid", "labelid"):
         raise EsegError(f"--ids must be auto, trainid or labelid, got {ids!r}")
     scale_list = parse_floats(scales, "--scales")
@@ -100,6 +110,18 @@ def eval_cmd(
         with reporter:
             result = score_predictions(predictions, dataset=dataset, data_root=data_root, split=split, ids=ids,
                                        out_dir=out_dir, on_event=reporter)
+    elif onnx is not None:
+        out_dir = out_dir or onnx.parent / f"{onnx.stem}_eval"
+        confirm_overwrite(Run(out_dir).eval_paths(mode)["json"], yes, "the previous evaluation")
+        if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
+            confirm_overwrite(save_predictions, yes, "predictions in it")
+        with reporter:
+            result = evaluate_onnx(onnx, dataset=dataset, data_root=data_root, split=split, mode=mode,
+                                   crop=parse_size(crop, "--crop") if crop else None,
+                                   stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
+                                   flip=flip, batch_size=batch_size, workers=workers, threads=threads,
+                                   out_dir=out_dir, save_predictions=save_predictions, max_images=max_images,
+                                   on_event=reporter)
     else:
         out_dir = out_dir or Run.of(checkpoint).path
         confirm_overwrite(Run(out_dir).eval_paths(mode)["json"], yes, "the previous evaluation")
@@ -136,6 +158,12 @@ def _table(r: dict) -> None:
     t.add_row("pixAcc", f"{r['pixAcc']:.2f}", "")
     t.add_row("fwIoU", f"{r['fwIoU']:.2f}", "")
     console.print(t)
+    if r.get("onnx"):
+        q = r.get("quantized_ops") or {}
+        kind = ("quantised: " + ", ".join(f"{n} {op}" for op, n in q.items())) if q else "no quantised operators"
+        console.print(f"[dim]ONNX {r['onnx']} through onnxruntime ({kind})[/]")
+        for k, v in (r.get("onnx_metadata") or {}).items():
+            console.print(f"[dim]  metadata {k}: {v[:200]}[/]")
     console.print("[dim]'-': class absent from prediction and ground truth, left out of the mean[/]")
     if r.get("invalid_predictions"):
         console.print(f"[yellow]{r['invalid_predictions']} pixels were predicted as no class (an id outside "

@@ -54,8 +54,10 @@ def predict_cmd(
     amp: Optional[AMPS] = typer.Option(None, "--amp", case_sensitive=False,
                                        help="Autocast: bf16 or fp16 (not exact). --compile --amp bf16 is the "
                                             "fastest path on CPUs with AVX512-BF16 or AMX and on GPUs."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing: "
-                                  "the fastest exact path; each new image size compiles once, tens of seconds)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the prepared model (inductor freezing, "
+                                  "exact), at the first image (a minute or more on a few cores): inputs of one "
+                                  "size get a static graph, mixed sizes one graph per range of heights and widths "
+                                  "(e.g. 257 to 512)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
@@ -74,7 +76,7 @@ def predict_cmd(
       [cyan]eseg predict -c runs/<run> frames/ --out preds/ --compile --amp bf16[/]   fastest, not exact
     """
     from eseg_cli.errors import EsegError
-    from eseg_cli.inference.files import collect_inputs, plan_outputs
+    from eseg_cli.inference.files import collect_inputs, mixed_sizes, plan_outputs
     from eseg_cli.utils import check_output_apart, output_lock
 
     if (checkpoint is None) == (onnx is None):
@@ -95,13 +97,20 @@ def predict_cmd(
             predictor = OnnxPredictor(onnx, threads=threads)
         else:
             from eseg_cli.inference import Predictor
+            from eseg_cli.inference.precision import cpu_bf16_support, precision_note
 
-            predictor = Predictor(checkpoint, device=device, compile=compile_, amp=value(amp),
-                                  use_ema=not no_ema)
+            dynamic = compile_ and mixed_sizes([p for p, _ in images], videos)  # else faster static graphs
+            predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=dynamic,
+                                  amp=value(amp), use_ema=not no_ema)
+            note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
+    if onnx is None and compile_:
+        summary["compile"] = "dynamic" if predictor.model.prepared["compile_dynamic"] else "static"
     if json_out:
+        if onnx is None and note:
+            summary.update(precision_note=note, cpu_bf16=cpu_bf16_support())
         print_json(summary)
         return
     t = Table(title=f"eseg predict — {summary['model']}")
@@ -123,6 +132,8 @@ def predict_cmd(
         console.print(h)
     kinds = ", ".join(summary.get("files_per_image", [])) or "overlay videos"
     console.print(f"[dim]written to {out}: per image {kinds}[/]")
+    if onnx is None and note:
+        console.print(note if note.startswith("Warning") else f"[dim]{note}[/]")
 
 
 def _predict_all(predictor, images, videos, out: Path, quiet: bool, *, alpha: float, overwrite: bool,
@@ -166,8 +177,7 @@ def export_cmd(
     format_: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="onnx, torchscript or pt2."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (model.onnx, model.ts, model.pt2)."),
     sizes: str = typer.Option("512x1024,360x500", "--check-sizes",
-                              help="Two HxW sizes the export is checked at against PyTorch (pt2: the first is "
-                                   "its fixed size)."),
+                              help="HxW sizes the export is checked at against PyTorch (at least 32x32)."),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
@@ -177,8 +187,8 @@ def export_cmd(
     """Export the prepared (folded) model; then check it against PyTorch at two sizes.
 
     Input: float32 NCHW normalised as in training (mean/std, class names and palette are in the file's
-    metadata); dynamic batch, height and width; output: logits at the input size. Fails if the argmax
-    agrees with PyTorch on less than 99.9% of pixels.
+    metadata); dynamic batch, height and width (pt2: 32 to 8192 per side); output: logits at the input size.
+    Fails if the argmax agrees with PyTorch on less than 99.9% of pixels.
 
     Examples:
 

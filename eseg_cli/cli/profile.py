@@ -98,4 +98,6 @@ def profile_cmd(
         r = results[0]
         console.print(f"[dim]latency: median of {r['runs']} runs after {r['warmup']} warm-up, batch 1, "
                       f"{r['latency_resolution']}, {r['device']}, {r['path']}; memory = {r['peak_memory_kind']}[/]")
+        if r.get("precision_note"):
+            console.print(f"[dim]{r['precision_note']}[/]")
 

@@ -2,7 +2,9 @@
 
 :func:`evaluate` (``eseg eval``) runs a checkpoint's :class:`~eseg_cli.inference.Predictor` (its inference mode,
 its recorded normalisation) over a dataset split read as uint8 pixels, and writes ``eval_<mode>.json`` and the
-confusion CSV (and, asked, the predictions through :func:`eseg_cli.inference.files.write_prediction`).
+confusion CSV (and, asked, the predictions through :func:`eseg_cli.inference.files.write_prediction`);
+:func:`evaluate_onnx` (``eseg eval --onnx``) does the same for an exported ONNX file through onnxruntime
+(:func:`score_dataset` is the part they share).
 :func:`evaluate_model` is the same loop for training's validation, whose batches are normalised already: the
 model goes through the same inference modes and fast path (:mod:`eseg_cli.inference.modes`). Scoring saved
 prediction PNGs is :mod:`eseg_cli.engine.scoring`.
@@ -23,6 +25,7 @@ from eseg_cli.engine.metrics import ConfusionMatrix
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.inference import modes
+from eseg_cli.inference.export import OnnxPredictor
 from eseg_cli.inference.files import output_paths, plan_outputs, write_prediction
 from eseg_cli.inference.predictor import Predictor
 from eseg_cli.run import Run
@@ -141,10 +144,68 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if data_root is None and dataset == cfg.get("dataset"):
         # the resolved root (for the synthetic default: the exact generated version the model was trained on)
         data_root = cfg.get("data_root") or predictor.checkpoint.get("data_root")
-    ds = eval_dataset(dataset, data_root, split, resize if resize is not None else cfg.get("val_resize"))
+    metrics, cm = score_dataset(predictor, dataset, data_root, split,
+                                resize if resize is not None else cfg.get("val_resize"), batch_size=batch_size,
+                                workers=workers, save_predictions=save_predictions, max_images=max_images,
+                                on_event=on_event)
+    metrics.update({"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "mode": mode,
+                    "step": predictor.checkpoint.get("step")})
+    out_dir = Run.of(checkpoint).path if out_dir is None else out_dir
+    metrics["files"] = write_results(metrics, cm, out_dir, mode)
+    metrics["confusion_matrix"] = cm.mat.cpu().tolist()
+    return metrics
+
+
+def evaluate_onnx(path: str | Path, *, dataset: str | None = None, data_root: str | Path | None = None,
+                  split: str = "val", mode: str = "whole", crop: tuple[int, int] | None = None,
+                  stride: tuple[int, int] | None = None, scales: tuple[float, ...] = modes.DEFAULT_SCALES,
+                  flip: bool = True, batch_size: int = 1, workers: int = 2, threads: int | None = None,
+                  out_dir: str | Path | None = None, save_predictions: str | Path | None = None,
+                  max_images: int | None = None, on_event: OnEvent | None = None) -> dict:
+    """:func:`evaluate` for an exported ONNX file (any: float32, int8), run by onnxruntime in the same modes
+    and scored by the same loop.
+
+    ``dataset``/``data_root`` and ``val_resize`` default to those the file's metadata records (the run it was
+    exported from); a file that records no dataset needs ``dataset``. ``out_dir`` defaults to ``<file stem>_eval``
+    beside the file (the run folder's own ``eval_<mode>.json`` is the checkpoint's). The result adds ``onnx``,
+    ``quantized_ops`` (quantised operators in the graph, by type) and ``onnx_metadata`` (entries that
+    ``eseg export`` did not write, e.g. an int8 quantiser's).
+    """
+    path = Path(path)
+    modes.check_inference(mode, crop, stride, scales)
+    predictor = OnnxPredictor(path, threads, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip)
+    meta = predictor.metadata
+    if mode == "slide" and crop is None:
+        raise EsegError("slide mode needs a crop size ('crop', HxW) for an ONNX file (it does not record the run's "
+                        "training crop)", field="crop")
+    recorded = "dataset" in predictor.session.get_modelmeta().custom_metadata_map
+    if dataset is None and not meta["dataset"]:
+        raise EsegError(f"{path} records no dataset (exported by an older eseg, or from a bare model): give "
+                        "'dataset' (and 'data_root')", field=("dataset", "data_root"))
+    dataset = dataset or meta["dataset"]
+    if data_root is None and dataset == meta["dataset"]:
+        data_root = meta["data_root"]
+    metrics, cm = score_dataset(predictor, dataset, data_root, split, meta["val_resize"], batch_size=batch_size,
+                                workers=workers, save_predictions=save_predictions, max_images=max_images,
+                                on_event=on_event)
+    metrics.update({"onnx": str(path), "dataset": dataset, "split": split, "mode": mode,
+                    "val_resize": meta["val_resize"], "metadata_records_dataset": recorded,
+                    "quantized_ops": predictor.quantized_ops, "onnx_metadata": predictor.extra_metadata})
+    out_dir = path.parent / f"{path.stem}_eval" if out_dir is None else out_dir
+    metrics["files"] = write_results(metrics, cm, out_dir, mode)
+    metrics["confusion_matrix"] = cm.mat.cpu().tolist()
+    return metrics
+
+
+def score_dataset(predictor, dataset: str, data_root, split: str, resize, *, batch_size: int = 1, workers: int = 2,
+                  save_predictions: str | Path | None = None, max_images: int | None = None,
+                  on_event: OnEvent | None = None) -> tuple[dict, ConfusionMatrix]:
+    """The evaluation of any predictor (:class:`Predictor`, the ONNX one) over a dataset split read as uint8
+    pixels: ``(metrics, confusion matrix)``, the metrics with the number of ``images`` scored."""
+    ds = eval_dataset(dataset, data_root, split, resize)
     num_classes = predictor.num_classes or ds.num_classes
     if num_classes != ds.num_classes:
-        raise EsegError(f"the checkpoint predicts {num_classes} classes but {dataset} has {ds.num_classes}; "
+        raise EsegError(f"the model predicts {num_classes} classes but {dataset} has {ds.num_classes}; "
                         "pick the dataset the model was trained on")
     check_batchable(ds, batch_size, "evaluation", "use a batch size of 1, or resize to one size")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -165,9 +226,5 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
                    on_prediction=on_prediction)
     emit("end", n)
     metrics = cm.compute()
-    metrics.update({"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "mode": mode,
-                    "images": n, "step": predictor.checkpoint.get("step")})
-    out_dir = Run.of(checkpoint).path if out_dir is None else out_dir
-    metrics["files"] = write_results(metrics, cm, out_dir, mode)
-    metrics["confusion_matrix"] = cm.mat.cpu().tolist()
-    return metrics
+    metrics["images"] = n
+    return metrics, cm

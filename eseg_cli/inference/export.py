@@ -4,7 +4,7 @@ Contract of every exported model (the same as the PyTorch model's ``forward``): 
 batch normalised as in training (``(pixel / 255 - mean) / std``), dynamic batch, height and width; output
 the class logits at the input size. The normalisation, class names and palette travel with the file
 (ONNX metadata; a ``eseg.json`` extra file for TorchScript and pt2; returned by :func:`read_metadata`).
-A pt2 program has a dynamic batch but a fixed height x width (the first check size): see :func:`_pt2_bytes`.
+ONNX and TorchScript record one example pass; a pt2 program is exported with symbolic sizes: see :func:`_pt2_bytes`.
 
 After writing, the file is loaded back and run beside PyTorch at two sizes (one not a multiple of 32):
 the max abs difference of the logits and the argmax agreement are reported, and the export fails when
@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.fx.experimental._config as fx_config
 from torch.onnx import _constants
 
 from eseg_cli.errors import EsegError
+from eseg_cli.inference import modes
 from eseg_cli.inference.predictor import BasePredictor, Predictor
 from eseg_cli.run import resolve_checkpoint
-from eseg_cli.utils import atomic_write_bytes
+from eseg_cli.utils import MAX_SIDE, atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
@@ -37,6 +39,7 @@ DEFAULT_CHECK_SIZES = ((512, 1024), (360, 500))
 # levels is recorded as a no-op and larger inputs fail.
 TRACE_SIZE = (512, 1024)
 MIN_AGREEMENT = 0.999
+PT2_MIN_SIDE = 32  # the smallest height and width a pt2 program takes (and that export checks at)
 DEPLOY_HINT = "pip install 'eseg[deploy]' (onnx and onnxruntime)"
 
 
@@ -52,6 +55,8 @@ def require_onnx(what: str = "ONNX export"):
 
 def metadata(predictor: Predictor) -> dict[str, str]:
     """What a deployed model needs besides its weights, as strings."""
+    cfg = predictor.checkpoint.get("config") or {}
+    root = cfg.get("data_root") or predictor.checkpoint.get("data_root")
     return {
         "eseg_format": "1",
         "input": "float32 NCHW, (pixel/255 - mean) / std, RGB; dynamic batch, height, width",
@@ -63,7 +68,16 @@ def metadata(predictor: Predictor) -> dict[str, str]:
         "palette": json.dumps([list(c) for c in predictor.palette]),
         "model": json.dumps((predictor.checkpoint.get("model_config") or {}).get("name")),
         "source": predictor.source,
+        # what `eseg eval --onnx` scores against by default, as `eseg eval --checkpoint` takes it from the run
+        "dataset": json.dumps(cfg.get("dataset")),
+        "data_root": json.dumps(str(root) if root else None),
+        "val_resize": json.dumps(cfg.get("val_resize")),
     }
+
+
+#: the metadata keys :func:`metadata` writes (anything else in a file came from another tool)
+WRITTEN_KEYS = ("eseg_format", "input", "output", "mean", "std", "num_classes", "class_names", "palette", "model",
+                "source", "dataset", "data_root", "val_resize")
 
 
 def check_opset(opset: int) -> None:
@@ -108,18 +122,42 @@ def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict
 
 
 def _pt2_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
-    # Dynamic batch only: with dynamic height and width, torch.export (2.14) adds guards on the size-1
-    # maps at P8/P9 ("is this dim 1?" contiguity checks) that its solver cannot prove for every size, so
-    # the program is specialised to the example's height x width (ONNX and TorchScript stay fully dynamic).
+    """A ``torch.export`` program with dynamic batch, height and width (height and width from ``PT2_MIN_SIDE`` to
+    ``MAX_SIDE``).
+
+    Two things stood in the way, both found with ``torch.export.draft_export``: (1) torch's contiguity checks ask
+    of every map "is this dim 1?" (``Ne(((h - 1)//512) + 1, 1)`` at P9), which its solver cannot decide for every
+    size, so it guards on them; size-oblivious reasoning (``backed_size_oblivious``, experimental, for export)
+    answers them without a guard. (2) The model's own branches on sizes (is P9 1x1, is P9 the size of P8)
+    take, while exporting, the path that holds at every size (see ``resize_by_level``). What remains,
+    ``avg_pool2d(ceil_mode=True)``'s check that the last window starts inside the map
+    (``2*((h - 1)//64) < ((h - 1)//32) + 1``, true for every h but not provable by the solver), becomes an assert
+    run in the program (``prefer_deferred_runtime_asserts_over_guards``) instead of a failed export.
+    """
     example = example.expand(2, *example.shape[1:]).contiguous()  # batch 1 would be specialised
+    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=PT2_MIN_SIDE, max=MAX_SIDE),
+            3: torch.export.Dim("width", min=PT2_MIN_SIDE, max=MAX_SIDE)}
+    oblivious = getattr(fx_config, "backed_size_oblivious", None) is not None
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", max=1024)}},
-                                      strict=False)
+        with fx_config.patch(backed_size_oblivious=True) if oblivious else contextlib.nullcontext():
+            program = torch.export.export(model, (example,), dynamic_shapes={"x": dims}, strict=False,
+                                          prefer_deferred_runtime_asserts_over_guards=True)
     except Exception as e:  # noqa: BLE001 - torch.export reports many kinds of failure
-        raise EsegError(f"torch.export could not export this model: {str(e).splitlines()[0]}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        guard = next((ln for ln in lines if "guard" in ln.lower()), lines[0] if lines else type(e).__name__)
+        raise EsegError(f"torch.export could not export this model with dynamic height and width "
+                        f"({guard[:300]}); use 'format' onnx or torchscript", field="format") from None
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={"eseg.json": json.dumps(meta)})
     return buf.getvalue()
+
+
+def runtime_padding_layers(model: torch.nn.Module) -> list[str]:
+    """timm's TF-"SAME" layers in ``model`` (``Conv2dSame``, ``MaxPool2dSame``, ...): they pad by an amount computed
+    with ``math.ceil`` from the input size at run time, which a pt2 program with dynamic sizes cannot hold
+    (``torch.export.save`` fails: "op <built-in function ceil> is not in _SYM_OPS")."""
+    return sorted({type(m).__name__ for m in model.modules()
+                   if type(m).__module__.startswith("timm.layers") and type(m).__name__.endswith("Same")})
 
 
 def load_exported(path: str | Path, fmt: str | None = None):
@@ -211,7 +249,12 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
         raise EsegError(f"check sizes must be at least 32x32, got {sizes}")
     predictor = Predictor(checkpoint, device="cpu", channels_last=False, use_ema=use_ema)
     model = predictor.model
-    example = torch.zeros(1, 3, *(sizes[0] if fmt == "pt2" else TRACE_SIZE))
+    same = runtime_padding_layers(model) if fmt == "pt2" else []
+    if same:
+        raise EsegError(f"pt2 cannot hold this model's {', '.join(same)} (timm's TF 'SAME' padding, computed with "
+                        "math.ceil from the input size at run time, which torch.export cannot save with dynamic "
+                        "height and width); use 'format' onnx or torchscript", field="format")
+    example = torch.zeros(1, 3, *TRACE_SIZE)
     meta = metadata(predictor)
     if fmt == "onnx":
         data = _onnx_bytes(model, example, meta, opset)
@@ -220,13 +263,12 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
     else:
         data = _pt2_bytes(model, example, meta)
     atomic_write_bytes(out, data)
-    if fmt == "pt2":  # one static size (see _pt2_bytes): checked there at two batch sizes
-        checks = check_parity(predictor, out, fmt, sizes[:1]) + check_parity(predictor, out, fmt, sizes[:1], batch=2)
-    else:
-        checks = check_parity(predictor, out, fmt, sizes)
+    checks = check_parity(predictor, out, fmt, sizes)
+    if fmt == "pt2":  # batch is a symbol of its own there, exported from a batch of 2: checked at 2 as well
+        checks += check_parity(predictor, out, fmt, sizes[:1], batch=2)
     result = {"path": str(out), "format": fmt, "bytes": len(data), "checks": checks, "metadata": meta,
-              "dynamic": "batch" if fmt == "pt2" else "batch, height, width",
-              "size": f"{sizes[0][0]}x{sizes[0][1]}" if fmt == "pt2" else "any"}
+              "dynamic": "batch, height, width",
+              "size": f"{PT2_MIN_SIDE} to {MAX_SIDE} per side" if fmt == "pt2" else "any"}
     bad = [c for c in checks if c["argmax_agreement"] < MIN_AGREEMENT]
     if bad:
         c = bad[0]
@@ -234,6 +276,14 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, sizes=DEFAULT_CHECK_S
                         f"pixels at {c['size']} (max abs logit difference {c['max_abs_diff']:.3g}); "
                         f"the file is kept for inspection")
     return result
+
+
+#: metadata keys written since ``eval --onnx`` (the run's dataset, its root and ``val_resize``), absent from older files
+OPTIONAL_KEYS = ("dataset", "data_root", "val_resize")
+#: ONNX operators that only a quantised (int8/uint8) graph holds
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
+                 "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu")
 
 
 def parse_metadata(meta: dict[str, str], path: Path) -> dict:
@@ -265,6 +315,15 @@ def parse_metadata(meta: dict[str, str], path: Path) -> dict:
             raise EsegError(f"{path}: its metadata '{key}' is not valid ({meta[key][:60]!r}); export the model "
                             "again")
     out["palette"] = [tuple(c) for c in out["palette"]]
+    # written since `eval --onnx`; an older file has none of them (its dataset then comes from the options)
+    for key in OPTIONAL_KEYS:
+        v = value(key) if key in meta else None
+        ok = {"dataset": v is None or isinstance(v, str), "data_root": v is None or isinstance(v, str),
+              "val_resize": v is None or (isinstance(v, list) and len(v) == 2 and all(
+                  isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in v))}[key]
+        if not ok:
+            raise EsegError(f"{path}: its metadata '{key}' is not valid ({meta[key][:60]!r}); export the model again")
+        out[key] = v
     return out
 
 
@@ -274,24 +333,37 @@ def _three_finite(v) -> bool:
 
 
 class OnnxPredictor(BasePredictor):
-    """The :class:`Predictor` image API over an exported ONNX file run by onnxruntime (CPU).
+    """The :class:`Predictor` image API over an exported ONNX file run by onnxruntime (CPU), in the same inference
+    modes (``whole``, ``slide``, ``msflip``: :mod:`.modes` runs the file as it runs a model).
 
-    Normalisation, class names and palette come from the file's metadata.
+    Normalisation, class names and palette come from the file's metadata; ``metadata`` holds them parsed (and the
+    dataset the run was trained on, when the file records it), ``extra_metadata`` whatever else the file carries
+    (e.g. an int8 quantiser's notes), ``quantized_ops`` the count of quantised operators per type in its graph.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        _, ort = require_onnx("Running an ONNX model")
+    def __init__(self, path: str | Path, threads: int | None = None, *, mode: str = "whole",
+                 crop: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
+                 scales=modes.DEFAULT_SCALES, flip: bool = True):
+        onnx, ort = require_onnx("Running an ONNX model")
         path = Path(path)
         if not path.is_file():
             raise EsegError(f"ONNX model {path} does not exist")
+        modes.check_inference(mode, crop, stride, tuple(scales))
+        self.mode_kw = {"mode": mode, "crop": tuple(crop) if crop else None,
+                        "stride": tuple(stride) if stride else None, "scales": tuple(scales), "flip": bool(flip)}
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            graph = onnx.load(str(path), load_external_data=False).graph
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise EsegError(f"ONNX model {path} could not be loaded ({str(e).splitlines()[0]})") from None
-        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        raw = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = meta = parse_metadata(raw, path)
+        self.extra_metadata = {k: v for k, v in raw.items() if k not in WRITTEN_KEYS}
+        ops = [n.op_type for n in graph.node]
+        self.quantized_ops = {op: ops.count(op) for op in QUANTIZED_OPS if op in ops}
         self.source = str(path)
         self.device = torch.device("cpu")
         self.num_classes, self.class_names, self.palette = meta["num_classes"], meta["class_names"], meta["palette"]
@@ -300,9 +372,29 @@ class OnnxPredictor(BasePredictor):
         self._input = self.session.get_inputs()[0].name
         self._set_normalization(meta["mean"], meta["std"])
 
-    def __repr__(self) -> str:
-        return f"OnnxPredictor({self.source}, classes={self.num_classes})"
+    @property
+    def mode(self) -> str:
+        return self.mode_kw["mode"]
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def __repr__(self) -> str:
+        return f"OnnxPredictor({self.source}, mode={self.mode}, classes={self.num_classes})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The file's logits for a normalised batch (one onnxruntime call)."""
         out = self.session.run(None, {self._input: x.detach().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(out)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Predictor.logits`: the file's logits (``whole``) or averaged over windows (``slide``)."""
+        if self.mode == "msflip":
+            raise EsegError("msflip averages class probabilities, it has no logits; use probabilities()",
+                            field="mode")
+        if self.mode == "whole":
+            return self.forward(x)
+        return modes.scores(self.forward, x, self.num_classes, **self.mode_kw)
+
+    def labels(self, x: torch.Tensor, size=None) -> torch.Tensor:
+        return modes.labels(self.forward, x, self.num_classes, size, **self.mode_kw)
+
+    def probabilities(self, x: torch.Tensor, size=None) -> torch.Tensor:
+        return modes.probabilities(self.forward, x, self.num_classes, size, **self.mode_kw)

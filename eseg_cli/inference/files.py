@@ -13,6 +13,7 @@ these files (``eseg predict``, and ``eseg eval --save-predictions``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import time
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from eseg_cli.data.classes import cityscapes_trainid_to_labelid_lut, colorize, palette_array
 from eseg_cli.data.classes import overlay as blend_mask
 from eseg_cli.data.imageio import IMAGE_EXTS as IMAGE_SUFFIXES
-from eseg_cli.data.imageio import as_rgb
+from eseg_cli.data.imageio import as_rgb, oriented_size
 from eseg_cli.errors import EsegError
 from eseg_cli.events import Emitter, OnEvent
 from eseg_cli.inference.predictor import BasePredictor
@@ -36,6 +37,25 @@ from eseg_cli.utils import atomic_write_bytes
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 IDS = ("trainid", "labelid")
+
+
+def mixed_sizes(images: list[Path], videos: list[Path]) -> bool:
+    """Whether the inputs hold images of more than one size, from the file headers only (EXIF rotation applied;
+    a file whose header cannot be read is left out: reading it later says why). Videos count as another size
+    beside images or beside another video (their frame size is not read here).
+
+    ``predict --compile`` compiles graphs with symbolic sizes for mixed sizes; for one size a static graph
+    compiles about 4x faster and runs about 1.5x faster (reports/benchmarks/README.md)."""
+    if videos and (images or len(videos) > 1):
+        return True
+    sizes = set()
+    for path in images:
+        with contextlib.suppress(Exception):
+            with Image.open(path) as im:
+                sizes.add(oriented_size(im))
+        if len(sizes) > 1:
+            return True
+    return False
 
 
 def collect_inputs(inputs: list[str | Path]) -> tuple[list[tuple[Path, str]], list[Path]]:

@@ -43,21 +43,30 @@ def cpu_bf16_support() -> dict:
             "native": avx512_bf16 or amx}
 
 
-def precision_note(amp: str | None, device: torch.device | str) -> str | None:
-    """One start-up line on CPU: the bf16 support found, and what it means for ``amp`` (None elsewhere)."""
+#: what the start-up line says a command is doing: training, or running a trained model
+TASKS = {"train": "training", "predict": "predicting", "profile": "timing"}
+
+
+def precision_note(amp: str | None, device: torch.device | str, task: str = "train") -> str | None:
+    """One start-up line on CPU: the bf16 support found (AVX512-BF16, AMX), and what it means for ``amp`` in
+    ``task`` (``train``, ``predict`` or ``profile``; the line names what it is doing). None off the CPU."""
     if torch.device(device).type != "cpu":
         return None
+    doing = TASKS[task]
     s = cpu_bf16_support()
     found = " + ".join(n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if s[k])
+    flag = "amp bf16 (or auto)" if task == "train" else "--amp bf16"
     if s["native"]:
-        tail = ("training in bf16 autocast" if amp == "bf16"
-                else "training in float32; amp bf16 (or auto) runs natively here, faster, not exact")
+        tail = (f"{doing} in bf16 autocast" if amp == "bf16"
+                else f"{doing} in float32; {flag} runs natively here, faster, not exact")
         return f"CPU: {s['capability']} with {found}: {tail}."
     if amp == "bf16":
         return (f"Warning: CPU: {s['capability']} without AVX512-BF16 or AMX: bf16 autocast is emulated here and "
-                "slower than float32; drop amp (--amp none) unless you need bf16's numerics.")
-    return (f"CPU: {s['capability']} without AVX512-BF16 or AMX: training in float32 (bf16 would be emulated and "
-            "slower; amp auto stays float32 here).")
+                "slower than float32; drop amp (--amp none) unless you need bf16's numerics." if task == "train" else
+                f"Warning: CPU: {s['capability']} without AVX512-BF16 or AMX: bf16 autocast is emulated here and "
+                "slower than float32; leave out --amp unless you need bf16's numerics.")
+    return (f"CPU: {s['capability']} without AVX512-BF16 or AMX: {doing} in float32 (bf16 would be emulated and "
+            "slower" + ("; amp auto stays float32 here)." if task == "train" else ")."))
 
 
 def resolve_amp(amp: str | None, device: torch.device | str) -> str | None:

@@ -182,6 +182,8 @@ class Predictor(BasePredictor):
         fold: fold batch norm and freeze the fusion weights (exact; default on).
         channels_last: ``None`` picks the faster layout for the device.
         compile: ``torch.compile`` the prepared model (first call per image size compiles).
+        compile_dynamic: with ``compile``, graphs with symbolic sizes, each for a range of image sizes (what
+            ``eseg predict --compile`` uses for folders of mixed sizes; see ``compile_inference``).
         amp: ``None`` (fp32, exact), ``"bf16"`` or ``"fp16"`` autocast.
         use_ema: use the checkpoint's EMA weights when it has them.
         mean, std: override the normalisation (0..1 pixel units); default: the checkpoint's.
@@ -190,7 +192,8 @@ class Predictor(BasePredictor):
     def __init__(self, checkpoint, device: str | torch.device = "auto", *, mode: str = "whole",
                  crop: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
                  scales: Sequence[float] = modes.DEFAULT_SCALES, flip: bool = True, fold: bool = True,
-                 channels_last: bool | None = None, compile: bool = False, amp: str | None = None,
+                 channels_last: bool | None = None, compile: bool = False, compile_dynamic: bool = False,
+                 amp: str | None = None,
                  use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         modes.check_inference(mode, crop, stride, tuple(scales))
         self.mode_kw = {"mode": mode, "crop": tuple(crop) if crop else None,
@@ -201,7 +204,8 @@ class Predictor(BasePredictor):
         self.num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
         self.amp = amp
         amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
-        self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last, compile=compile)
+        self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last, compile=compile,
+                                   compile_dynamic=compile_dynamic)
         self.channels_last = self.model.prepared["channels_last"]
         m, s = normalization(ckpt)
         self._set_normalization(mean or m, std or s)

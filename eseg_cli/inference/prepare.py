@@ -9,10 +9,12 @@ the caller around the forward pass and is *not* exact; it is never on by default
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
 import torch
+import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 from torch import nn
 
@@ -86,18 +88,25 @@ def default_channels_last(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def compile_inference(model: nn.Module) -> nn.Module:
+def compile_inference(model: nn.Module, dynamic: bool = False) -> nn.Module:
     """``torch.compile`` ``model`` (in place) for inference: its ``forward`` and, where it has one, its
     ``forward_logits`` (what :class:`~eseg_cli.inference.Predictor` calls), each per bound method.
 
     Inductor's *freezing* is on: the weights become constants, so on CPU every convolution gets oneDNN's
     pre-packed weights with its activation (and residual add) fused in, and on CUDA constant folding
     removes the weight-side work. It requires that the weights never change afterwards, which holds for a
-    prepared model. Shapes are static: a new image size compiles again.
+    prepared model. ``dynamic``: a graph with symbolic height and width serves images of many sizes (the model
+    then resamples by pyramid level, see ``models.layers.traced_for_inference``); otherwise each new size
+    compiles again. Torch still guards on one thing of its own, in the re-trace inductor runs: at the pyramid's
+    top a map one pixel high (or wide) is both NCHW- and NHWC-contiguous, and its convolution's layout choice
+    guards on it, so one graph holds for a range of heights and one of widths (measured on the tiny test
+    model: ``257 <= h <= 512`` for a graph first compiled at 510x500, and the same for the width) and a size
+    outside them compiles another (on the quick-start ESeg-Lite-S: one graph for 256x512 and 240x480, one for
+    300x400 and 360x500).
     """
     for name in ("forward_logits", "forward"):
         if callable(getattr(model, name, None)):
-            setattr(model, name, _compiled_frozen(getattr(model, name)))
+            setattr(model, name, compiled(getattr(model, name), freezing=True, dynamic=dynamic))
     return model
 
 
@@ -106,30 +115,29 @@ def compile_inference(model: nn.Module) -> nn.Module:
 RECOMPILE_LIMIT = 64
 
 
-def _compiled_frozen(fn):
-    """``torch.compile(fn)`` whose compilations (the first call, and each new input size) run with inductor's
-    ``freezing`` on. It is read from the global config while compiling, where ``torch.compile(options=...)``
-    does not reach, so it is patched around each call rather than set for the whole process."""
-    return compiled(fn, freezing=True)
-
-
 def compile_training(fn):
     """``torch.compile(fn)`` for a training step's forward and loss (no freezing: the weights change)."""
     return compiled(fn, freezing=False)
 
 
-def compiled(fn, *, freezing: bool):
-    """``torch.compile(fn, dynamic=False)`` with inductor's ``freezing`` as given and dynamo's recompile limit
-    raised to :data:`RECOMPILE_LIMIT`, both patched around each call; a missing toolchain (a C++ compiler on CPU,
-    triton on GPU) is named, with what to do, at the first call."""
+def compiled(fn, *, freezing: bool, dynamic: bool = False):
+    """``torch.compile(fn, dynamic=dynamic)`` with inductor's ``freezing`` as given and dynamo's recompile limit
+    raised to :data:`RECOMPILE_LIMIT`, both patched around each call (freezing is read from the global config
+    while compiling, where ``torch.compile(options=...)`` does not reach); a missing toolchain (a C++ compiler
+    on CPU, triton on GPU) is named, with what to do, at the first call."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    compiled_fn = torch.compile(fn, dynamic=False)
+    compiled_fn = torch.compile(fn, dynamic=dynamic)
+    # dynamic: torch's own checks ("is this dim 1?": contiguity, broadcasting) would guard on the pyramid's top
+    # maps being 1x1 or not, a recompilation at P9's 512-pixel steps; size-oblivious reasoning answers them
+    # without a guard (experimental; where this torch lacks it, those sizes compile again, nothing else changes)
+    oblivious = dynamic and getattr(fx_config, "backed_size_oblivious", None) is not None
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with inductor_config.patch(freezing=freezing), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with inductor_config.patch(freezing=freezing), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT), \
+                (fx_config.patch(backed_size_oblivious=True) if oblivious else contextlib.nullcontext()):
             try:
                 return compiled_fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - dynamo wraps the backend's failure in its own types
@@ -158,13 +166,15 @@ def missing_compiler(e: BaseException) -> str | None:
 
 
 def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold: bool = True,
-                  channels_last: bool | None = None, compile: bool = False, copy_model: bool = True) -> nn.Module:
+                  channels_last: bool | None = None, compile: bool = False, compile_dynamic: bool = False,
+                  copy_model: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` ready for inference on ``device``.
 
     Args:
         fold: fold batch norm and freeze the fusion weights (exact; on by default).
         channels_last: ``None`` picks the faster layout for the device.
-        compile: :func:`compile_inference` (the first call compiles; a new input size compiles again).
+        compile: :func:`compile_inference` (the first call compiles).
+        compile_dynamic: compile graphs with symbolic sizes (one per range of sizes), not one per size.
         copy_model: leave ``model`` untouched (``False`` prepares it in place).
 
     The returned module keeps the model's interface (``forward`` gives logits at the input size) and
@@ -189,6 +199,7 @@ def prepare_model(model: nn.Module, *, device: str | torch.device = "cpu", fold:
             info["pointwise_kernels"] = use_pointwise_kernels(model)
     info["channels_last"] = bool(channels_last)
     if compile:
-        compile_inference(model)
+        compile_inference(model, dynamic=compile_dynamic)
+    info["compile_dynamic"] = bool(compile and compile_dynamic)
     model.prepared = info
     return model

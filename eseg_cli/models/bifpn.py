@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
-from eseg_cli.models.layers import ConvBN, SeparableConv, make_act, resize_to
+from eseg_cli.models.layers import ConvBN, SeparableConv, make_act, resize_by_level, resize_to, traced_for_inference
 
 FUSION_MODES = ("fastattn", "softmax", "sum")
 
@@ -101,16 +101,23 @@ class WeightedFusion(nn.Module):
 class FusionNode(nn.Module):
     """weighted fusion -> activation -> 3x3 separable conv -> BN (the paper's node)."""
 
-    def __init__(self, node: Node, channels: int, fusion: str, act: str, norm: str = "batch"):
+    def __init__(self, node: Node, channels: int, fusion: str, act: str, norm: str = "batch",
+                 input_levels: tuple[int, ...] | None = None):
         super().__init__()
         self.level = node.level
         self.inputs = node.inputs
+        self.input_levels = tuple(input_levels) if input_levels is not None else None
         self.fuse = WeightedFusion(len(node.inputs), fusion)
         self.act = make_act(act)
         self.conv = SeparableConv(channels, channels, 3, norm=norm)
 
     def forward(self, feats: list[torch.Tensor], target_size: tuple[int, int]) -> torch.Tensor:
-        xs = [resize_to(feats[i], target_size) for i in self.inputs]
+        if self.input_levels is not None and traced_for_inference(self):
+            # one graph for every size (export, dynamic compile): the levels say which way to resample
+            xs = [resize_by_level(feats[i], target_size, lv - self.level)
+                  for i, lv in zip(self.inputs, self.input_levels)]
+        else:
+            xs = [resize_to(feats[i], target_size) for i in self.inputs]
         return self.conv(self.act(self.fuse(xs)))
 
 
@@ -120,8 +127,10 @@ class BiFPNLayer(nn.Module):
     def __init__(self, min_level: int, max_level: int, channels: int, fusion: str, act: str, norm: str = "batch"):
         super().__init__()
         self.min_level, self.max_level = min_level, max_level
-        self.nodes = nn.ModuleList(FusionNode(n, channels, fusion, act, norm)
-                                   for n in bifpn_nodes(min_level, max_level))
+        nodes = bifpn_nodes(min_level, max_level)
+        levels = list(range(min_level, max_level + 1)) + [n.level for n in nodes]  # of the running feature list
+        self.nodes = nn.ModuleList(FusionNode(n, channels, fusion, act, norm, tuple(levels[i] for i in n.inputs))
+                                   for n in nodes)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         n = len(feats)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
-from eseg_cli.models.layers import SeparableConv
+from eseg_cli.models.layers import SeparableConv, traced_for_inference
 
 HEAD_FUSION_MODES = ("softmax", "sum")
 
@@ -45,20 +45,21 @@ class FusionHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
+        traced = traced_for_inference(self)
         if self.frozen is not None:  # inference: one fused multiply-add pass per level
             out = feats[0] * self.frozen[0]
             for f, wi in zip(feats[1:], self.frozen[1:]):
-                out = torch.add(out, upsample_or_broadcast(f, size), alpha=wi)
+                out = torch.add(out, upsample_or_broadcast(f, size, traced), alpha=wi)
             return self.classifier(self.conv(out))
         w = self.level_weights()
         out = feats[0] if w is None else feats[0] * w[0]
         for i in range(1, len(feats)):
-            up = upsample_or_broadcast(feats[i], size)
+            up = upsample_or_broadcast(feats[i], size, traced)
             out = out + (up if w is None else up * w[i])
         return self.classifier(self.conv(out))
 
 
-def upsample_or_broadcast(f: torch.Tensor, size) -> torch.Tensor:
+def upsample_or_broadcast(f: torch.Tensor, size, traced: bool = False) -> torch.Tensor:
     """``f`` bilinearly upsampled to ``size``, for adding to a map of that size; a 1x1 map is returned as it is.
 
     Bilinear upsampling of a 1x1 map gives its one value everywhere, which broadcasting in the addition gives
@@ -66,6 +67,6 @@ def upsample_or_broadcast(f: torch.Tensor, size) -> torch.Tensor:
     so the CPU kernel wrote its output NCHW and every channels_last consumer then converted it (the top levels
     are 1x1 at the synthetic recipe's 256x256 crops; 13% of an ESeg-Lite-S training step).
     """
-    if f.shape[-2:] == (1, 1):
+    if not traced and f.shape[-2:] == (1, 1):  # traced (layers.traced_for_inference): one graph, 1x1 or not
         return f
     return F.interpolate(f, size=size, mode="bilinear", align_corners=False)

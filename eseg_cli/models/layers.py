@@ -85,3 +85,34 @@ def resize_to(x: torch.Tensor, size: tuple[int, int], *, up_mode: str = "nearest
     if up_mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     return F.interpolate(x, size=size, mode=up_mode, align_corners=False)
+
+
+def traced_for_inference(module: nn.Module) -> bool:
+    """Whether ``module`` runs inside a graph that ``torch.compile`` or ``torch.export`` records for inference.
+
+    Such a graph may serve inputs of every size (``export``, ``compile(dynamic=True)``), so it must not branch on
+    a comparison of sizes: each branch would become a guard, an assert that fails (export) or a recompilation
+    (compile) for the sizes that take the other branch. Where this is True, resampling takes the path that holds
+    at every size (:func:`resize_by_level`, bilinear upsampling of 1x1 maps), which computes the same numbers.
+    Eager code and training keep their size checks (the 1x1 shortcuts save layout copies there).
+    """
+    return not module.training and torch.compiler.is_compiling()
+
+
+def resize_by_level(x: torch.Tensor, size: tuple[int, int], step: int) -> torch.Tensor:
+    """:func:`resize_to` for a source ``step`` pyramid levels above (coarser, ``step > 0``) or one below
+    (``step == -1``) the target, the direction taken from the levels instead of a comparison of sizes.
+
+    For graphs that serve every size (:func:`traced_for_inference`): comparing two levels' sizes adds a guard
+    ("P9 is not the size of P8") that holds for some input sizes only. It computes what :func:`resize_to`
+    computes wherever each level is ceil(half) the one below (strided convs and
+    :func:`~eseg_cli.models.bifpn.avg_pool2x` make it so): where two levels are both 1x1, nearest upsampling and
+    the 3x3/2 max pool are identities there too.
+    """
+    if step == 0:
+        return x
+    if step > 0:
+        return F.interpolate(x, size=size, mode="nearest")
+    if step == -1:
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    raise EsegError(f"a fusion input {-step} levels below its node cannot be resampled by level; only one")

@@ -171,6 +171,21 @@ class TestModelContract:
             assert check["argmax_agreement"] >= 0.999, check
         assert result["dynamic"] == "batch, height, width" and np.isfinite(result["bytes"])
 
+    @pytest.mark.slow  # about 9 s a model; the fast suite exports a tiny ESeg-Lite to pt2 (test_predict_export.py)
+    def test_pt2_export_is_dynamic_in_height_and_width(self, case, tmp_path):
+        from eseg_cli.inference.export import runtime_padding_layers
+
+        model = randomize(case.build())
+        if runtime_padding_layers(model):  # timm's TF "SAME" padding: refused at once, naming the layers
+            with pytest.raises(EsegError, match="Same.*'format' onnx or torchscript"):
+                export_model(model, "pt2", tmp_path / "model.pt2", sizes=((64, 96), (37, 53)))
+            return
+        result = export_model(model, "pt2", tmp_path / "model.pt2", sizes=((64, 96), (37, 53)))
+        for check in result["checks"]:  # the program beside PyTorch at two sizes, neither a multiple of 32
+            assert check["max_abs_diff"] <= 1e-4 * max(1.0, check["max_abs_logit"]), check
+            assert check["argmax_agreement"] >= 0.999, check
+        assert result["dynamic"] == "batch, height, width"
+
     def test_batch_of_one_in_training_is_a_clear_error(self, case):
         model = case.build().train()
         x = torch.randn(1, 3, 32, 32)  # 1x1 maps at the deepest level: BatchNorm cannot train there
