@@ -232,8 +232,8 @@ class Predictor(BasePredictor):
         quantize: ``"int8"``: the model quantised to int8 on CPU (:func:`.int8.quantize_int8`: PyTorch 2 export
             quantisation, compiled; each new image size calibrates and compiles once). Not exact.
         calibrate: with ``quantize``: the number of training images (of the run's own dataset, through its own
-            preprocessing) to calibrate on, or the calibration images themselves (paths, PIL images or uint8
-            arrays, of one size).
+            preprocessing) to calibrate on, or the calibration images themselves (paths, PIL images, uint8
+            HxWx3 arrays or uint8 ``(B, 3, H, W)`` tensors, of one size).
         use_ema: use the checkpoint's EMA weights when it has them.
         mean, std: override the normalisation (0..1 pixel units); default: the checkpoint's.
     """
@@ -260,7 +260,7 @@ class Predictor(BasePredictor):
         if quantize:
             prepared = prepare_model(model, device=self.device, fold=fold, channels_last=False)
             images = (run_calibration_images(ckpt, calibrate) if isinstance(calibrate, int)
-                      else [as_rgb(im) for im in calibrate])
+                      else [im if isinstance(im, torch.Tensor) else as_rgb(im) for im in calibrate])
             tensors = [self.to_tensor(im).contiguous() for im in images]
             self.model = Int8Segmentor(quantize_int8(LogitsOf(prepared), tensors), prepared.prepared)
         else:
