@@ -195,5 +195,8 @@ def test_predict_int8_writes_labels(tmp_path):
     res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), "--int8",
                               "--calibrate", "3", "--json", "--no-overlay"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["images"] == 1
+    summary = json.loads(res.stdout)
+    assert summary["images"] == 1 and summary["int8"]["calibration"]["images"] == 3
+    checks = summary["int8"]["checks"]["1x3x32x64"]
+    assert checks["int8_conv_calls"] == checks["quantized_convs"] > 0
     assert np.array(Image.open(tmp_path / "out" / "a.png")).shape == (32, 64)

@@ -58,7 +58,9 @@ def predict_cmd(
                                   "the fastest exact path; each new image size compiles once, tens of seconds)."),
     int8: bool = typer.Option(False, "--int8", help="Quantise to int8 on the CPU (PyTorch 2 export quantisation, "
                               "oneDNN int8 convolutions; not exact), calibrated on --calibrate training images of "
-                              "the run's dataset; each new image size calibrates and compiles once."),
+                              "the run's dataset; each new image size calibrates and compiles once. Not a speed "
+                              "mode where --compile --amp bf16 runs natively: measured no faster than it there "
+                              "(reports/benchmarks/README.md)."),
     calibrate: Optional[int] = typer.Option(None, "--calibrate", metavar="N",
                                             help="With --int8: training images to calibrate on (default 16)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
@@ -113,6 +115,8 @@ def predict_cmd(
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
+        if int8:  # how it was calibrated, and what the int8 checks found at each input shape
+            summary["int8"] = {"calibration": predictor.model.int8.calibration, "checks": predictor.model.int8.report}
     if json_out:
         print_json(summary)
         return
