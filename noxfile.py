@@ -144,5 +144,6 @@ def ablate(session: nox.Session) -> None:
     for kind in kinds:
         session.run(*ablate_command(kind))
         copy_ablation(kind)
-    session.run("eseg", "report", "--results", "reports/ablate", "--results", "reports/selftrain", "--profile", "reports/benchmarks", "--out", "reports",
+    session.run("eseg", "report", "--results", "reports/ablate", "--results", "reports/selftrain",
+                "--profile", "reports/benchmarks", "--out", "reports",
                 "--yes")

@@ -80,7 +80,8 @@ def child(args) -> None:
     print(json.dumps({"variant": args.variant, "first_pass_s": round(first_s, 2), "graphs_compiled": graphs,
                       "graphs_after_all_passes": counters["stats"]["unique_graphs"],
                       "per_image_s": [round(v, 4) for v in per_image],
-                      "median_per_image_s": round(statistics.median(per_image), 4), "agreement_with_eager": agree}), flush=True)
+                      "median_per_image_s": round(statistics.median(per_image), 4),
+                      "agreement_with_eager": agree}), flush=True)
 
 
 def main() -> None:

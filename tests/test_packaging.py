@@ -15,7 +15,7 @@ META = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # import name -> distribution name, where they differ
 DIST = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "PIL": "pillow"}
 # imported, but only on a path that needs an optional install (checked where it is used)
-OPTIONAL = {"torch_xla", "tensorboard", "onnx", "onnxruntime"}  # onnx*: the deploy extra
+OPTIONAL = {"torch_xla", "tensorboard", "onnx", "onnxruntime", "torchao"}  # onnx*, torchao: the deploy extra
 
 
 def _requirements() -> dict[str, Requirement]:

@@ -58,6 +58,13 @@ def predict_cmd(
                                   "exact), at the first image (a minute or more on a few cores): inputs of one "
                                   "size get a static graph, mixed sizes one graph per range of heights and widths "
                                   "(e.g. 257 to 512)."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise to int8 on the CPU (PyTorch 2 export quantisation, "
+                              "oneDNN int8 convolutions; not exact), calibrated on --calibrate training images of "
+                              "the run's dataset; each new image size calibrates and compiles once. Not a speed "
+                              "mode where --compile --amp bf16 runs natively: measured no faster than it there "
+                              "(reports/benchmarks/README.md)."),
+    calibrate: Optional[int] = typer.Option(None, "--calibrate", metavar="N",
+                                            help="With --int8: training images to calibrate on (default 16)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the raw weights even if the checkpoint has EMA ones."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Overwrite existing outputs."),
@@ -73,7 +80,9 @@ def predict_cmd(
 
       [cyan]eseg predict --onnx model.onnx drive.mp4 --out preds/[/]
 
-      [cyan]eseg predict -c runs/<run> frames/ --out preds/ --compile --amp bf16[/]   fastest, not exact
+      [cyan]eseg predict -c runs/<run> frames/ --out preds/ --compile --amp bf16[/]   faster, not exact
+
+      [cyan]eseg predict -c runs/<run> frames/ --out preds/ --int8 --calibrate 16[/]   int8 on the CPU, not exact
     """
     from eseg_cli.errors import EsegError
     from eseg_cli.inference.files import collect_inputs, mixed_sizes, plan_outputs
@@ -83,8 +92,10 @@ def predict_cmd(
         raise EsegError("give exactly one of --checkpoint RUN|FILE or --onnx FILE")
     if out.exists() and not out.is_dir():
         raise EsegError(f"--out {out} is a file; give a folder")
-    if onnx is not None and (amp or compile_ or no_ema):
-        raise EsegError("--amp, --compile and --no-ema apply to a checkpoint; an --onnx model runs as exported")
+    if onnx is not None and (amp or compile_ or no_ema or int8):
+        raise EsegError("--amp, --compile, --int8 and --no-ema apply to a checkpoint; an --onnx model runs as exported")
+    if calibrate is not None and not int8:
+        raise EsegError("--calibrate sets the calibration of --int8; add --int8, or drop --calibrate")
     images, videos = collect_inputs(inputs)
     check_output_apart(out, [Path(i) for i in inputs if Path(i).is_dir()], [p for p, _ in images] + videos)
     set_threads(threads)
@@ -98,14 +109,19 @@ def predict_cmd(
         else:
             from eseg_cli.inference import Predictor
             from eseg_cli.inference.precision import cpu_bf16_support, precision_note
+            from eseg_cli.inference.predictor import DEFAULT_CALIBRATION
 
             dynamic = compile_ and mixed_sizes([p for p, _ in images], videos)  # else faster static graphs
+            quantize = {"quantize": "int8", "calibrate": DEFAULT_CALIBRATION if calibrate is None else calibrate} \
+                if int8 else {}
             predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=dynamic,
-                                  amp=value(amp), use_ema=not no_ema)
+                                  amp=value(amp), use_ema=not no_ema, **quantize)
             note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
+        if int8:  # how it was calibrated, and what the int8 checks found at each input shape
+            summary["int8"] = {"calibration": predictor.model.int8.calibration, "checks": predictor.model.int8.report}
     if onnx is None and compile_:
         summary["compile"] = "dynamic" if predictor.model.prepared["compile_dynamic"] else "static"
     if json_out:
@@ -119,7 +135,7 @@ def predict_cmd(
     if images:
         t.add_row("images", str(summary["images"]))
         t.add_row("time (s)", f"{summary['seconds']:.2f}")
-        t.add_row("images/s", f"{summary['images_per_s']:.2f}" + (" (compiling included)" if compile_ else ""))
+        t.add_row("images/s", f"{summary['images_per_s']:.2f}" + (" (compiling included)" if compile_ or int8 else ""))
     for v in summary.get("videos", []):
         t.add_row(f"video {Path(v['video']).name}", f"{v['frames']} frames, {v['frames_per_s']:.2f} frames/s")
     console.print(t)

@@ -28,6 +28,7 @@ from eseg_cli.data.datasets import _auto_palette, dataset_class
 from eseg_cli.data.imageio import as_rgb
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import modes
+from eseg_cli.inference.int8 import Int8Model, quantize_int8, run_calibration_images
 from eseg_cli.inference.postprocess import upsample_logits
 from eseg_cli.inference.precision import amp_dtype
 from eseg_cli.inference.prepare import prepare_model
@@ -169,6 +170,51 @@ class BasePredictor:
         return idx.to(torch.uint8 if self.num_classes <= 255 else torch.int32), prob
 
 
+#: training images ``Predictor(quantize="int8")`` calibrates on by default
+DEFAULT_CALIBRATION = 16
+QUANTIZE = ("int8",)
+
+
+def check_quantize(quantize: str | None, device: torch.device, compile: bool, amp: str | None) -> None:
+    """Refuse a quantisation this Predictor does not offer, or one combined with settings it replaces."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE:
+        raise EsegError(f"'quantize' must be one of {', '.join(QUANTIZE)} (or none), got {quantize!r}",
+                        field="quantize")
+    if device.type != "cpu":
+        raise EsegError(f"int8 runs on CPU (oneDNN), not {device}; use device cpu", field=("quantize", "device"))
+    if compile or amp:
+        raise EsegError("int8 compiles its own graph and runs in int8: drop 'compile' and 'amp'",
+                        field=("quantize", "compile", "amp"))
+
+
+class LogitsOf(nn.Module):
+    """A segmentation model as ``x -> forward_logits(x)`` (its logits at the head's stride), to be exported."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_logits(x)
+
+
+class Int8Segmentor:
+    """An :class:`~.int8.Int8Model` of a model's ``forward_logits`` with the model's interface: ``forward_logits``
+    (the fast path of :func:`.modes.labels`) and ``__call__`` (logits upsampled to the input size)."""
+
+    def __init__(self, int8: Int8Model, prepared: dict):
+        self.int8 = int8
+        self.prepared = {**prepared, "channels_last": True, "int8": int8.calibration}
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.int8(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample_logits(self.int8(x), tuple(x.shape[-2:]))
+
+
 class Predictor(BasePredictor):
     """Run a trained segmentation model on images of any size.
 
@@ -185,6 +231,11 @@ class Predictor(BasePredictor):
         compile_dynamic: with ``compile``, graphs with symbolic sizes, each for a range of image sizes (what
             ``eseg predict --compile`` uses for folders of mixed sizes; see ``compile_inference``).
         amp: ``None`` (fp32, exact), ``"bf16"`` or ``"fp16"`` autocast.
+        quantize: ``"int8"``: the model quantised to int8 on CPU (:func:`.int8.quantize_int8`: PyTorch 2 export
+            quantisation, compiled; each new image size calibrates and compiles once). Not exact.
+        calibrate: with ``quantize``: the number of training images (of the run's own dataset, through its own
+            preprocessing) to calibrate on, or the calibration images themselves (paths, PIL images, uint8
+            HxWx3 arrays or uint8 ``(B, 3, H, W)`` tensors, of one size).
         use_ema: use the checkpoint's EMA weights when it has them.
         mean, std: override the normalisation (0..1 pixel units); default: the checkpoint's.
     """
@@ -194,7 +245,8 @@ class Predictor(BasePredictor):
                  scales: Sequence[float] = modes.DEFAULT_SCALES, flip: bool = True, fold: bool = True,
                  channels_last: bool | None = None, compile: bool = False, compile_dynamic: bool = False,
                  amp: str | None = None,
-                 use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 quantize: str | None = None, calibrate: int | Sequence = DEFAULT_CALIBRATION):
         modes.check_inference(mode, crop, stride, tuple(scales))
         self.mode_kw = {"mode": mode, "crop": tuple(crop) if crop else None,
                         "stride": tuple(stride) if stride else None, "scales": tuple(scales), "flip": bool(flip)}
@@ -204,11 +256,20 @@ class Predictor(BasePredictor):
         self.num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
         self.amp = amp
         amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
-        self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last, compile=compile,
-                                   compile_dynamic=compile_dynamic)
-        self.channels_last = self.model.prepared["channels_last"]
+        check_quantize(quantize, self.device, compile, amp)
+        self.quantize = quantize
         m, s = normalization(ckpt)
         self._set_normalization(mean or m, std or s)
+        if quantize:
+            prepared = prepare_model(model, device=self.device, fold=fold, channels_last=False)
+            images = (run_calibration_images(ckpt, calibrate) if isinstance(calibrate, int)
+                      else [im if isinstance(im, torch.Tensor) else as_rgb(im) for im in calibrate])
+            tensors = [self.to_tensor(im).contiguous() for im in images]
+            self.model = Int8Segmentor(quantize_int8(LogitsOf(prepared), tensors), prepared.prepared)
+        else:
+            self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last,
+                                       compile=compile, compile_dynamic=compile_dynamic)
+        self.channels_last = self.model.prepared["channels_last"]
         self.class_names, self.palette, self.dataset = checkpoint_classes(ckpt, self.num_classes or 0)
 
     @property
@@ -217,7 +278,7 @@ class Predictor(BasePredictor):
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source}, device={self.device}, mode={self.mode}, classes={self.num_classes}, "
-                f"prepared={self.model.prepared}, amp={self.amp})")
+                f"prepared={self.model.prepared}, amp={self.amp}, quantize={self.quantize})")
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,245 @@
+"""int8 inference through PyTorch 2 export quantisation (torchao's pt2e with ``X86InductorQuantizer``), checked.
+
+:func:`quantize_int8` takes any ``nn.Module`` that maps a float NCHW batch to logits (an ESeg model's
+``forward_logits``, a peer model) and calibration batches, and returns an :class:`Int8Model`: a callable on a
+float NCHW tensor that returns the logits, computed by oneDNN int8 convolutions (VNNI / AMX) through
+``torch.compile`` with inductor's freezing.
+
+The route: ``torch.export`` (strict: the non-strict tracer of torch 2.14 gives every ``add`` the same source
+name, and the quantizer then refuses the graph), ``prepare_pt2e`` (observers), the calibration batches through
+the observed graph, ``convert_pt2e`` (quantize / dequantize pairs around each quantised op), then
+``torch.compile`` with freezing, where inductor fuses each dequantize -> conv -> quantize into one
+``onednn.qconv`` call.
+
+This route has gone wrong silently in torch releases before (quantising nothing, or compiling back to float32
+convolutions), so both ends are checked and a model that is not really int8 is refused
+(:class:`NotQuantized`): the converted graph must hold quantize/dequantize nodes and quantised convolutions,
+and the code inductor generated must call oneDNN's int8 convolutions. What was found is in
+``Int8Model.report``.
+
+Sizes are static: an exported program is specialised to its image size (the batch stays dynamic). Each new
+image size is exported, calibrated on the calibration images (resized to it), converted and compiled: tens of
+seconds, once per size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eseg_cli.data.datasets import build_dataset
+from eseg_cli.data.transforms import build_transforms
+from eseg_cli.errors import EsegError
+from eseg_cli.inference.prepare import compiled
+
+INSTALL_HINT = "pip install 'eseg[deploy]' (torchao)"
+#: graph node targets (``str(node.target)``) of the quantize / dequantize ops pt2e inserts
+QUANTIZE_OPS = ("quantized_decomposed.quantize_per_tensor.default",
+                "quantized_decomposed.quantize_per_channel.default")
+DEQUANTIZE_OPS = ("quantized_decomposed.dequantize_per_tensor.default",
+                  "quantized_decomposed.dequantize_per_channel.default")
+#: a call of one of oneDNN's int8 convolutions in inductor's generated code (``qconv2d_pointwise``,
+#: ``qconv_pointwise``, their ``.binary`` / ``.tensor`` variants)
+QCONV_CALL = re.compile(r"torch\.ops\.onednn\.qconv\w*\.\w+\(")
+#: a float convolution in the generated code (oneDNN's fused float conv, or aten's)
+FLOAT_CONV_CALL = re.compile(r"torch\.ops\.mkldnn\._convolution_pointwise\w*\.\w+\(|extern_kernels\.convolution\(|"
+                             r"torch\.ops\.aten\.convolution\.default\(")
+
+
+class NotQuantized(EsegError):
+    """The int8 route did not give an int8 model (nothing quantised, or compiled to float32 convolutions)."""
+
+    exit_code = 1
+
+
+def require_torchao():
+    """torchao's pt2e entry points, or say how to install them."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+    except ImportError:
+        raise EsegError(f"int8 quantisation needs torchao: {INSTALL_HINT}") from None
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    return prepare_pt2e, convert_pt2e, quantizer
+
+
+def calibration_images(calibration: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The calibration batches as single ``(1, C, H, W)`` float images of one size; refuses an empty set."""
+    images: list[torch.Tensor] = []
+    for t in calibration:
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or not t.is_floating_point():
+            raise EsegError("calibration batches must be float (B, C, H, W) tensors, normalised as the model's "
+                            f"input, got {type(t).__name__} {tuple(getattr(t, 'shape', ()))}", field="calibration")
+        images.extend(x[None].contiguous().float() for x in t.detach().cpu())
+    if not images:
+        raise EsegError("the calibration set is empty: int8 needs some images to measure activation ranges; give "
+                        "at least one (e.g. 'calibrate' N training images)", field="calibration")
+    sizes = {tuple(x.shape) for x in images}
+    if len(sizes) > 1:
+        raise EsegError(f"calibration images must share one size (the calibrated graph is specialised to it), got "
+                        f"{sorted(sizes)}; resize them first", field="calibration")
+    return images
+
+
+def graph_counts(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """Quantize / dequantize nodes and convolutions of a converted graph, and the convolutions whose weight
+    comes through a dequantize node (the quantised ones)."""
+    targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    convs = [n for n in gm.graph.nodes if n.op == "call_function" and "conv" in str(n.target)
+             and str(n.target).startswith("aten.")]
+    qconvs = [n for n in convs if len(n.args) > 1 and isinstance(n.args[1], torch.fx.Node)
+              and str(n.args[1].target) in DEQUANTIZE_OPS]
+    return {"quantize": sum(t in QUANTIZE_OPS for t in targets),
+            "dequantize": sum(t in DEQUANTIZE_OPS for t in targets),
+            "convs": len(convs), "quantized_convs": len(qconvs)}
+
+
+def check_graph(counts: dict[str, int]) -> None:
+    """Refuse a converted graph in which nothing was quantised."""
+    if counts["quantize"] == 0 or counts["dequantize"] == 0 or counts["quantized_convs"] == 0:
+        raise NotQuantized(f"int8 quantisation quantised nothing ({counts['quantize']} quantize and "
+                           f"{counts['dequantize']} dequantize nodes, {counts['quantized_convs']} of "
+                           f"{counts['convs']} convolutions quantised): the model would run in float32; refusing")
+
+
+def code_counts(code: str) -> dict[str, int]:
+    """int8 and float convolution calls in inductor's generated code."""
+    return {"int8_conv_calls": len(QCONV_CALL.findall(code)), "float_conv_calls": len(FLOAT_CONV_CALL.findall(code))}
+
+
+def check_code(counts: dict[str, int]) -> None:
+    """Refuse compiled code that calls no oneDNN int8 convolution (float32 in disguise)."""
+    if counts["int8_conv_calls"] == 0:
+        raise NotQuantized(f"the compiled int8 model calls no oneDNN int8 convolution ({counts['float_conv_calls']} "
+                           "float convolutions): torch.compile lowered it to float32; refusing")
+
+
+def _export(model: nn.Module, size: tuple[int, int], channels: int) -> torch.fx.GraphModule:
+    """``model`` exported at ``size``, with a dynamic batch (an example batch of 2: a batch of 1 is specialised)."""
+    example = torch.zeros(2, channels, *size)
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", max=1024)}},
+                                   strict=True).module()
+    except Exception as e:  # noqa: BLE001 - torch.export reports many kinds of failure
+        raise EsegError(f"torch.export could not export this model for int8: {str(e).strip().splitlines()[0][:300]}"
+                        ) from None
+
+
+class Int8Model:
+    """A float model quantised to int8 (:func:`quantize_int8`): ``m(x)`` for a float NCHW batch gives its logits.
+
+    One converted graph per image size, calibrated there: at the calibration images' own size on them, at
+    another size on them resized bilinearly to it (the pyramid's graph changes with the size: where a level is
+    1x1 a resampling is a no-op, so one size's observers do not carry over to another's graph). The first call
+    at each shape compiles and checks that the code is int8. ``report`` holds, per shape, the graph's
+    quantize/dequantize nodes and quantised convolutions, the code's int8 and float convolution calls, and the
+    calibration used.
+    """
+
+    def __init__(self, model: nn.Module, images: list[torch.Tensor], method: str):
+        self._model = model
+        self._images = images
+        self._graphs: dict[tuple[int, int], object] = {}
+        self._checked: set[tuple] = set()
+        self.calibration = {"images": len(images), "size": "x".join(map(str, images[0].shape[-2:])),
+                            "method": method}
+        self.report: dict[str, dict] = {}
+
+    def __repr__(self) -> str:
+        return f"Int8Model({type(self._model).__name__}, calibration={self.calibration}, shapes={list(self.report)})"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[-2:])
+        key = (tuple(x.shape), x.stride(), x.dtype)
+        with torch.no_grad():
+            if size not in self._graphs:
+                self.add_size(size)
+            fn, counts = self._graphs[size]
+            if key in self._checked:
+                return fn(x)
+            # the first call at a shape compiles (torch.compile specialises to it): read the code it made
+            from torch._inductor.utils import run_and_get_code  # about a second to import; only when compiling
+
+            out, code = run_and_get_code(fn, x)
+            found = {**counts, **code_counts("\n".join(code))}
+            check_code(found)
+            self._checked.add(key)
+            self.report["x".join(map(str, x.shape))] = found
+            return out
+
+    def add_size(self, size: tuple[int, int]) -> None:
+        """Convert and calibrate the graph at ``size`` (compiled lazily, at its first call)."""
+        gm, counts = self.converted(size)
+        self._graphs[size] = (compiled(gm, freezing=True), counts)
+
+    def calibration_at(self, size: tuple[int, int]) -> list[torch.Tensor]:
+        """The calibration images at ``size`` (resized bilinearly when theirs differs)."""
+        if tuple(self._images[0].shape[-2:]) == tuple(size):
+            return self._images
+        return [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in self._images]
+
+    def converted(self, size: tuple[int, int]) -> tuple[torch.fx.GraphModule, dict]:
+        """The converted (quantize/dequantize) graph at ``size``, calibrated there, and its counts; refuses
+        a graph in which nothing was quantised."""
+        prepare_pt2e, convert_pt2e, quantizer = require_torchao()
+        prepared = prepare_pt2e(_export(self._model, size, self._images[0].shape[1]), quantizer)
+        images = self.calibration_at(size)
+        with torch.no_grad():
+            for x in images:
+                prepared(x)
+        gm = convert_pt2e(prepared)
+        counts = graph_counts(gm)
+        check_graph(counts)
+        counts["calibrated_on"] = f"{len(images)} images at {size[0]}x{size[1]}" + (
+            "" if images is self._images else f" (resized from {self.calibration['size']})")
+        return gm, counts
+
+
+def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor] | Iterable[torch.Tensor]) -> Int8Model:
+    """Quantise ``model`` (a module mapping a float NCHW batch to logits, in eval mode) to int8, static
+    activations per tensor and weights per channel (torchao's X86 inductor default), calibrated on
+    ``calibration``: float ``(B, C, H, W)`` batches of one image size, normalised as the model's input.
+
+    Raises :class:`~eseg_cli.errors.EsegError` for an empty calibration set or images of several sizes, and
+    :class:`NotQuantized` when the result would not be int8 (checked here on the calibration size's graph, and
+    on the generated code at each input size's first call).
+    """
+    images = calibration_images(calibration)
+    q = Int8Model(model.eval(), images, "pt2e X86InductorQuantizer: activations per tensor (histogram observer), "
+                                        "weights per channel, int8")
+    q.add_size(tuple(images[0].shape[-2:]))  # refuse now (nothing quantised), not at the first call
+    return q
+
+
+def run_calibration_images(checkpoint: dict, n: int, *, split: str = "train") -> list[torch.Tensor]:
+    """``n`` images of the ``split`` of the dataset a checkpoint was trained on, as its evaluation reads them
+    (``val_resize`` when the run sets one; uint8 ``(1, 3, H, W)``, for the Predictor's normalisation), spread
+    evenly over the split. Refuses ``n`` < 1, a checkpoint without a dataset, an empty split and ``n`` larger
+    than the split."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise EsegError(f"'calibrate' must be a number of images, at least 1, got {n!r}: int8 calibration needs "
+                        "images", field="calibrate")
+    cfg = checkpoint.get("config") or {}
+    dataset = cfg.get("dataset")
+    if not dataset:
+        raise EsegError("this model records no dataset to calibrate on (a built model, not a run's checkpoint); "
+                        "give calibration images instead", field="calibration")
+    root = cfg.get("data_root") or checkpoint.get("data_root")
+    resize = cfg.get("val_resize")
+    ds = build_dataset(dataset, root, split,
+                       transform=build_transforms(False, resize=tuple(resize) if resize else None, normalize=False))
+    if len(ds) == 0:
+        raise EsegError(f"the {split} split of {dataset} at {root or 'its built-in set'} holds no images to "
+                        "calibrate on; check 'data_root'", field="calibrate")
+    if n > len(ds):
+        raise EsegError(f"'calibrate' {n} is more than the {len(ds)} {split} images of {dataset}; give at most "
+                        f"{len(ds)}", field="calibrate")
+    index = sorted({round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)})
+    return [ds[i][0][None] for i in index]

@@ -1,0 +1,202 @@
+"""int8 (``eseg_cli.inference.int8``, ``Predictor(quantize="int8")``, ``eseg predict --int8``): agreement of a small
+trained model with its float32 self, and the refusals (empty calibration set, nothing quantised, float code)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from eseg_cli import build_model
+from eseg_cli.cli import app
+from eseg_cli.engine.checkpoint import save_checkpoint
+from eseg_cli.errors import EsegError
+from eseg_cli.inference import Predictor, prepare_model
+from eseg_cli.inference.int8 import (
+    NotQuantized,
+    check_code,
+    code_counts,
+    quantize_int8,
+    run_calibration_images,
+)
+from eseg_cli.inference.predictor import LogitsOf
+
+pytest.importorskip("torchao")
+
+TINY = dict(width=0.25, depth=0.3, channels=16, repeats=1)
+runner = CliRunner()
+
+
+class Blobs:
+    """Smooth random fields (8x8 noise upsampled to 64x64); the class is a function of the first two channels, as
+    in Toy, but in blobs a stride-4 segmentation model can learn."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = nn.functional.interpolate(torch.randn(n, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear",
+                                           align_corners=False) * 2
+        self.y = (self.x[:, 0] > 0).long() + (self.x[:, 1] > 0.5).long()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny ESeg-Lite trained 80 steps on Blobs: spatially varied predictions, as a real model's, with float32
+    logits to compare int8 against."""
+    torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = build_model("lite-s", num_classes=3, **TINY)
+    data = Blobs(64, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(80):
+        i = torch.arange(8) + (step * 8) % 56
+        loss = nn.functional.cross_entropy(model(data.x[i]), data.y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(n)
+    prepared = prepare_model(model.eval(), channels_last=False)
+    return LogitsOf(prepared), data, Blobs(8, seed=1)
+
+
+def test_int8_graph_agrees_with_fp32_on_a_trained_model(trained, one_thread):
+    """The converted graph (quantize/dequantize around every conv, calibrated on training images) gives the
+    fp32 model's class on >= 97% of the pixels of unseen images; the fp32 model itself learned the task."""
+    logits_of, train, val = trained
+    q = quantize_int8(logits_of, [train.x[:8]])
+    gm, counts = q.converted((64, 64))
+    assert counts["quantized_convs"] == counts["convs"] > 0 and counts["quantize"] > 0
+    with torch.no_grad():
+        ref = logits_of(val.x).argmax(1)
+        got = gm(val.x).argmax(1)
+    truth = nn.functional.interpolate(val.y[:, None].float(), size=ref.shape[-2:], mode="nearest")[:, 0].long()
+    # a trained model (75% right after 80 steps; a constant class is right on about 40%), with varied predictions
+    assert (ref == truth).float().mean() > 0.7
+    assert sorted(torch.bincount(ref.flatten(), minlength=3).tolist())[-2] > 0.1 * ref.numel()
+    assert (got == ref).float().mean() >= 0.97
+
+
+@pytest.mark.slow
+def test_int8_compiled_agrees_with_fp32_and_is_int8(trained):
+    """The deployed path: compiled with freezing, it calls oneDNN's int8 convolution for every quantised conv, no
+    float one, and agrees with fp32 on >= 97% of the pixels."""
+    logits_of, train, val = trained
+    q = quantize_int8(logits_of, [train.x[:8]])
+    with torch.no_grad():
+        got = q(val.x).argmax(1)
+        ref = logits_of(val.x).argmax(1)
+    report = q.report["8x3x64x64"]
+    assert report["int8_conv_calls"] == report["quantized_convs"] > 0 and report["float_conv_calls"] == 0
+    assert (got == ref).float().mean() >= 0.97
+
+
+def test_empty_calibration_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    with pytest.raises(EsegError, match="calibration set is empty") as e:
+        quantize_int8(model, [])
+    assert e.value.fields == ("calibration",)
+    with pytest.raises(EsegError, match="calibration set is empty"):
+        quantize_int8(model, [torch.zeros(0, 3, 8, 8)])  # a batch of no images
+
+
+def test_a_model_with_nothing_to_quantise_is_refused():
+    class NoConv(nn.Module):  # pooling and upsampling only: the quantizer annotates nothing
+        def forward(self, x):
+            return nn.functional.interpolate(nn.functional.avg_pool2d(x, 2), scale_factor=2.0)
+
+    with pytest.raises(NotQuantized, match="quantised nothing"):
+        quantize_int8(NoConv(), [torch.randn(1, 3, 16, 16)])
+
+
+@pytest.mark.slow
+def test_float_compiled_code_is_refused():
+    """What inductor makes of a float32 model (compiled with freezing, as the int8 route compiles) is refused."""
+    from torch._inductor.utils import run_and_get_code
+
+    from eseg_cli.inference.prepare import compiled
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        _, code = run_and_get_code(compiled(model, freezing=True), torch.randn(1, 3, 16, 16))
+    counts = code_counts("\n".join(code))
+    assert counts["int8_conv_calls"] == 0 and counts["float_conv_calls"] >= 1
+    with pytest.raises(NotQuantized, match="lowered it to float32"):
+        check_code(counts)
+
+
+def _synthetic_run(tmp_path, split_images: int):
+    """A run folder whose dataset is a synthetic set at ``tmp_path/data`` with ``split_images`` train images."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "leftImg8bit" / split / "s").mkdir(parents=True)
+        (root / "gtFine" / split / "s").mkdir(parents=True)
+    for i in range(split_images):
+        Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(
+            root / "leftImg8bit" / "train" / "s" / f"s_{i:06d}_000019_leftImg8bit.png")
+        Image.fromarray(rng.integers(0, 19, (32, 64), dtype=np.uint8)).save(
+            root / "gtFine" / "train" / "s" / f"s_{i:06d}_000019_gtFine_labelTrainIds.png")
+    model = build_model("lite-s", num_classes=19, **TINY).eval()
+    run = tmp_path / "run"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config,
+                     "config": {"dataset": "synthetic", "data_root": str(root)}, "step": 1, "classes": None},
+                    run / "checkpoints" / "best.pt")
+    return run
+
+
+def test_run_calibration_images_come_from_the_runs_dataset(tmp_path):
+    run = _synthetic_run(tmp_path, 5)
+    ckpt = Predictor(run, device="cpu").checkpoint
+    images = run_calibration_images(ckpt, 3)
+    assert len(images) == 3 and all(x.shape == (1, 3, 32, 64) and x.dtype == torch.uint8 for x in images)
+    with pytest.raises(EsegError, match="more than the 5 train images"):
+        run_calibration_images(ckpt, 6)
+    with pytest.raises(EsegError, match="at least 1"):
+        run_calibration_images(ckpt, 0)
+
+
+def test_predict_int8_refuses_an_empty_calibration_set(tmp_path):
+    """`eseg predict --int8` on a run whose training split holds no image: one line, exit 2."""
+    run = _synthetic_run(tmp_path, 0)
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(img)
+    res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), "--int8",
+                              "--calibrate", "4"])
+    assert res.exit_code == 2, res.output
+    # the dataset's own check names the empty folder
+    assert "Traceback" not in res.output and "leftImg8bit/train: no" in res.output.replace("\n", "")
+    res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), "--calibrate",
+                              "4"])
+    assert res.exit_code == 2 and "--int8" in res.output
+
+
+def test_predictor_int8_refuses_what_it_replaces(tmp_path):
+    run = _synthetic_run(tmp_path, 2)
+    for kw in ({"compile": True}, {"amp": "bf16"}):
+        with pytest.raises(EsegError, match="drop 'compile' and 'amp'"):
+            Predictor(run, device="cpu", quantize="int8", **kw)
+    with pytest.raises(EsegError, match="calibration set is empty"):
+        Predictor(run, device="cpu", quantize="int8", calibrate=[])
+    with pytest.raises(EsegError, match="'quantize' must be one of int8"):
+        Predictor(run, device="cpu", quantize="int4")
+
+
+@pytest.mark.slow
+def test_predict_int8_writes_labels(tmp_path):
+    run = _synthetic_run(tmp_path, 3)
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(img)
+    res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), "--int8",
+                              "--calibrate", "3", "--json", "--no-overlay"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["images"] == 1 and summary["int8"]["calibration"]["images"] == 3
+    checks = summary["int8"]["checks"]["1x3x32x64"]
+    assert checks["int8_conv_calls"] == checks["quantized_convs"] > 0
+    assert np.array(Image.open(tmp_path / "out" / "a.png")).shape == (32, 64)
