@@ -13,7 +13,12 @@ eseg's default inference path), ``compiled`` (folded + ``torch.compile`` with in
 ``eseg predict --compile`` does),
 ``onnxruntime`` (the folded model exported to ONNX, CPU provider), and ``bf16`` (compiled, run under bfloat16
 autocast as ``eseg predict --compile --amp bf16`` does: *not exact*, so it is kept out of the exact comparisons
-and its argmax agreement with the model's own fp32 mask is reported). Each mode is timed two ways:
+and its argmax agreement with the model's own fp32 mask is reported), and ``int8`` (``eseg predict --int8``'s path,
+``eseg_cli.inference.int8.quantize_int8``, for every model alike: PyTorch 2 export quantisation calibrated on the
+demo frame and three variants of it at the timed size, compiled with freezing; not exact, agreement reported).
+The admissible set (``--admissible``) adds to the exact modes those whose mIoU change on the quick-start model was
+measured within 0.5 of fp32; the peers' own int8 and bf16 accuracy is not measured (random weights), only their
+agreement with their fp32 masks. Each mode is timed two ways:
 
 - ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
   bilinear upsampling, which is part of post-processing for every model);
@@ -64,8 +69,8 @@ from eseg_cli.inference.predictor import normalization_constants, normalize_uint
 from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
-MODES = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "bf16")
-EXACT_MODES = MODES[:-1]  # fp32, equal to the training model up to float rounding; bf16 is not exact
+MODES = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "bf16", "int8")
+EXACT_MODES = MODES[:5]  # fp32, equal to the training model up to float rounding; bf16 and int8 are not exact
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -130,6 +135,10 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
                 return compiled(x)
 
         return run_bf16, True
+    if mode == "int8":  # eseg's int8 path for every model: pt2e, calibrated on the frame at this size, compiled
+        from eseg_cli.inference.int8 import quantize_int8
+
+        return quantize_int8(prepare_model(model, channels_last=False), calibration_batches(res)), False
     folded = prepare_model(model, channels_last=True)
     if mode == "folded":
         return folded, True
@@ -170,6 +179,13 @@ def load_image(res: tuple[int, int]) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (*res, 3), dtype=np.uint8)
 
 
+def calibration_batches(res: tuple[int, int]) -> list[torch.Tensor]:
+    """int8 calibration for every model alike: the demo frame at ``res``, its mirror image and two exposures."""
+    image = load_image(res)
+    variants = [image, image[:, ::-1], np.clip(image * 0.7, 0, 255), np.clip(image * 1.3, 0, 255)]
+    return [to_input(np.ascontiguousarray(v).astype(np.uint8), False) for v in variants]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -181,9 +197,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--name", default="peers", help="file stem of the JSON and Markdown written to --out")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--admissible", default="bf16",
+    ap.add_argument("--admissible", default="bf16,int8",
                     help="modes beside the exact ones whose mIoU change on the quick-start model was measured within "
-                         "0.5 of fp32 (reports/benchmarks/README.md: bf16 52.86 -> 52.88); compared as a set")
+                         "0.5 of fp32 (reports/benchmarks/int8_routes.md: bf16 52.21 -> 52.19, int8 52.21 -> 52.24); "
+                         "compared as a set")
     ap.add_argument("--rewrite", metavar="JSON", help="only rewrite the report from an earlier run's JSON")
     args = ap.parse_args()
     args.admissible = [m for m in args.admissible.split(",") if m]
@@ -230,7 +247,7 @@ def main() -> None:
                     for _ in range(max(args.warmup, 1)):  # compiles here, for the compiled modes
                         model_only()
                         e2e()
-                    if mode in ("compiled", "bf16") and counters["stats"]["unique_graphs"] == graphs:
+                    if mode in ("compiled", "bf16", "int8") and counters["stats"]["unique_graphs"] == graphs:
                         raise SystemExit(f"{name} {mode} {res[0]}x{res[1]} did not compile (dynamo ran it eagerly): "
                                          "its times would not be what the mode says")
                     agreement = None
