@@ -95,12 +95,13 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``upsample_bilinear2d_backward``, whose CPU kernel scatters one output pixel at a time (3-4x slower on the
     4x256x256x19 logits of a training step); it equals torch's within float32 rounding (tests/test_models.py).
     """
-    h, w = x.shape[-2:]
-    H, W = int(size[0]), int(size[1])
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and x.dim() == 4 and H % h == 0 and W % w == 0 and x.is_contiguous()):
-        return _BilinearUpsampleGrad.apply(x, (H, W))
-    return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+    # the cheap checks first, and ``size`` passed on as given: exports trace this with symbolic sizes
+    if (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous()):
+        h, w = x.shape[-2:]
+        if size[0] % h == 0 and size[1] % w == 0:
+            return _BilinearUpsampleGrad.apply(x, (int(size[0]), int(size[1])))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _band(n: int, factor: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
