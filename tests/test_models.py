@@ -165,26 +165,22 @@ def test_extra_level_pooling_matches_ceil_mode(size):
     torch.testing.assert_close(avg_pool2x(x), F.avg_pool2d(padded, 2, 2))
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape,size", [((2, 5, 16, 16), (64, 64)), ((2, 3, 5, 7), (20, 28)), ((1, 2, 5, 7), (10, 21)),
-                                        ((2, 2, 1, 1), (4, 4)), ((2, 2, 13, 3), (39, 9)), ((1, 3, 17, 32), (68, 128)),
-                                        ((2, 8, 2, 2), (64, 64))])
-def test_upsample_bilinear_is_torchs_forward_and_its_gradient(shape, size, channels_last):
+                                        ((2, 2, 1, 1), (4, 4)), ((2, 2, 13, 3), (39, 9)), ((1, 3, 17, 32), (68, 128))])
+def test_upsample_bilinear_is_torchs_forward_and_its_gradient(shape, size):
     import torch.nn.functional as F
 
     from eseg_cli.models.layers import upsample_bilinear
 
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(*shape).contiguous(memory_format=fmt).requires_grad_()
-    grad = torch.randn(shape[0], shape[1], *size).contiguous(memory_format=fmt)
+    x = torch.randn(*shape, dtype=torch.float64).float().requires_grad_()
+    grad = torch.randn(shape[0], shape[1], *size)
     ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     out = upsample_bilinear(x, size)
     assert out.grad_fn is not None and "BilinearUpsampleGrad" in type(out.grad_fn).__name__  # the banded gradient
     assert torch.equal(out, ref)  # the forward is torch's own, bit for bit
     (want,) = torch.autograd.grad(ref, x, grad)
     (got,) = torch.autograd.grad(out, x, grad)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * (size[0] // shape[2]))  # the same sums, other order
-    assert got.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the same sums in another order
 
 
 def test_upsample_bilinear_falls_back_to_torch_where_the_banded_gradient_does_not_apply():
@@ -192,7 +188,8 @@ def test_upsample_bilinear_falls_back_to_torch_where_the_banded_gradient_does_no
 
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
     assert "Upsample" in type(upsample_bilinear(x, (15, 15)).grad_fn).__name__  # 2.5x: not a whole factor
-    assert "Upsample" in type(upsample_bilinear(x.double(), (12, 12)).grad_fn).__name__  # float32 only
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert "Upsample" in type(upsample_bilinear(cl, (12, 12)).grad_fn).__name__  # channels_last: torch's kernel
     assert upsample_bilinear(x.detach(), (12, 12)).grad_fn is None  # no gradient wanted
 
 

@@ -90,15 +90,14 @@ def resize_to(x: torch.Tensor, size: tuple[int, int], *, up_mode: str = "nearest
 def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)``, with a faster gradient on CPU.
 
-    The forward is that call itself, bit for bit. For a float32 tensor on CPU (NCHW or channels_last) that needs a
-    gradient and is upsampled by whole factors, the gradient is computed by :class:`_BilinearUpsampleGrad` instead of
-    torch's
+    The forward is that call itself, bit for bit. For a float32 NCHW tensor on CPU that needs a gradient and is
+    upsampled by whole factors, the gradient is computed by :class:`_BilinearUpsampleGrad` instead of torch's
     ``upsample_bilinear2d_backward``, whose CPU kernel scatters one output pixel at a time (3-4x slower on the
     4x256x256x19 logits of a training step); it equals torch's within float32 rounding (tests/test_models.py).
     """
     # the cheap checks first, and ``size`` passed on as given: exports trace this with symbolic sizes
     if (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))):
+            and x.dim() == 4 and x.is_contiguous()):
         h, w = x.shape[-2:]
         if size[0] % h == 0 and size[1] % w == 0:
             return _BilinearUpsampleGrad.apply(x, (int(size[0]), int(size[1])))
@@ -136,22 +135,15 @@ class _BilinearUpsampleGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         ctx.in_shape = tuple(x.shape)
-        ctx.channels_last = not x.is_contiguous()
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         n, c, h, w = ctx.in_shape
         H, W = grad.shape[-2:]
+        grad = grad.contiguous()
         kh, bh = _band(h, H // h, grad.dtype)
         kw, bw = _band(w, W // w, grad.dtype)
-        if ctx.channels_last:  # (n, H, W, c) rows: both matmuls keep the channels innermost
-            g = grad.permute(0, 2, 3, 1).contiguous()
-            rows = torch.matmul(kh.t(), g.view(n, h // bh, bh * (H // h), W * c))  # (n, chunks, bh + 2, W c)
-            rows = _fold_halos(rows, bh).view(n * h, w // bw, bw * (W // w), c)
-            cols = torch.matmul(kw.t(), rows)  # (n h, chunks, bw + 2, c)
-            return _fold_halos(cols, bw).view(n, h, w, c).permute(0, 3, 1, 2), None
-        grad = grad.contiguous()
         rows = torch.matmul(kh.t(), grad.view(n * c, h // bh, bh * (H // h), W))  # (nc, chunks, bh + 2, W)
         rows = _fold_halos(rows, bh).view(n * c * h, w // bw, bw * (W // w))
         cols = torch.matmul(rows, kw)  # (nch, chunks, bw + 2)
