@@ -163,3 +163,47 @@ def test_extra_level_pooling_matches_ceil_mode(size):
     # the reference: replicate-pad to even sizes, then a plain 2x pool (the form torch-xla runs)
     padded = F.pad(x, (0, size[1] % 2, 0, size[0] % 2), mode="replicate")
     torch.testing.assert_close(avg_pool2x(x), F.avg_pool2d(padded, 2, 2))
+
+
+@pytest.mark.parametrize("shape,size", [((2, 5, 16, 16), (64, 64)), ((2, 3, 5, 7), (20, 28)), ((1, 2, 5, 7), (10, 21)),
+                                        ((2, 2, 1, 1), (4, 4)), ((2, 2, 13, 3), (39, 9)), ((1, 3, 17, 32), (68, 128))])
+def test_upsample_bilinear_is_torchs_forward_and_its_gradient(shape, size):
+    import torch.nn.functional as F
+
+    from eseg_cli.models.layers import upsample_bilinear
+
+    x = torch.randn(*shape, dtype=torch.float64).float().requires_grad_()
+    grad = torch.randn(shape[0], shape[1], *size)
+    ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    out = upsample_bilinear(x, size)
+    assert out.grad_fn is not None and "BilinearUpsampleGrad" in type(out.grad_fn).__name__  # the banded gradient
+    assert torch.equal(out, ref)  # the forward is torch's own, bit for bit
+    (want,) = torch.autograd.grad(ref, x, grad)
+    (got,) = torch.autograd.grad(out, x, grad)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the same sums in another order
+
+
+def test_upsample_bilinear_falls_back_to_torch_where_the_banded_gradient_does_not_apply():
+    from eseg_cli.models.layers import upsample_bilinear
+
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    assert "Upsample" in type(upsample_bilinear(x, (15, 15)).grad_fn).__name__  # 2.5x: not a whole factor
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert "Upsample" in type(upsample_bilinear(cl, (12, 12)).grad_fn).__name__  # channels_last: torch's kernel
+    assert upsample_bilinear(x.detach(), (12, 12)).grad_fn is None  # no gradient wanted
+
+
+def test_segmentor_upsamples_the_logits_in_float32_under_bf16():
+    import torch.nn.functional as F
+
+    m = tiny().train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        small = m.forward_logits(x)
+    assert small.dtype == torch.bfloat16 and out.dtype == torch.float32
+    # the same interpolation of the same bf16 stride-4 logits as before, only not rounded back to bf16
+    ref = F.interpolate(small.float(), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(out.bfloat16(), F.interpolate(small, size=(64, 64), mode="bilinear",
+                                                             align_corners=False), rtol=0, atol=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
+from eseg_cli.models.layers import upsample_bilinear
 
 
 class Segmentor(nn.Module):
@@ -47,6 +47,9 @@ class Segmentor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         # the small stride-4 logits in NCHW: the full-size ones then come out NCHW, the layout the loss's
-        # gradient has, and the upsampling's backward needs no full-size layout copy (channels_last training)
-        logits = self.forward_logits(x).contiguous()
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # gradient has, and the upsampling's backward needs no full-size layout copy (channels_last training).
+        # In float32: under bf16/fp16 autocast the upsampling then neither runs the slower reduced-precision CPU
+        # kernel nor leaves the loss a full-size cast to make (and its gradient one back); the result is the
+        # same interpolation of the same stride-4 logits, only not rounded to 16 bits.
+        logits = self.forward_logits(x).float().contiguous()
+        return upsample_bilinear(logits, x.shape[-2:])
