@@ -106,7 +106,8 @@ ABLATE_RECIPE = "reports/ablate/protocol-v1.yaml"
 ABLATE_SEEDS = 3
 ABLATE_OPTIONS = {
     # ESeg-Lite-S's encoder stands in for EfficientNet-B1 under both decoders (PROTOCOL.md: encoder scale)
-    "decoder": ["--scale", "lite-s"],
+    # ... and the ASPP rates scaled by 0.5 to the 256x256 crop's feature maps (PROTOCOL.md, section 5)
+    "decoder": ["--scale", "lite-s", "--aspp-scale", "0.5"],
     "levels": ["--scale", "lite-s"],
     "fusion": ["--scale", "lite-s"],
 }
