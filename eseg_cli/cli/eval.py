@@ -110,30 +110,21 @@ def eval_cmd(
         with reporter:
             result = score_predictions(predictions, dataset=dataset, data_root=data_root, split=split, ids=ids,
                                        out_dir=out_dir, on_event=reporter)
-    elif onnx is not None:
-        out_dir = out_dir or onnx.parent / f"{onnx.stem}_eval"
-        confirm_overwrite(Run(out_dir).eval_paths(mode)["json"], yes, "the previous evaluation")
-        if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
-            confirm_overwrite(save_predictions, yes, "predictions in it")
-        with reporter:
-            result = evaluate_onnx(onnx, dataset=dataset, data_root=data_root, split=split, mode=mode,
-                                   crop=parse_size(crop, "--crop") if crop else None,
-                                   stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
-                                   flip=flip, batch_size=batch_size, workers=workers, threads=threads,
-                                   out_dir=out_dir, save_predictions=save_predictions, max_images=max_images,
-                                   on_event=reporter)
     else:
-        out_dir = out_dir or Run.of(checkpoint).path
+        out_dir = out_dir or (onnx.parent / f"{onnx.stem}_eval" if onnx is not None else Run.of(checkpoint).path)
         confirm_overwrite(Run(out_dir).eval_paths(mode)["json"], yes, "the previous evaluation")
         if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
             confirm_overwrite(save_predictions, yes, "predictions in it")
+        common = dict(dataset=dataset, data_root=data_root, split=split, mode=mode,
+                      crop=parse_size(crop, "--crop") if crop else None,
+                      stride=parse_size(stride, "--stride") if stride else None, scales=scale_list, flip=flip,
+                      batch_size=batch_size, workers=workers, out_dir=out_dir, save_predictions=save_predictions,
+                      max_images=max_images, on_event=reporter)
         with reporter:
-            result = evaluate(checkpoint, dataset=dataset, data_root=data_root, split=split, mode=mode,
-                              crop=parse_size(crop, "--crop") if crop else None,
-                              stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
-                              flip=flip, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                              out_dir=out_dir, save_predictions=save_predictions, max_images=max_images,
-                              use_ema=not no_ema, on_event=reporter)
+            if onnx is not None:
+                result = evaluate_onnx(onnx, threads=threads, **common)
+            else:
+                result = evaluate(checkpoint, device=device, amp=amp, use_ema=not no_ema, **common)
     result.pop("confusion_matrix", None)
     if json_out:
         print_json(result)
