@@ -23,11 +23,16 @@ Each round times every cell once (``--steps`` steps, after the cells' warm-up, c
 reported separately) in a shuffled order, so that load from other processes hits all cells alike. Writes
 ``reports/benchmarks/train_speed.{json,md}`` with medians and maxima of images/s, the ESeg/peer ratios, and the
 CPU model and flags.
+
+``--malloc tuned`` (the default) sets glibc's malloc as ``eseg train`` does on CPU (``eseg_cli.engine.allocator``:
+freed memory kept for reuse) before any cell is built, so every cell, the bare steps included, runs under it;
+``--malloc default`` leaves glibc's defaults for every cell (``ESEG_MALLOC=default``, which the trainer cells obey).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import statistics
@@ -44,6 +49,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eseg_cli.engine.allocator import ENV as MALLOC_ENV  # noqa: E402
+from eseg_cli.engine.allocator import keep_freed_memory  # noqa: E402
 from eseg_cli.inference.precision import autocast, cpu_bf16_support  # noqa: E402
 from eseg_cli.inference.prepare import compile_training  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
@@ -218,8 +225,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--name", default="train_speed")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="glibc malloc for every cell: as eseg train sets it (tuned) or glibc's defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ[MALLOC_ENV] = args.malloc
+    if args.malloc == "tuned" and not keep_freed_memory():
+        print("note: malloc could not be tuned here (not glibc); every cell runs with the defaults", file=sys.stderr)
     modes = [m for m in args.modes.split(",") if m]
     keys = [m for m in args.models.split(",") if m]
     bad = (set(modes) - set(MODES)) | (set(keys) - set(MODELS))
@@ -276,7 +288,7 @@ def write_report(cells, args, modes) -> None:
                               "ratio_of_maxima": round(a_max["max_images_per_s"] / b_max["max_images_per_s"], 3)})
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "cpu": cpu_description(), "device": _device_name(args.device), "threads": args.threads,
-            "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+            "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "malloc": args.malloc,
             "command": "python " + " ".join(sys.argv),
             "notes": "images/s of whole training steps (forward, CE, backward, AdamW); ratio = ESeg images/s / "
                      "peer images/s (higher is better for ESeg); the trainer cell is eseg train's own loop"}
@@ -292,7 +304,8 @@ def markdown(rows, pairs, meta, modes) -> str:
     where = meta["device"] if meta.get("device", "cpu") != "cpu" else f"{cpu['model']}, {meta['threads']} threads"
     lines = [f"# Training speed — {where}, torch {meta['torch']}", "",
              f"CPU flags: {' '.join(cpu['flags']) or 'n/a'}. Measured {meta['date']}: `{meta['command']}` "
-             f"({meta['rounds']} interleaved rounds of {meta['steps']} steps per cell).", "",
+             f"({meta['rounds']} interleaved rounds of {meta['steps']} steps per cell; malloc "
+             f"{meta.get('malloc', 'default')} for every cell).", "",
              "Median images/s (max in brackets; × = speed-up over the same model's bare eager step):", ""]
     all_modes = [*modes, *dict.fromkeys(r["mode"] for r in rows if r["mode"].startswith("trainer"))]
     lines += ["| model | setting | " + " | ".join(all_modes) + " |", "|---|---|" + "---|" * len(all_modes)]

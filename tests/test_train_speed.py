@@ -46,6 +46,16 @@ def _run(tmp_path, name, **kw):
     return summary, _losses(tmp_path / name)
 
 
+def test_training_on_cpu_tunes_malloc(tmp_path, monkeypatch):
+    """The tuned malloc (engine/allocator.py, tested there) is set by every CPU run, the library's included."""
+    from eseg_cli.engine import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append(True) or True)
+    _run(tmp_path, "run", steps=1)
+    assert calls == [True]
+
+
 def test_channels_last_gives_the_same_losses_as_nchw(tmp_path):
     _, nchw = _run(tmp_path, "nchw")
     _, nhwc = _run(tmp_path, "nhwc", channels_last=True)

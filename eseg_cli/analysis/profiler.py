@@ -12,18 +12,20 @@ import time
 import warnings
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from torch import nn
 
-from eseg_cli.errors import EsegError
-from eseg_cli.inference import precision
-from eseg_cli.inference.fold import fold_batchnorm
-from eseg_cli.inference.predictor import Predictor
-from eseg_cli.models import build_model
-from eseg_cli.utils import check_size
-
-# fvcore traces through torch.jit, which warns on every call in recent torch
+# fvcore scripts functions with torch.jit when imported and traces through it on every count; recent torch warns
+# on both (a third party's deprecation, nothing a user of eseg can act on)
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+
+from fvcore.nn import FlopCountAnalysis  # noqa: E402
+from torch import nn  # noqa: E402
+
+from eseg_cli.errors import EsegError  # noqa: E402
+from eseg_cli.inference import precision  # noqa: E402
+from eseg_cli.inference.fold import fold_batchnorm  # noqa: E402
+from eseg_cli.inference.predictor import Predictor  # noqa: E402
+from eseg_cli.models import build_model  # noqa: E402
+from eseg_cli.utils import check_size  # noqa: E402
 
 # Ops that cost no multiply-adds; fvcore lists them as skipped, which would only be noise.
 _FREE_OPS = {"aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::relu", "aten::relu_", "aten::silu",

@@ -1,0 +1,51 @@
+"""The tuned glibc malloc (eseg_cli.engine.allocator): freed memory stays in the heap for the next step."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from eseg_cli.engine import allocator
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                                reason="mallopt is glibc's (Linux)")
+
+# In a fresh process: malloc, touch and free 20 MB (the size of ESeg-Lite-S's full-size logits at 4 x 256x256),
+# then print the free bytes glibc keeps in its heap (mallinfo2's fordblks).
+PROBE = """
+import ctypes
+from eseg_cli.engine.allocator import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+tuned = keep_freed_memory()
+p = libc.malloc(20 << 20)
+ctypes.memset(p, 1, 20 << 20)
+libc.free(p)
+print(tuned, libc.mallinfo2().fordblks)
+"""
+
+
+def probe(malloc: str) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, allocator.ENV: malloc})
+    tuned, free = out.stdout.split()
+    return tuned == "True", int(free)
+
+
+def test_tuned_malloc_keeps_a_freed_step_sized_block_in_the_heap():
+    tuned, free = probe("tuned")
+    assert tuned
+    assert free >= 20 << 20  # the 20 MB came from the heap and went back to it, not to the kernel
+
+
+def test_eseg_malloc_default_leaves_glibc_alone():
+    tuned, free = probe("default")
+    assert not tuned
+    assert free < 20 << 20  # glibc's defaults: the block was mmapped and unmapped
+
