@@ -319,3 +319,15 @@ def test_decoder_norm_and_aspp_scale_apply_to_every_cell(tmp_path):
         ablate.run_ablation("levels", tmp_path, scale="lite-s", aspp_scale=0.5)
     res = runner.invoke(app, ["ablate", "decoder", "-s", "lite-s", "--aspp-scale", "0", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "--aspp-scale must be > 0" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("line, says", [
+    ('{"cell": "sum", "seed": 0, "final_miou": NaN}', "final_miou is nan"),
+    ('{"cell": "sum", "seed": 0, "final_miou": 50.0, "flops": Infinity}', "flops is inf"),
+    ('[1, 2]', "not a results row"),
+])
+def test_read_results_refuses_rows_that_are_not_measurements(tmp_path, line, says):
+    f = tmp_path / "results.jsonl"
+    f.write_text('{"cell": "sum", "seed": 1, "final_miou": 51.0}\n' + line + "\n")
+    with pytest.raises(EsegError, match=f"line 2.*{says}|line 2 is {says}"):
+        ablate.read_results(f)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,6 +167,10 @@ def measure(model: str, kwargs: dict | None = None, *, resolution: tuple[int, in
 
 # ----------------------------------------------------------------------------- results file
 
+#: the numbers of a results row that statistics and tables read: a non-finite one is refused, not averaged
+MEASURED_FIELDS = ("final_miou", "prev_miou", "miou", "params", "flops", "flops_conv", "seconds")
+
+
 def read_results(path: str | Path) -> list[dict]:
     """Rows of a ``results.jsonl`` (or of every ``results.jsonl`` under a folder)."""
     path = Path(path)
@@ -179,9 +184,17 @@ def read_results(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise EsegError(f"{f} line {i} is not valid JSON; fix or delete that line and rerun") from None
+            if not isinstance(row, dict):
+                raise EsegError(f"{f} line {i} is not a results row (a JSON object); delete that line and rerun")
+            for key in MEASURED_FIELDS:
+                v = row.get(key)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise EsegError(f"{f} line {i}: {key} is {v}, not a measurement; delete that line and rerun "
+                                    "the ablation to measure that cell again")
+            rows.append(row)
     return rows
 
 
