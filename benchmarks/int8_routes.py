@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from eseg_cli.engine.evaluator import eval_dataset  # noqa: E402
 from eseg_cli.engine.metrics import ConfusionMatrix  # noqa: E402
-from eseg_cli.inference import Predictor  # noqa: E402
+from eseg_cli.inference import Predictor, allocator  # noqa: E402
 from eseg_cli.inference.export import OnnxPredictor, export_model  # noqa: E402
 from eseg_cli.inference.int8 import run_calibration_images  # noqa: E402
 from eseg_cli.inference.precision import cpu_bf16_support  # noqa: E402
@@ -135,8 +135,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--name", default="int8_routes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="glibc malloc for every cell: as eseg sets it on CPU (tuned) or glibc's defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # before any model (a Predictor tunes malloc for the whole process); records what holds (not glibc: default)
+    args.malloc = "tuned" if allocator.choose(args.malloc) else "default"
     res = parse_size(args.resolution)
     t_start = time.perf_counter()
     ort_names = [v for v in args.ort.split(",") if v]
@@ -242,9 +246,9 @@ def main() -> None:
                "int8 val mIoU within 0.5 of fp32": abs(i8["val_mIoU"] - ref_miou) <= 0.5,
                "int8 agreement with fp32 >= 98% (val)": i8["val_agreement"] >= 0.98}
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-            "run": args.run, "model": (ckpt.get("model_config") or {}).get("name"), "resolution": args.resolution,
-            "threads": args.threads, "rounds": args.rounds, "calibrate": args.calibrate,
-"val_images": n_val, "cpu": cpu_description(),
+            "malloc": args.malloc, "run": args.run, "model": (ckpt.get("model_config") or {}).get("name"),
+            "resolution": args.resolution, "threads": args.threads, "rounds": args.rounds, "calibrate": args.calibrate,
+            "val_images": n_val, "cpu": cpu_description(),
             "torch": torch.__version__, "torchao": _version("torchao"), "onnxruntime": _version("onnxruntime"),
             "int8_pt2e": {"calibration": routes["int8 pt2e"]["predictor"].model.int8.calibration,
                           "checks": routes["int8 pt2e"]["predictor"].model.int8.report},

@@ -63,7 +63,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eseg_cli.inference import prepare_model, upsample_argmax  # noqa: E402
+from eseg_cli.inference import allocator, prepare_model, upsample_argmax  # noqa: E402
 from eseg_cli.inference.precision import autocast  # noqa: E402
 from eseg_cli.inference.predictor import normalization_constants, normalize_uint8  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--name", default="peers", help="file stem of the JSON and Markdown written to --out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="glibc malloc for every cell: as eseg sets it on CPU (tuned) or glibc's defaults")
     ap.add_argument("--admissible", default="bf16,int8",
                     help="modes beside the exact ones whose mIoU change on the quick-start model was measured within "
                          "0.5 of fp32 (reports/benchmarks/int8_routes.md: bf16 52.21 -> 52.19, int8 52.21 -> 52.24); "
@@ -212,6 +214,8 @@ def main() -> None:
         write_report(old["rows"], args, [parse_size(r) for r in m["resolutions"]], m["modes"], date=m["date"])
         return
     torch.set_num_threads(args.threads)
+    # before any model (a Predictor tunes malloc for the whole process); records what holds (not glibc: default)
+    args.malloc = "tuned" if allocator.choose(args.malloc) else "default"
     torch.manual_seed(args.seed)
     resolutions = [parse_size(r) for r in args.resolutions.split(",")]
     modes = [m for m in args.modes.split(",") if m]
@@ -356,7 +360,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
             "admissible": sorted(set(EXACT_MODES) | set(args.admissible)), "bootstrap": (
                 f"95% percentile bootstrap over rounds, {BOOTSTRAP_SAMPLES} resamples, rounds resampled in pairs; "
                 "a target 'ratio <= T' is met when the interval's upper end is <= T"),
-            "command": "python " + " ".join(sys.argv),
+            "command": "python " + " ".join(sys.argv), "malloc": args.malloc,
             "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
             "notes": "ratio = ESeg median / peer median (lower is better for ESeg); model = normalised tensor to "
                      "logits at the network's output stride; e2e = uint8 image to uint8 mask with the same exact "

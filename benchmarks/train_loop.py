@@ -9,7 +9,7 @@ backward, torch's default AdamW, 4 x 256x256 random data: ``train_speed.py``'s `
 ``train_speed.py`` every cell shares one process, and so one heap; here each measurement is a fresh process, as a
 user runs it. ``eseg train`` also runs with ``ESEG_MALLOC=default``. The bare step is timed twice, with glibc's
 default malloc (what a user's own script gets) and with the malloc that ``eseg train`` sets
-(``eseg_cli.engine.allocator``), and the ratio is given against both. Each round runs the cells in a shuffled
+(``eseg_cli.inference.allocator``), and the ratio is given against both. Each round runs the cells in a shuffled
 order. The train run's images/s is the median of its logged intervals after the first (which holds the warm-up);
 the bare step's is its median over 5 timings of ``--bare-steps`` steps. ``eseg train --amp none`` can be added
 (``--fp32``). Writes ``reports/benchmarks/train_loop.{json,md}``.
@@ -37,7 +37,7 @@ def bare(malloc: str, threads: int, rounds: int, steps: int) -> float:
     os.environ["ESEG_MALLOC"] = malloc
     import torch
 
-    from eseg_cli.engine.allocator import keep_freed_memory
+    from eseg_cli.inference.allocator import keep_freed_memory
 
     if malloc == "tuned" and not keep_freed_memory():
         raise SystemExit("malloc cannot be tuned here (not glibc)")

@@ -24,7 +24,7 @@ reported separately) in a shuffled order, so that load from other processes hits
 ``reports/benchmarks/train_speed.{json,md}`` with medians and maxima of images/s, the ESeg/peer ratios, and the
 CPU model and flags.
 
-``--malloc tuned`` (the default) sets glibc's malloc as ``eseg train`` does on CPU (``eseg_cli.engine.allocator``:
+``--malloc tuned`` (the default) sets glibc's malloc as ``eseg train`` does on CPU (``eseg_cli.inference.allocator``:
 freed memory kept for reuse) before any cell is built, so every cell, the bare steps included, runs under it;
 ``--malloc default`` leaves glibc's defaults for every cell (``ESEG_MALLOC=default``, which the trainer cells obey).
 """
@@ -32,7 +32,6 @@ freed memory kept for reuse) before any cell is built, so every cell, the bare s
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import random
 import statistics
@@ -49,8 +48,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eseg_cli.engine.allocator import ENV as MALLOC_ENV  # noqa: E402
-from eseg_cli.engine.allocator import keep_freed_memory  # noqa: E402
+from eseg_cli.inference import allocator  # noqa: E402
 from eseg_cli.inference.precision import autocast, cpu_bf16_support  # noqa: E402
 from eseg_cli.inference.prepare import compile_training  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
@@ -229,9 +227,8 @@ def main() -> None:
                     help="glibc malloc for every cell: as eseg train sets it (tuned) or glibc's defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ[MALLOC_ENV] = args.malloc
-    if args.malloc == "tuned" and not keep_freed_memory():
-        print("note: malloc could not be tuned here (not glibc); every cell runs with the defaults", file=sys.stderr)
+    # before any model (a Predictor tunes malloc for the whole process); records what holds (not glibc: default)
+    args.malloc = "tuned" if allocator.choose(args.malloc) else "default"
     modes = [m for m in args.modes.split(",") if m]
     keys = [m for m in args.models.split(",") if m]
     bad = (set(modes) - set(MODES)) | (set(keys) - set(MODELS))

@@ -1,4 +1,4 @@
-"""The tuned glibc malloc (eseg_cli.engine.allocator): freed memory stays in the heap for the next step."""
+"""The tuned glibc malloc (eseg_cli.inference.allocator): freed memory stays in the heap for the next step."""
 
 import os
 import platform
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from eseg_cli.engine import allocator
+from eseg_cli.inference import allocator
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                                 reason="mallopt is glibc's (Linux)")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
 # then print the free bytes glibc keeps in its heap (mallinfo2's fordblks).
 PROBE = """
 import ctypes
-from eseg_cli.engine.allocator import keep_freed_memory
+from eseg_cli.inference.allocator import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -49,3 +49,13 @@ def test_eseg_malloc_default_leaves_glibc_alone():
     assert not tuned
     assert free < 20 << 20  # glibc's defaults: the block was mmapped and unmapped
 
+
+
+def test_predictor_on_cpu_tunes_malloc(monkeypatch):
+    from eseg_cli.inference import Predictor, predictor
+    from eseg_cli.models import build_model
+
+    calls = []
+    monkeypatch.setattr(predictor, "keep_freed_memory", lambda: calls.append(True) or True)
+    Predictor(build_model("lite-s", 3, width=0.25, depth=0.3, channels=16, repeats=1, max_level=5), device="cpu")
+    assert calls == [True]

@@ -47,7 +47,7 @@ def _run(tmp_path, name, **kw):
 
 
 def test_training_on_cpu_tunes_malloc(tmp_path, monkeypatch):
-    """The tuned malloc (engine/allocator.py, tested there) is set by every CPU run, the library's included."""
+    """The tuned malloc (inference/allocator.py, tested there) is set by every CPU run, the library's included."""
     from eseg_cli.engine import trainer
 
     calls = []

@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from eseg_cli.data import build_dataset, build_transforms
 from eseg_cli.data.check import check_batchable, check_dataset
 from eseg_cli.engine import checkpoint as ckpt_io
-from eseg_cli.engine.allocator import keep_freed_memory
 from eseg_cli.engine import tensorboard
 from eseg_cli.engine.config import TrainConfig, as_config, validate, with_new_keys
 from eseg_cli.engine.distributed import Runtime, barrier, broadcast_object, cleanup, setup
@@ -46,6 +45,7 @@ from eseg_cli.engine.schedule import WarmupCosine
 from eseg_cli.errors import EsegError, Interrupted
 from eseg_cli.events import Emitter, OnEvent, tee
 from eseg_cli.inference import runtime
+from eseg_cli.inference.allocator import keep_freed_memory
 from eseg_cli.inference.precision import amp_dtype, autocast, precision_note, resolve_amp
 from eseg_cli.inference.prepare import compile_training
 from eseg_cli.models import create_model
@@ -407,7 +407,7 @@ class Trainer:
         self.cfg, self.rt, self.run, self.emit = cfg, rt, run, emit
         self.device = rt.device
         if self.device.type == "cpu":
-            keep_freed_memory()  # exact; each step reuses the last step's memory (engine/allocator.py)
+            keep_freed_memory()  # exact; each step reuses the last step's memory (inference/allocator.py)
         seed_everything(cfg.seed, cfg.deterministic and not rt.xla)
         # pretrained encoder weights decide the input normalisation, so they are read before the data
         if state is not None or model is not None or not cfg.init_from:

@@ -28,6 +28,7 @@ from eseg_cli.data.datasets import _auto_palette, dataset_class
 from eseg_cli.data.imageio import as_rgb
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import modes
+from eseg_cli.inference.allocator import keep_freed_memory
 from eseg_cli.inference.int8 import Int8Model, quantize_int8, run_calibration_images
 from eseg_cli.inference.postprocess import upsample_logits
 from eseg_cli.inference.precision import amp_dtype
@@ -251,6 +252,8 @@ class Predictor(BasePredictor):
         self.mode_kw = {"mode": mode, "crop": tuple(crop) if crop else None,
                         "stride": tuple(stride) if stride else None, "scales": tuple(scales), "flip": bool(flip)}
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        if self.device.type == "cpu":
+            keep_freed_memory()  # exact; each image reuses the last one's memory (inference/allocator.py)
         model, ckpt, self.source = model_and_checkpoint(checkpoint, use_ema)
         self.checkpoint = {k: ckpt.get(k) for k in ("config", "model_config", "step", "classes", "data_root")}
         self.num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
