@@ -232,3 +232,24 @@ def test_eval_onnx_without_a_recorded_dataset_asks_for_one(syn_run, syn, tmp_pat
                                  str(syn), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["metadata_records_dataset"] is False
+
+
+def test_eval_slide_without_crop_takes_the_runs_training_crop(syn_run, tmp_path):
+    """`eseg eval --mode slide` with no --crop slides the run's training crop (its config's crop_size), as the
+    command's help says; the same scores as giving that crop."""
+    from eseg_cli.engine.checkpoint import save_checkpoint
+
+    ckpt = torch.load(syn_run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"] = {**ckpt["config"], "crop_size": [32, 64]}
+    run = tmp_path / "run"
+    save_checkpoint(ckpt, run / "checkpoints" / "best.pt")
+    scores = []
+    for extra in ([], ["--crop", "32x64"]):
+        r = CliRunner().invoke(app, ["eval", "-c", str(run), "--mode", "slide", "--workers", "0", "--json", "--yes",
+                                     "--out", str(tmp_path / f"o{len(extra)}"), *extra])
+        assert r.exit_code == 0, r.output
+        scores.append(json.loads(r.stdout)["mIoU"])
+    assert scores[0] == scores[1]
+    r = CliRunner().invoke(app, ["eval", "-c", str(run), "--mode", "slide", "--crop", "16x32", "--workers", "0",
+                                 "--json", "--yes", "--out", str(tmp_path / "o9")])
+    assert r.exit_code == 0 and json.loads(r.stdout)["mIoU"] != scores[0], r.output  # the crop is used

@@ -449,3 +449,33 @@ def test_predict_compile_is_static_for_one_size_dynamic_for_mixed(images, mixed_
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
     Image.new("RGB", (40, 64)).save(rotated, exif=exif)
     assert not is_mixed(same + [rotated], [])
+
+
+def test_predict_runs_the_inference_modes_of_eval(run_dir, images, tmp_path, one_thread):
+    """--mode msflip / slide: the Predictor's modes, as eseg eval runs them; slide without --crop takes the run's
+    training crop from its config, and is refused (one line) where the checkpoint records none."""
+    out = tmp_path / "ms"
+    res = invoke("predict", "-c", run_dir, images, "--out", out, "--mode", "msflip", "--scales", "0.75,1.0",
+                 "--no-overlay", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["inference"]["mode"] == "msflip"
+    ms = Predictor(run_dir, device="cpu", mode="msflip", scales=(0.75, 1.0))
+    for rel in ("a", "sub/b"):
+        label = np.array(Image.open(out / f"{rel}.png"))
+        assert (label == ms.predict(next(images.glob(rel + ".*")))).mean() > 0.999
+
+    res = invoke("predict", "-c", run_dir, images, "--out", tmp_path / "slide0", "--mode", "slide")
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "crop" in errors[0], res.output
+
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"] = {**ckpt["config"], "crop_size": [32, 32]}
+    with_crop = tmp_path / "with_crop"
+    save_checkpoint(ckpt, with_crop / "checkpoints" / "best.pt")
+    res = invoke("predict", "-c", with_crop, images / "a.png", "--out", tmp_path / "slide", "--mode", "slide",
+                 "--no-overlay", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["inference"]["crop"] == [32, 32]
+    slide = Predictor(run_dir, device="cpu", mode="slide", crop=(32, 32))
+    label = np.array(Image.open(tmp_path / "slide" / "a.png"))
+    assert (label == slide.predict(images / "a.png")).mean() > 0.999

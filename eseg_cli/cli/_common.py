@@ -303,3 +303,26 @@ def _one_line_usage_error(self) -> None:
 
 
 typer_rich_utils.rich_format_error = _one_line_usage_error
+
+
+# ----------------------------------------------------------------------------- inference modes
+# The options of the inference modes, one definition for every command that runs a model (eval, predict,
+# pseudo-label); `inference_mode` turns them into the Predictor's keywords.
+MODE_OPTION = typer.Option("whole", "--mode", case_sensitive=False,
+                           help="whole (single scale, the paper's protocol), slide (sliding windows), or msflip "
+                                "(multi-scale + flip).")
+CROP_OPTION = typer.Option(None, "--crop", help="Sliding-window size HxW (default for slide: the run's training "
+                                                "crop from its config; optional for msflip).")
+STRIDE_OPTION = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop).")
+SCALES_OPTION = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated.")
+FLIP_OPTION = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips.")
+
+
+def inference_mode(mode, crop: str | None, stride: str | None, scales: str, flip: bool) -> dict:
+    """The mode options as ``Predictor``/``evaluate`` keywords (sizes and scales parsed; a bad one is one line
+    naming its option)."""
+    from eseg_cli.utils import parse_floats, parse_size
+
+    return {"mode": value(mode), "crop": parse_size(crop, "--crop") if crop else None,
+            "stride": parse_size(stride, "--stride") if stride else None,
+            "scales": tuple(parse_floats(scales, "--scales")), "flip": flip}

@@ -11,12 +11,18 @@ from rich.table import Table
 from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     AMPS,
+    CROP_OPTION,
+    FLIP_OPTION,
+    MODE_OPTION,
     MODES,
+    SCALES_OPTION,
+    STRIDE_OPTION,
     THREADS_HELP,
     complete_device,
     confirm_overwrite,
     console,
     err_console,
+    inference_mode,
     print_json,
     set_threads,
     value,
@@ -38,14 +44,11 @@ def eval_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the checkpoint's, "
                                                                        "or the one the ONNX file records)."),
     split: str = typer.Option("val", "--split", help="Dataset split to score."),
-    mode: MODES = typer.Option("whole", "--mode", case_sensitive=False,
-                               help="whole (single scale, the paper's protocol), slide, or msflip (multi-scale + "
-                                    "flip)."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (default for slide: the run's "
-                                                            "training crop from its config; optional for msflip)."),
-    stride: Optional[str] = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop)."),
-    scales: str = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated."),
-    flip: bool = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips."),
+    mode: MODES = MODE_OPTION,
+    crop: Optional[str] = CROP_OPTION,
+    stride: Optional[str] = STRIDE_OPTION,
+    scales: str = SCALES_OPTION,
+    flip: bool = FLIP_OPTION,
     ids: str = typer.Option("auto", "--ids", help="--predictions: trainid, labelid or auto."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per forward pass (images of "
                                                                         "different sizes need 1)."),
@@ -85,9 +88,8 @@ def eval_cmd(
     from eseg_cli.engine import evaluate, evaluate_onnx, score_predictions
     from eseg_cli.errors import EsegError
     from eseg_cli.run import Run
-    from eseg_cli.utils import parse_floats, parse_size
-
-    mode, amp = value(mode), value(amp)
+    modes = inference_mode(mode, crop, stride, scales, flip)
+    mode, amp = modes["mode"], value(amp)
     set_threads(threads)
 
     if sum(v is not None for v in (checkpoint, predictions, onnx)) != 1:
@@ -97,7 +99,6 @@ def eval_cmd(
                         "the CPU (onnxruntime)")
     if ids not in ("auto", "trainid", "labelid"):
         raise EsegError(f"--ids must be auto, trainid or labelid, got {ids!r}")
-    scale_list = parse_floats(scales, "--scales")
     out_dir = out
     reporter = ProgressReporter(bar=use_bar(), quiet=json_out)
     if predictions is not None:
@@ -115,11 +116,9 @@ def eval_cmd(
         confirm_overwrite(Run(out_dir).eval_paths(mode)["json"], yes, "the previous evaluation")
         if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
             confirm_overwrite(save_predictions, yes, "predictions in it")
-        common = dict(dataset=dataset, data_root=data_root, split=split, mode=mode,
-                      crop=parse_size(crop, "--crop") if crop else None,
-                      stride=parse_size(stride, "--stride") if stride else None, scales=scale_list, flip=flip,
-                      batch_size=batch_size, workers=workers, out_dir=out_dir, save_predictions=save_predictions,
-                      max_images=max_images, on_event=reporter)
+        common = dict(dataset=dataset, data_root=data_root, split=split, **modes, batch_size=batch_size,
+                      workers=workers, out_dir=out_dir, save_predictions=save_predictions, max_images=max_images,
+                      on_event=reporter)
         with reporter:
             if onnx is not None:
                 result = evaluate_onnx(onnx, threads=threads, **common)

@@ -12,10 +12,17 @@ from rich.table import Table
 from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     AMPS,
+    CROP_OPTION,
+    FLIP_OPTION,
+    MODE_OPTION,
+    MODES,
+    SCALES_OPTION,
+    STRIDE_OPTION,
     THREADS_HELP,
     complete_device,
     console,
     err_console,
+    inference_mode,
     print_json,
     set_threads,
     value,
@@ -47,6 +54,11 @@ def predict_cmd(
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Mask opacity in the overlay."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write <name>_confidence.png (max class "
                                                                 "probability x 255)."),
+    mode: MODES = MODE_OPTION,
+    crop: Optional[str] = CROP_OPTION,
+    stride: Optional[str] = STRIDE_OPTION,
+    scales: str = SCALES_OPTION,
+    flip: bool = FLIP_OPTION,
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per forward pass (equal sizes)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes reading images."),
     device: str = typer.Option("auto", "--device", autocompletion=complete_device,
@@ -83,6 +95,8 @@ def predict_cmd(
       [cyan]eseg predict -c runs/<run> frames/ --out preds/ --compile --amp bf16[/]   faster, not exact
 
       [cyan]eseg predict -c runs/<run> frames/ --out preds/ --int8 --calibrate 16[/]   int8 on the CPU, not exact
+
+      [cyan]eseg predict -c runs/<run> street.png --out preds/ --mode msflip[/]   multi-scale + flip, as eseg eval
     """
     from eseg_cli.errors import EsegError
     from eseg_cli.inference.files import collect_inputs, mixed_sizes, plan_outputs
@@ -96,6 +110,7 @@ def predict_cmd(
         raise EsegError("--amp, --compile, --int8 and --no-ema apply to a checkpoint; an --onnx model runs as exported")
     if calibrate is not None and not int8:
         raise EsegError("--calibrate sets the calibration of --int8; add --int8, or drop --calibrate")
+    modes = inference_mode(mode, crop, stride, scales, flip)
     images, videos = collect_inputs(inputs)
     check_output_apart(out, [Path(i) for i in inputs if Path(i).is_dir()], [p for p, _ in images] + videos)
     set_threads(threads)
@@ -105,7 +120,7 @@ def predict_cmd(
         if onnx is not None:
             from eseg_cli.inference.export import OnnxPredictor
 
-            predictor = OnnxPredictor(onnx, threads=threads)
+            predictor = OnnxPredictor(onnx, threads=threads, **modes)
         else:
             from eseg_cli.inference import Predictor
             from eseg_cli.inference.precision import cpu_bf16_support, precision_note
@@ -115,11 +130,12 @@ def predict_cmd(
             quantize = {"quantize": "int8", "calibrate": DEFAULT_CALIBRATION if calibrate is None else calibrate} \
                 if int8 else {}
             predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=dynamic,
-                                  amp=value(amp), use_ema=not no_ema, **quantize)
+                                  amp=value(amp), use_ema=not no_ema, **modes, **quantize)
             note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
+        summary["inference"] = dict(predictor.mode_kw)  # the mode, with slide's crop as resolved
         if int8:  # how it was calibrated, and what the int8 checks found at each input shape
             summary["int8"] = {"calibration": predictor.model.int8.calibration, "checks": predictor.model.int8.report}
     if onnx is None and compile_:

@@ -10,11 +10,17 @@ import typer
 from eseg_cli.cli._app import app
 from eseg_cli.cli._common import (
     AMPS,
+    CROP_OPTION,
+    FLIP_OPTION,
+    MODE_OPTION,
     MODES,
+    SCALES_OPTION,
+    STRIDE_OPTION,
     THREADS_HELP,
     complete_device,
     console,
     err_console,
+    inference_mode,
     print_json,
     value,
 )
@@ -30,12 +36,11 @@ def pseudo_label_cmd(
     threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0,
                                     help="Keep a pixel's class where the teacher's top probability is at least "
                                          "this; 255 (ignore) elsewhere."),
-    mode: MODES = typer.Option("whole", "--mode", case_sensitive=False,
-                               help="whole, slide or msflip (as in eseg eval)."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Sliding-window size HxW (slide; optional for msflip)."),
-    stride: Optional[str] = typer.Option(None, "--stride", help="Sliding-window stride HxW (default 2/3 of crop)."),
-    scales: str = typer.Option("0.5,0.75,1.0,1.25,1.5,1.75", "--scales", help="msflip scales, comma-separated."),
-    flip: bool = typer.Option(True, "--flip/--no-flip", help="msflip: add horizontal flips."),
+    mode: MODES = MODE_OPTION,
+    crop: Optional[str] = CROP_OPTION,
+    stride: Optional[str] = STRIDE_OPTION,
+    scales: str = SCALES_OPTION,
+    flip: bool = FLIP_OPTION,
     split: str = typer.Option("train", "--split", help="Split folder name in the output layout."),
     device: str = typer.Option("auto", "--device", autocompletion=complete_device, help="auto, cpu or cuda[:N]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
@@ -57,22 +62,18 @@ def pseudo_label_cmd(
 
       [cyan]eseg pseudo-label -c best.pt -i 'frames/*.jpg' -o data/pl --mode msflip --threshold 0.7 --json[/]
     """
-    mode, amp = value(mode), value(amp)
+    amp = value(amp)
     import torch
 
     from eseg_cli.cli._progress import ProgressReporter, use_bar
     from eseg_cli.engine.pseudo_label import pseudo_label
-    from eseg_cli.utils import parse_floats, parse_size
 
     if threads:
         torch.set_num_threads(threads)
-    scale_list = parse_floats(scales, "--scales")
+    modes = inference_mode(mode, crop, stride, scales, flip)
     with ProgressReporter(bar=use_bar(progress), quiet=json_out) as on_event:
-        summary = pseudo_label(checkpoint, images, out, threshold=threshold, mode=mode,
-                               crop=parse_size(crop, "--crop") if crop else None,
-                               stride=parse_size(stride, "--stride") if stride else None, scales=scale_list,
-                               flip=flip, split=split, device=device, amp=amp, use_ema=not no_ema,
-                               on_event=on_event)
+        summary = pseudo_label(checkpoint, images, out, threshold=threshold, **modes, split=split, device=device,
+                               amp=amp, use_ema=not no_ema, on_event=on_event)
     if json_out:
         print_json(summary)
         return

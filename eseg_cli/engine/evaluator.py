@@ -132,14 +132,9 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     ``dataset``/``data_root`` default to those the checkpoint was trained on. ``out_dir`` defaults to the run
     folder holding the checkpoint. ``on_event`` gets progress events (task ``eval``, one step per image).
     """
-    modes.check_inference(mode, crop, stride, scales)
     predictor = Predictor(checkpoint, device, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip,
                           amp=amp, use_ema=use_ema)
-    cfg = predictor.checkpoint.get("config") or {}
-    if mode == "slide" and crop is None and cfg.get("crop_size"):
-        # the run's training crop, as mmseg takes it from the config
-        predictor.mode_kw["crop"] = crop = tuple(cfg["crop_size"])
-        modes.check_inference(mode, crop, stride, scales)
+    cfg = predictor.checkpoint.get("config") or {}  # slide without a crop: the Predictor took the run's own
     dataset = dataset or cfg.get("dataset") or "synthetic"
     if data_root is None and dataset == cfg.get("dataset"):
         # the resolved root (for the synthetic default: the exact generated version the model was trained on)

@@ -179,7 +179,7 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
     if not 0.0 <= threshold <= 1.0:
         raise EsegError(f"threshold must be between 0 and 1 (a class probability), got {threshold}",
                         field="threshold")
-    check_inference(mode, crop, stride, scales)
+    check_inference(mode, crop, stride, scales, crop_later=True)  # slide: the teacher's training crop
     layout = _Layout(Path(out_dir), path_component(split, "'split'", field="split"))
     files = find_images(images)
     if layout.out.exists() and not layout.out.is_dir():
@@ -190,6 +190,7 @@ def pseudo_label(checkpoint: str | Path, images: Sequence[str | Path], out_dir: 
     teacher = resolve_checkpoint(checkpoint)
     predictor = Predictor(teacher, dev, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip, amp=amp,
                           use_ema=use_ema)
+    crop = predictor.mode_kw["crop"]
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "teacher_sha256": file_sha256(teacher),
                 "step": predictor.checkpoint.get("step"), "threshold": threshold, "mode": mode,
                 "crop": list(crop) if crop else None, "stride": list(stride) if stride else None,

@@ -26,13 +26,14 @@ MODES = ("whole", "slide", "msflip")
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-def check_inference(mode: str, crop=None, stride=None, scales=(1.0,)) -> None:
+def check_inference(mode: str, crop=None, stride=None, scales=(1.0,), *, crop_later: bool = False) -> None:
     """Refuse inference settings that would give a score no model computed: an unknown mode, slide without a
     crop, a stride larger than the crop (the pixels between windows would be 0/0, then class 0), a crop past
-    the size cap, or a scale that is not a positive finite number."""
+    the size cap, or a scale that is not a positive finite number. ``crop_later``: slide without a crop is
+    checked again once a checkpoint may give one (the Predictor takes the run's training crop)."""
     if mode not in MODES:
         raise EsegError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
-    if mode == "slide" and crop is None:
+    if mode == "slide" and crop is None and not crop_later:
         raise EsegError("slide mode needs a crop size ('crop', HxW)", field="crop")
     if crop is not None:
         check_size(crop, "'crop'", field="crop")

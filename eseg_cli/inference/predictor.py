@@ -226,6 +226,8 @@ class Predictor(BasePredictor):
         mode: ``whole`` (one pass at the image's size, the paper's protocol), ``slide`` (``crop`` windows every
             ``stride``, default 2/3 of the crop) or ``msflip`` (softmax averaged over ``scales`` and, with
             ``flip``, their horizontal flips; sliding windows when ``crop`` is given). See :mod:`.modes`.
+            ``slide`` without a ``crop`` takes the run's training crop from the checkpoint's config (as mmseg
+            takes it from its config); a built model has none, and then needs ``crop``.
         fold: fold batch norm and freeze the fusion weights (exact; default on).
         channels_last: ``None`` picks the faster layout for the device.
         compile: ``torch.compile`` the prepared model (first call per image size compiles).
@@ -248,13 +250,17 @@ class Predictor(BasePredictor):
                  amp: str | None = None,
                  use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  quantize: str | None = None, calibrate: int | Sequence = DEFAULT_CALIBRATION):
-        modes.check_inference(mode, crop, stride, tuple(scales))
-        self.mode_kw = {"mode": mode, "crop": tuple(crop) if crop else None,
-                        "stride": tuple(stride) if stride else None, "scales": tuple(scales), "flip": bool(flip)}
+        # settings are refused before a checkpoint is read; slide's crop may still come from the checkpoint
+        modes.check_inference(mode, crop, stride, tuple(scales), crop_later=True)
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         if self.device.type == "cpu":
             keep_freed_memory()  # exact; each image reuses the last one's memory (inference/allocator.py)
         model, ckpt, self.source = model_and_checkpoint(checkpoint, use_ema)
+        if mode == "slide" and crop is None:  # the run's training crop; refused where none is recorded
+            crop = (ckpt.get("config") or {}).get("crop_size")
+            modes.check_inference(mode, tuple(crop) if crop else None, stride, tuple(scales))
+        self.mode_kw = {"mode": mode, "crop": tuple(crop) if crop else None,
+                        "stride": tuple(stride) if stride else None, "scales": tuple(scales), "flip": bool(flip)}
         self.checkpoint = {k: ckpt.get(k) for k in ("config", "model_config", "step", "classes", "data_root")}
         self.num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
         self.amp = amp
