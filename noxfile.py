@@ -145,6 +145,13 @@ def ablate(session: nox.Session) -> None:
     for kind in kinds:
         session.run(*ablate_command(kind))
         copy_ablation(kind)
-    session.run("eseg", "report", "--results", "reports/ablate", "--results", "reports/selftrain",
-                "--profile", "reports/benchmarks", "--out", "reports",
-                "--yes")
+    session.run(*report_command())
+
+
+def report_command() -> list[str]:
+    """``eseg report`` over the protocol's results: each ablation's folder (not the pilot's, which lives beside them
+    under another protocol name) and the self-training results once they exist."""
+    results = [f"reports/ablate/{kind}" for kind in ABLATE_OPTIONS]
+    results += [d for d in ("reports/selftrain",) if (Path(d) / "results.jsonl").is_file()]
+    return ["eseg", "report", *(a for r in results for a in ("--results", r)), "--profile", "reports/benchmarks",
+            "--out", "reports", "--yes"]

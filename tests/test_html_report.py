@@ -226,7 +226,7 @@ def test_claims_table_read_back_from_the_page(tmp_path):
     parser.feed((tmp_path / "rep" / "report.html").read_text())
     head, *body = parser.tables["claims"]
     rows = {row[head.index("A - B")]: dict(zip(head, row, strict=True)) for row in body}
-    assert head[:2] == ["Claim", "A - B"] and "Verdict" in head and "Paper" in head
+    assert head[:4] == ["Claim", "Verdict", "Δ mIoU (A - B)", "95% CI"] and "Paper" in head  # the answer first
     for a, b, verdict in (("b1-bifpn", "b1-deeplab-os16", "holds"), ("r50-bifpn", "r50-deeplab-os16", "reversed"),
                           ("b1-deeplab-os16", "b1-deeplab-os32", "inconclusive at this budget")):
         row = rows[f"{a} - {b}"]
