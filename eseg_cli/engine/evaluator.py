@@ -167,12 +167,12 @@ def evaluate_onnx(path: str | Path, *, dataset: str | None = None, data_root: st
     ``eseg export`` did not write, e.g. an int8 quantiser's).
     """
     path = Path(path)
+    if mode == "slide" and crop is None:  # a checkpoint gives its training crop (the Predictor); a file does not
+        raise EsegError("slide mode needs a crop size ('crop', HxW) for an ONNX file (it does not record the run's "
+                        "training crop)", field="crop")
     modes.check_inference(mode, crop, stride, scales)
     predictor = OnnxPredictor(path, threads, mode=mode, crop=crop, stride=stride, scales=scales, flip=flip)
     meta = predictor.metadata
-    if mode == "slide" and crop is None:
-        raise EsegError("slide mode needs a crop size ('crop', HxW) for an ONNX file (it does not record the run's "
-                        "training crop)", field="crop")
     recorded = "dataset" in predictor.session.get_modelmeta().custom_metadata_map
     if dataset is None and not meta["dataset"]:
         raise EsegError(f"{path} records no dataset (exported by an older eseg, or from a bare model): give "
