@@ -46,6 +46,7 @@ from eseg_cli.analysis import stats
 from eseg_cli.analysis.ablate import Cell, read_results, train_cell
 from eseg_cli.data.synthetic.generate import generate
 from eseg_cli.engine.pseudo_label import pseudo_label
+from eseg_cli.errors import EsegError
 from eseg_cli.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "selftrain", help="results, logs and README")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    Experiment(a).run()
+    try:
+        Experiment(a).run()
+    except EsegError as e:  # bad input (a set made with other parameters, fewer labelled images than a batch):
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, as eseg's commands say it
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

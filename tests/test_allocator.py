@@ -59,3 +59,26 @@ def test_predictor_on_cpu_tunes_malloc(monkeypatch):
     monkeypatch.setattr(predictor, "keep_freed_memory", lambda: calls.append(True) or True)
     Predictor(build_model("lite-s", 3, width=0.25, depth=0.3, channels=16, repeats=1, max_level=5), device="cpu")
     assert calls == [True]
+
+
+@pytest.mark.parametrize("value", ["tunde", "off", "jemalloc"])
+def test_an_unknown_eseg_malloc_value_is_refused_with_the_variable_named(monkeypatch, value):
+    from eseg_cli.errors import EsegError
+
+    monkeypatch.setenv(allocator.ENV, value)
+    with pytest.raises(EsegError, match=f"ESEG_MALLOC={value!r}.*tuned.*default"):
+        allocator.keep_freed_memory()
+
+
+@pytest.mark.parametrize("value", ["", " Tuned ", "DEFAULT"])
+def test_eseg_malloc_takes_its_values_in_any_case_and_empty_as_tuned(monkeypatch, value):
+    monkeypatch.setenv(allocator.ENV, value)
+    assert allocator.requested() == (value.strip().lower() or "tuned")
+
+
+def test_eseg_train_with_a_misspelt_eseg_malloc_exits_2_naming_it(tmp_path):
+    env = {**os.environ, allocator.ENV: "tunde"}
+    out = subprocess.run([sys.executable, "-m", "eseg_cli", "train", "--scale", "lite-s", "--steps", "1",
+                          "--run-dir", str(tmp_path / "run"), "--yes"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2, out.stderr
+    assert "ESEG_MALLOC='tunde'" in out.stderr + out.stdout and "Traceback" not in out.stderr

@@ -16,7 +16,7 @@ what a training run or a prediction over a folder of images wants. Measured on a
 1024x2048 up to twice as fast.
 
 The Trainer and the Predictor call :func:`keep_freed_memory` on CPU. ``ESEG_MALLOC=default`` in the environment
-leaves malloc as it is.
+leaves malloc as it is; ``ESEG_MALLOC=tuned`` (or unset, or empty) sets it; any other value is refused.
 """
 
 from __future__ import annotations
@@ -26,11 +26,15 @@ import os
 import platform
 import sys
 
+from eseg_cli.errors import EsegError
+
 # mallopt's parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 #: what :func:`keep_freed_memory` sets (see the module)
 SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 256 << 20}
 ENV = "ESEG_MALLOC"
+#: the values ``ESEG_MALLOC`` takes ("" and unset mean tuned)
+CHOICES = ("tuned", "default")
 
 _state: bool | None = None
 
@@ -39,10 +43,11 @@ def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep freed memory for reuse (see the module). Returns whether it is set.
 
     Nothing happens, and the answer is False, when ``ESEG_MALLOC=default``, or outside Linux with glibc. Idempotent:
-    the process-wide setting is made once.
+    the process-wide setting is made once. Raises :class:`~eseg_cli.errors.EsegError` for a value of
+    ``ESEG_MALLOC`` other than ``tuned`` or ``default`` (a typo would otherwise pick one silently).
     """
     global _state
-    if os.environ.get(ENV, "tuned").strip().lower() == "default":
+    if requested() == "default":
         return False
     if _state is not None:
         return _state
@@ -58,11 +63,20 @@ def keep_freed_memory() -> bool:
     return _state
 
 
+def requested() -> str:
+    """``ESEG_MALLOC``'s value, ``tuned`` or ``default``; refuses any other."""
+    value = os.environ.get(ENV, "").strip().lower() or "tuned"
+    if value not in CHOICES:
+        raise EsegError(f"environment variable {ENV}={os.environ[ENV]!r}: use {ENV}=tuned (the default: freed memory "
+                        f"is kept for reuse) or {ENV}=default (glibc's own malloc settings), or unset it", field=ENV)
+    return value
+
+
 def choose(setting: str) -> bool:
     """For benchmarks, before any model is built: ``"tuned"`` sets malloc as eseg does on CPU; ``"default"`` keeps
     glibc's defaults for the whole process (every later :func:`keep_freed_memory` does nothing). Returns whether
     malloc is tuned."""
-    if setting not in ("tuned", "default"):
+    if setting not in CHOICES:
         raise ValueError(f"malloc setting {setting!r}: choose tuned or default")
     os.environ[ENV] = setting
     return setting == "tuned" and keep_freed_memory()
