@@ -309,3 +309,24 @@ def test_self_training_rows_fill_their_claims_beside_the_ablations(tmp_path):
     assert st["Measured on"] == "synthetic proxy (selftrain v1), 3 seeds, 1500 steps, ESeg-Lite-S"
     assert t.loc["pretrained - scratch", "Verdict"] == "reversed"
     assert t.loc["b1-bifpn - b1-deeplab-os16", "Verdict"] == "holds"  # the ablation rows are still read
+
+
+def test_the_measuring_note_comes_once_and_only_for_what_is_not_cached(monkeypatch):
+    calls, notes = [], []
+    monkeypatch.setattr(report, "measure", lambda model, kwargs, **kw: calls.append(model) or {"params": 1.0})
+    monkeypatch.setattr(report, "cached_measurement", lambda model, kwargs, **kw: None)
+    get = report.make_measurer(True, [], lambda: notes.append(len(calls)))
+    get("eseg-s", {}, (1024, 2048), 19)
+    get("eseg-m", {}, (1024, 2048), 19)
+    assert calls == ["eseg-s", "eseg-m"] and notes == [0]  # once, before the first measurement
+    monkeypatch.setattr(report, "cached_measurement", lambda model, kwargs, **kw: {"params": 2.0})
+    notes.clear()
+    report.make_measurer(True, [], lambda: notes.append(1))("eseg-s", {}, (1024, 2048), 19)
+    assert notes == []  # everything cached: nothing to announce
+
+
+def test_a_missing_results_folder_is_refused_before_any_measuring(tmp_path):
+    result = runner.invoke(app, ["report", "--results", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"),
+                                 "--yes", "--no-figures", "--no-html"])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "measuring" not in result.output

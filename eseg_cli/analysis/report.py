@@ -175,10 +175,13 @@ def _eval_for(results: dict, key: str, dataset: str) -> dict | None:
 Measurer = Callable[[str, dict, tuple[int, int], int], dict | None]
 
 
-def make_measurer(measure_missing: bool = True, ablate_rows: list[dict] | None = None) -> Measurer:
+def make_measurer(measure_missing: bool = True, ablate_rows: list[dict] | None = None,
+                  on_first_measure: Callable[[], None] | None = None) -> Measurer:
     """A function giving params/FLOPs of a model: from ablation rows, then the cache, then (if
-    ``measure_missing``) by measuring; None when it may not measure and nothing is cached."""
+    ``measure_missing``) by measuring; None when it may not measure and nothing is cached.
+    ``on_first_measure`` is called once, before the first measurement the cache cannot answer."""
     by_cfg = {}
+    pending = [on_first_measure] if on_first_measure else []
     for r in ablate_rows or []:
         if not {"model", "resolution", "num_classes"} <= r.keys():  # self-training rows: no FLOPs measured
             continue
@@ -192,7 +195,11 @@ def make_measurer(measure_missing: bool = True, ablate_rows: list[dict] | None =
         cached = cached_measurement(model, kwargs, resolution=resolution, num_classes=num_classes)
         if cached:
             return cached
-        return measure(model, kwargs, resolution=resolution, num_classes=num_classes) if measure_missing else None
+        if not measure_missing:
+            return None
+        while pending:
+            pending.pop()()
+        return measure(model, kwargs, resolution=resolution, num_classes=num_classes)
 
     return get
 
@@ -421,12 +428,14 @@ def _power(d: stats.PairedDifference | None, paper_diff: float | None) -> dict:
     return out
 
 
-def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True) -> dict[str, pd.DataFrame]:
+def build_tables(results: Iterable[str | Path] = (), *, measure_missing: bool = True,
+                 on_first_measure: Callable[[], None] | None = None) -> dict[str, pd.DataFrame]:
     """The paper's tables as DataFrames, keyed ``table3``, ``table4``, ``table5``, ``table8``, plus
     ``ablate_levels`` / ``ablate_fusion`` when the results hold those ablations, and ``claims`` (the paper's claims
-    with their paired differences and verdicts)."""
+    with their paired differences and verdicts). ``on_first_measure``: called once before the first params/FLOPs
+    measurement that is not cached (after every results file has been read)."""
     res = collect_results(results)
-    measurer = make_measurer(measure_missing, res["ablate"])
+    measurer = make_measurer(measure_missing, res["ablate"], on_first_measure)
     tables = {"table3": table3(measurer), "table4": table4(measurer, res), "table5": table5(measurer, res),
               "table8": table8(measurer, res)}
     for kind in ("levels", "fusion"):

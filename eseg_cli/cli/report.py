@@ -61,11 +61,13 @@ def report_cmd(
 
         torch.set_num_threads(threads)
     confirm_overwrite(out / "tables.md", yes, "the generated tables")
-    if not json_out and measure:
-        err_console.print("[dim]measuring params/FLOPs not in the cache (cached after the first run)...[/]")
     import json
 
-    tables = build_tables(results or [], measure_missing=measure)
+    def say_measuring():  # only when something is not cached, and only once every results file has been read
+        if not json_out:
+            err_console.print("[dim]measuring params/FLOPs not in the cache (cached after the first run)...[/]")
+
+    tables = build_tables(results or [], measure_missing=measure, on_first_measure=say_measuring)
     if html or figures:  # every input read before the first write: a damaged run is named, nothing half-written
         from eseg_cli.analysis.html_report import read_inputs
 
