@@ -299,8 +299,8 @@ def markdown(meta: dict, rows: list[dict], targets: dict) -> str:
              f"agreement = share of pixels whose class equals eager fp32's (at {meta['resolution']}: on 2 upscaled val "
              f"images). Calibration: {meta['calibrate']} train images at their size (the onnxruntime files, whatever "
              f"the input size; int8 pt2e calibrates each size's graph on them resized to it).", "",
-             table, "", f"Targets (issue 21, stated for ESeg-Lite-S; here {meta['model']}): " + "; ".join(f"{k}: {'met' if v else 'MISSED'}"
-                                                           for k, v in targets.items()), "",
+             table, "", f"Targets (issue 21, stated for ESeg-Lite-S; here {meta['model']}): "
+             + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()), "",
              f"int8 pt2e checks: {meta['int8_pt2e']['checks']}", "", f"Command: `{meta['command']}`", ""]
     return "\n".join(lines)
 
