@@ -264,7 +264,7 @@ def test_training_curves_of_seeds_are_a_mean_with_a_band(tmp_path):
 
 
 def test_training_curves_are_drawn_per_ablation(tmp_path):
-    for kind, cell in (("decoder", "b1-bifpn"), ("levels", "p2-p9"), ("levels", "p3-p7")):
+    for kind, cell in (("decoder", "b1-bifpn"), ("levels", "p2-p9"), ("levels", "p3-p7"), ("selftrain", "teacher")):
         run = tmp_path / "abl" / kind / "logs" / f"{cell}-s0-0123456789ab"
         run.mkdir(parents=True)
         (run / "config.yaml").write_text("scale: lite-s\ndataset: synthetic\nsteps: 2\nseed: 0\n")
@@ -273,6 +273,6 @@ def test_training_curves_are_drawn_per_ablation(tmp_path):
     out = plot.generate_figures([tmp_path / "abl"], tmp_path / "figs", which=("curves",))
     assert sorted(p.split("/")[-1] for p in out["files"]) == [
         "training_curves_decoder.png", "training_curves_decoder.svg", "training_curves_levels.png",
-        "training_curves_levels.svg"]
+        "training_curves_levels.svg", "training_curves_selftrain.png", "training_curves_selftrain.svg"]
     (_, (fig, data, _)), = [c for c in plot.curve_figures(plot.find_runs([tmp_path / "abl"])) if c[0] == "levels"]
     assert sorted(data) == ["p2-p9", "p3-p7"]

@@ -138,7 +138,8 @@ def render_html(tables: dict[str, pd.DataFrame], *, figure1=None, figure4=None, 
         out.append(_figure(seeds, "Final val mIoU of each ablation cell: one dot per seed, the mean with an error "
                            "bar of ± one sample std.", "ablation seeds"))
     for kind, fig in (curves or {}).items():
-        what = f"eseg ablate {kind}: training" if kind else "Training"
+        what = ("Self-training (benchmarks/selftrain.py): training" if kind == "selftrain" else
+                f"eseg ablate {kind}: training" if kind else "Training")
         out.append(_figure(fig, f"{what} curves: loss, learning rate and validation mIoU per step (the seeds of a "
                            "cell: their mean, the band ± one std).", "training curves"))
     if runs:

@@ -435,12 +435,17 @@ def _seed_mean(frames: list[pd.DataFrame], column: str) -> pd.DataFrame:
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1)}).reset_index()
 
 
+#: experiments whose runs are drawn apart: ``eseg ablate``'s kinds and ``benchmarks/selftrain.py``'s folder
+EXPERIMENTS = (*ABLATIONS, "selftrain")
+
+
 def runs_by_ablation(run_dirs: list[Path]) -> dict[str, list[Path]]:
-    """Run folders grouped by the ablation they belong to (the nearest folder above named ``decoder``, ``levels`` or
-    ``fusion``, as ``eseg ablate`` and ``reports/ablate`` lay them out); other runs under ``""``."""
+    """Run folders grouped by the experiment they belong to (the nearest folder above named ``decoder``, ``levels``,
+    ``fusion`` or ``selftrain``, as ``eseg ablate``, ``reports/ablate`` and ``reports/selftrain`` lay them out);
+    other runs under ``""``."""
     out: dict[str, list[Path]] = {}
     for run in run_dirs:
-        kind = next((p.name for p in Path(run).parents if p.name in ABLATIONS), "")
+        kind = next((p.name for p in Path(run).parents if p.name in EXPERIMENTS), "")
         out.setdefault(kind, []).append(run)
     return out
 
