@@ -183,6 +183,33 @@ def test_upsample_bilinear_is_torchs_forward_and_its_gradient(shape, size):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the same sums in another order
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_squeeze_excite_gives_timms_outputs_and_gradients_bit_for_bit(dtype):
+    """The encoder's squeeze-and-excitation (a broadcast view for the mean's gradient) against timm's own."""
+    from timm.models._efficientnet_blocks import SqueezeExcite as TimmSE
+
+    from eseg_cli.models.encoders import SqueezeExcite
+
+    torch.manual_seed(0)
+    ours, ref = SqueezeExcite(24, rd_ratio=0.25, act_layer=torch.nn.SiLU), TimmSE(24, rd_ratio=0.25,
+                                                                                 act_layer=torch.nn.SiLU)
+    ref.load_state_dict(ours.state_dict())  # the same parameter names: pretrained weights load unchanged
+    x0 = torch.randn(2, 24, 9, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for m in (ours, ref):
+        x = x0.clone().requires_grad_()
+        m.to(dtype)
+        y = m(x) * x  # x used twice, as in a block: the mean's gradient is added to another one
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype))
+        grads.append((y.detach(), x.grad, m.conv_reduce.weight.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    from eseg_cli.models.encoders import spatial_mean
+
+    assert "SpatialMean" in type(spatial_mean(x0.requires_grad_()).grad_fn).__name__  # the view-gradient path was the one tested
+    assert any(isinstance(m, SqueezeExcite) for m in build_model("eseg-s", **TINY).encoder.modules())
+
+
 def test_upsample_bilinear_falls_back_to_torch_where_the_banded_gradient_does_not_apply():
     from eseg_cli.models.layers import upsample_bilinear
 
