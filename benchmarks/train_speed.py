@@ -32,6 +32,7 @@ freed memory kept for reuse) before any cell is built, so every cell, the bare s
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import statistics
@@ -41,9 +42,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+# oneDNN keeps 1024 compiled kernels (primitives) by default. A training run holds one model; this benchmark
+# holds every cell's at once (forward, backward-data and backward-weights kernels per convolution and dtype),
+# and past 1024 each cell recreated the kernels the others had evicted, every round: a cost no training run
+# pays, and one that grows with a model's number of distinct convolutions (ESeg-S bf16 4x512: 2.11 images/s
+# interleaved with DeepLabV3+ under the default, 2.43 with room for all; see benchmarks/README.md)
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -286,6 +293,7 @@ def write_report(cells, args, modes) -> None:
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "cpu": cpu_description(), "device": _device_name(args.device), "threads": args.threads,
             "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "malloc": args.malloc,
+            "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
             "command": "python " + " ".join(sys.argv),
             "notes": "images/s of whole training steps (forward, CE, backward, AdamW); ratio = ESeg images/s / "
                      "peer images/s (higher is better for ESeg); the trainer cell is eseg train's own loop"}

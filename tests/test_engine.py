@@ -13,7 +13,7 @@ from eseg_cli.cli import app
 from eseg_cli.engine import load_config, train
 from eseg_cli.engine.checkpoint import save_checkpoint
 from eseg_cli.engine.config import validate
-from eseg_cli.engine.losses import OhemCrossEntropy
+from eseg_cli.engine.losses import CrossEntropy, OhemCrossEntropy
 from eseg_cli.engine.schedule import WarmupCosine, warmup_cosine_factor
 from eseg_cli.errors import EsegError
 from eseg_cli.inference.runtime import load_checkpoint, load_model
@@ -97,6 +97,53 @@ def test_ohem_keeps_hard_pixels_and_min_kept():
     target[0, 0, 3] = 255
     loss_ign = OhemCrossEntropy(0.7, min_kept=1)(logits, target)
     assert loss_ign == pytest.approx(per_pixel[2].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_fn", [OhemCrossEntropy(0.7, min_kept=50), CrossEntropy()])
+def test_losses_read_channels_last_logits_as_rows_with_the_same_values(loss_fn):
+    """Channels_last logits (what channels_last training gives the loss) take the row-per-pixel path: the same
+    loss and gradient as NCHW logits up to float32 rounding; a bad class id is refused on both paths."""
+    from eseg_cli.engine.losses import pixel_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 9, 7) * 3
+    target = torch.randint(0, 5, (2, 9, 7))
+    target[0, :2] = 255
+    results = []
+    for x in (logits.clone(), logits.contiguous(memory_format=torch.channels_last)):
+        x.requires_grad_()
+        loss = loss_fn(x, target)
+        loss.backward()
+        results.append((loss.detach(), x.grad, pixel_cross_entropy(x, target)))
+    (l1, g1, p1), (l2, g2, p2) = results
+    assert g2.is_contiguous(memory_format=torch.channels_last) and p2.shape == (2, 9, 7)
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(g1, g2)
+    torch.testing.assert_close(p1, p2)
+    assert (p2[0, :2] == 0).all()  # ignored pixels
+    bad = target.clone()
+    bad[1, 3, 3] = 7  # not a class of 5
+    for x in (logits, logits.contiguous(memory_format=torch.channels_last)):
+        with pytest.raises((IndexError, RuntimeError)):
+            loss_fn(x, bad)
+
+
+def test_channels_last_training_gives_channels_last_logits_and_eval_the_same_values():
+    m = build_model("eseg-lite-s", num_classes=5, width=0.25, depth=0.25, channels=16, repeats=1)
+    m = m.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    train_out = m.train()(x)
+    assert train_out.shape == (2, 5, 64, 64) and not train_out.is_contiguous()
+    assert train_out.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        small = m.forward_logits(x)
+        m.eval()
+        eval_out = m(x)
+        m.train()
+    assert eval_out.is_contiguous()  # inference keeps NCHW logits
+    # the same interpolation of the same stride-4 logits (train mode: batch statistics) as torch's NCHW kernel
+    ref = nn.functional.interpolate(small.float().contiguous(), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(train_out.detach(), ref)
 
 
 def test_warmup_cosine_schedule():

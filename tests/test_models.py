@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -188,7 +190,7 @@ def test_squeeze_excite_gives_timms_outputs_and_gradients_bit_for_bit(dtype):
     """The encoder's squeeze-and-excitation (a broadcast view for the mean's gradient) against timm's own."""
     from timm.models._efficientnet_blocks import SqueezeExcite as TimmSE
 
-    from eseg_cli.models.encoders import SqueezeExcite
+    from eseg_cli.models.fast_backward import SqueezeExcite
 
     torch.manual_seed(0)
     ours, ref = SqueezeExcite(24, rd_ratio=0.25, act_layer=torch.nn.SiLU), TimmSE(24, rd_ratio=0.25,
@@ -204,10 +206,67 @@ def test_squeeze_excite_gives_timms_outputs_and_gradients_bit_for_bit(dtype):
         grads.append((y.detach(), x.grad, m.conv_reduce.weight.grad))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
-    from eseg_cli.models.encoders import spatial_mean
+    from eseg_cli.models.fast_backward import spatial_mean
 
     assert "SpatialMean" in type(spatial_mean(x0.requires_grad_()).grad_fn).__name__  # the view-gradient path was the one tested
     assert any(isinstance(m, SqueezeExcite) for m in build_model("eseg-s", **TINY).encoder.modules())
+
+
+@pytest.mark.parametrize("kernel,stride", [(5, 1), (3, 2), (5, 2)])
+def test_depthwise_conv_backward_in_float32_under_bf16_autocast(kernel, stride):
+    """The encoder's slow-in-bf16 depthwise convs: autocast's forward bit for bit, gradients of the same bf16
+    convolution computed in float32 (closer to the exact ones than bf16 autocast's own), and nn.Conv2d elsewhere."""
+    from eseg_cli.models.fast_backward import DepthwiseConv2d, with_fast_backward
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(16, 16, kernel, stride, kernel // 2, groups=16, bias=True))
+    ours = with_fast_backward(copy.deepcopy(ref))
+    assert isinstance(ours[0], DepthwiseConv2d) and ours.state_dict().keys() == ref.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+    x0 = torch.randn(2, 16, 13, 11).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(ref(x0).shape).bfloat16().float()  # exact in bf16 too
+
+    def run(m, amp):
+        m = copy.deepcopy(m)
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = m(x)
+        y.backward(g.to(y.dtype))
+        return y, x.grad, m[0].weight.grad, m[0].bias.grad
+
+    y, *grads = run(ours, True)
+    y_ref, *grads_amp = run(ref, True)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)  # autocast's forward
+    assert "DepthwiseFloatGrad" in type(y.grad_fn).__name__
+    # the exact gradients of the bf16-rounded convolution, in float64
+    q = copy.deepcopy(ref).double()
+    with torch.no_grad():
+        q[0].weight.copy_(ref[0].weight.bfloat16().double())
+        q[0].bias.copy_(ref[0].bias.bfloat16().double())
+    x = x0.bfloat16().double().requires_grad_()
+    q(x).backward(g.double())
+    exact = (x.grad, q[0].weight.grad, q[0].bias.grad)
+    for ours_g, amp_g, ex in zip(grads, grads_amp, exact):
+        assert ours_g.dtype == amp_g.dtype == torch.float32
+        assert (ours_g.double() - ex).abs().max() <= (amp_g.double() - ex).abs().max() + 1e-6
+        torch.testing.assert_close(ours_g.double(), ex, rtol=1e-4, atol=1e-4)
+    # float32, no autocast: nn.Conv2d's result exactly
+    for a, b in zip(run(ours, False), run(ref, False)):
+        assert torch.equal(a, b)
+    ours.eval()
+    assert torch.equal(ours(x0), ref.eval()(x0))
+
+
+def test_eseg_s_encoder_has_fast_backward_layers_and_loads_timm_weights():
+    import timm
+
+    from eseg_cli.models.fast_backward import DepthwiseConv2d
+
+    enc = build_model("eseg-s").encoder
+    kinds = [m for m in enc.modules() if isinstance(m, DepthwiseConv2d)]
+    assert kinds and all(max(m.kernel_size) > 3 or max(m.stride) > 1 for m in kinds)
+    ref = timm.create_model("efficientnet_b1", features_only=True, out_indices=(1, 2, 3, 4))
+    assert set(enc.state_dict()) == set(ref.state_dict())
 
 
 def test_upsample_bilinear_falls_back_to_torch_where_the_banded_gradient_does_not_apply():

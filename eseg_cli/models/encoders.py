@@ -10,14 +10,13 @@ from __future__ import annotations
 from functools import partial
 
 import timm
-import torch
 from timm.layers import get_act_layer
-from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
 from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, round_channels
 from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
 from eseg_cli.errors import EsegError
+from eseg_cli.models.fast_backward import SqueezeExcite, with_fast_backward
 
 # EfficientNet-B0's stages as timm architecture strings; width/depth multipliers scale them (Table 3).
 EFFICIENTNET_ARCH: list[list[str]] = [
@@ -72,7 +71,7 @@ def efficientnet_encoder(
     tf = _check_variant(variant) == "tf"
     arch = arch or (LITE_ARCH if lite else EFFICIENTNET_ARCH)
     act = get_act_layer(act_layer or ("relu" if lite else "swish"))
-    return EfficientNetFeatures(
+    return with_fast_backward(EfficientNetFeatures(
         block_args=decode_arch_def(arch, depth),
         out_indices=_P2_TO_P5,
         stem_size=32,
@@ -83,42 +82,7 @@ def efficientnet_encoder(
         output_stride=output_stride,
         drop_path_rate=drop_path_rate,
         se_layer=SqueezeExcite,
-    )
-
-
-class SqueezeExcite(TimmSqueezeExcite):
-    """timm's EfficientNet squeeze-and-excitation (the same parameters and outputs), with the spatial mean's
-    gradient left as a broadcast view (:func:`spatial_mean`)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_se = self.conv_expand(self.act1(self.conv_reduce(spatial_mean(x))))
-        return x * self.gate(x_se)
-
-
-def spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean((2, 3), keepdim=True)``, whose gradient is ``grad / (H * W)`` broadcast as a view.
-
-    torch's gradient of a mean writes the broadcast out as a full NCHW tensor, which autograd then adds to the
-    block's other (channels_last) gradient of ``x``: a full-size write and a mixed-layout addition for every
-    squeeze-and-excitation, 7% of an ESeg-S training step (bf16, 4x512x512; benchmarks/README.md). The values are
-    the same, bit for bit (the same division of each element). Compiled graphs keep torch's mean, which inductor
-    fuses itself.
-    """
-    if x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        return _SpatialMean.apply(x)
-    return x.mean((2, 3), keepdim=True)
-
-
-class _SpatialMean(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.in_shape = x.shape
-        return x.mean((2, 3), keepdim=True)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        h, w = ctx.in_shape[-2:]
-        return (grad / (h * w)).expand(ctx.in_shape)
+    ))
 
 
 def _check_variant(variant: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
@@ -46,10 +47,17 @@ class Segmentor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        # the small stride-4 logits in NCHW: the full-size ones then come out NCHW, the layout the loss's
-        # gradient has, and the upsampling's backward needs no full-size layout copy (channels_last training).
         # In float32: under bf16/fp16 autocast the upsampling then neither runs the slower reduced-precision CPU
         # kernel nor leaves the loss a full-size cast to make (and its gradient one back); the result is the
         # same interpolation of the same stride-4 logits, only not rounded to 16 bits.
-        logits = self.forward_logits(x).float().contiguous()
+        logits = self.forward_logits(x).float()
+        if self.training and torch.is_grad_enabled() and logits.is_contiguous(memory_format=torch.channels_last):
+            # channels_last training: full-size logits channels_last too (torch's kernel vectorises over the
+            # classes), which the losses read as one row of classes per pixel (engine/losses.py); 27% less time
+            # in the upsampling and the loss than NCHW logits, which softmax reads with a stride (4x19x256x256,
+            # forward and backward, benchmarks/README.md)
+            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # NCHW otherwise (and the small stride-4 logits made NCHW first): the full-size logits come out NCHW
+        # with the banded upsampling gradient (layers.upsample_bilinear)
+        logits = logits.contiguous()
         return upsample_bilinear(logits, x.shape[-2:])
