@@ -45,8 +45,8 @@ from pathlib import Path
 # oneDNN keeps 1024 compiled kernels (primitives) by default. A training run holds one model; this benchmark
 # holds every cell's at once (forward, backward-data and backward-weights kernels per convolution and dtype),
 # and past 1024 each cell recreated the kernels the others had evicted, every round: a cost no training run
-# pays, and one that grows with a model's number of distinct convolutions (ESeg-S bf16 4x512: 2.11 images/s
-# interleaved with DeepLabV3+ under the default, 2.43 with room for all; see benchmarks/README.md)
+# pays, and one that grows with a model's number of distinct convolutions (ESeg-S and DeepLabV3+ at 4x512 in
+# eager, channels_last and bf16, 4 rounds: ESeg-S bf16 2.11 images/s under the default, 2.30 with room for all)
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -335,3 +335,31 @@ def test_a_run_saved_before_a_setting_existed_still_resumes(tmp_path):
     torch.save(ck, run / "checkpoints" / "last.pt")
     s = train({}, run, resume=True, model=_model(), train_dataset=Toy(6), val_dataset=Toy(2, 1))
     assert s["finished"] and s["steps"] == 6
+
+
+def test_seeded_samples_draw_the_same_randomness_and_leave_the_global_generators_alone():
+    """Per-sample seeding (SeededDataset): a transform drawing from torch's, numpy's or Python's global generator
+    gets the same numbers for the same (seed, epoch, index), other ones elsewhere, and the caller's streams go on
+    as if nothing had been drawn."""
+    import random
+
+    import numpy as np
+
+    from eseg_cli.engine.sampling import SeededDataset
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(2).tolist() + [float(np.random.rand()), random.random()]
+
+    ds = SeededDataset(Draws(), seed=3)
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = (torch.rand(1).item(), float(np.random.rand()), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    first = [ds[i] for i in range(4)]
+    assert (torch.rand(1).item(), float(np.random.rand()), random.random()) == expected
+    assert [ds[i] for i in range(4)] == first and len({tuple(f) for f in first}) == 4
+    ds.epoch = 1
+    assert all(ds[i] != first[i] for i in range(4))
