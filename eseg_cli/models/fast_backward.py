@@ -1,12 +1,13 @@
 """Encoder layers whose backward pass is faster on CPU, with the forward pass unchanged.
 
 Two costs of an EfficientNet training step on CPU that the network's definition does not need (measured on an AMD
-EPYC with AVX512-BF16, torch 2.14.1's oneDNN; benchmarks/README.md, "Training: the encoder's backward"):
+EPYC with AVX512-BF16, torch 2.14.1's oneDNN; reports/benchmarks/README.md, "The encoder's backward"):
 
 - the gradient of squeeze-and-excitation's spatial mean, which torch writes out as a full NCHW tensor and autograd
   then adds to the block's channels_last gradient (:func:`spatial_mean`);
-- oneDNN's bfloat16 depthwise-convolution backward, 3-16x slower than its float32 one for 5x5 kernels (the
-  weights' gradient) and for stride 2 (the input's gradient) (:class:`DepthwiseConv2d`).
+- oneDNN's bfloat16 depthwise-convolution backward, slower than its float32 one for 5x5 kernels (the weights'
+  gradient, 2.7-3.5x) and for stride 2 (the input's gradient, 9-34x) (:class:`DepthwiseConv2d`;
+  benchmarks/depthwise_backward.py).
 
 Both keep the module's parameters and state-dict keys (pretrained weights load unchanged) and compute the same
 forward outputs bit for bit; under ``torch.compile``, ``torch.export`` and in inference they are torch's own ops.
