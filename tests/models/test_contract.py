@@ -186,6 +186,10 @@ class TestModelContract:
             assert check["argmax_agreement"] >= 0.999, check
         assert result["dynamic"] == "batch, height, width"
 
+    @pytest.mark.slow  # inductor compiles each model's forward and backward (tens of seconds); one in the fast suite
+    def test_training_step_compiles(self, case):
+        check_training_step_compiles(case.build())
+
     def test_batch_of_one_in_training_is_a_clear_error(self, case):
         model = case.build().train()
         x = torch.randn(1, 3, 32, 32)  # 1x1 maps at the deepest level: BatchNorm cannot train there
@@ -193,6 +197,41 @@ class TestModelContract:
             model(x)
         with torch.no_grad():
             assert model.eval()(x).shape == (1, NUM_CLASSES, 32, 32)  # inference takes a batch of one
+
+
+def check_training_step_compiles(model: nn.Module) -> None:
+    """Forward, loss and backward through ``compile_training`` (inductor), channels_last under bf16 autocast as
+    ``eseg train --compile`` runs it on a CPU with bf16, at a size whose pyramid has odd levels and 1x1 and 2x2 top
+    maps (where ESeg-S's compiled backward once failed an inductor stride assertion): the eager loss to bf16
+    rounding, and a finite gradient for every parameter."""
+    from eseg_cli.inference.prepare import compile_training
+
+    model = model.train().to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 96, 160, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (2, 96, 160), generator=g)
+
+    def step(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        return F.cross_entropy(out.float(), y)
+
+    eager = step(x, y).detach()
+    try:
+        loss = compile_training(step)(x, y)
+        loss.backward()
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(loss.detach(), eager, rtol=2e-2, atol=2e-2)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:5]
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_eseg_s_training_step_compiles():
+    # the fast suite's one compiled training step: ESeg-S's encoder has the layers with their own backward
+    # (squeeze-and-excitation, bf16 depthwise convs: torch's ops when compiled) and the BiFPN's extra levels
+    check_training_step_compiles(Case("eseg-s", _small("eseg-s")).build())
 
 
 def test_the_call_order_check_sees_a_parent_registered_out_of_order(monkeypatch):
