@@ -16,9 +16,9 @@ from eseg_cli.data.classes import IGNORE_INDEX
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Per-pixel cross-entropy (N, H, W) of (N, C, H, W) logits, computed in float32 (0 on ignored pixels).
 
-    Channels_last logits are read as one row of C classes per pixel (a view, no copy): softmax over contiguous
-    rows is 1.5x faster on CPU than over NCHW's strided classes, and 2.3x faster than torch's own handling of
-    channels_last logits (forward and backward, 4x19x256x256). The same values up to float32 rounding.
+    Channels_last logits are read as one row of C classes per pixel (a view, no copy): on the 2-core CPU the
+    cross-entropy's forward and backward on 4x19x256x256 logits took 11.9 ms that way, against 17.6 ms for NCHW
+    logits and 26.9 ms for channels_last logits handed to torch as they are. The same values up to float32 rounding.
     """
     logits = logits.float()
     if logits.dim() == 4 and not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):

@@ -53,9 +53,9 @@ class Segmentor(nn.Module):
         logits = self.forward_logits(x).float()
         if self.training and torch.is_grad_enabled() and logits.is_contiguous(memory_format=torch.channels_last):
             # channels_last training: full-size logits channels_last too (torch's kernel vectorises over the
-            # classes), which the losses read as one row of classes per pixel (engine/losses.py); 27% less time
-            # in the upsampling and the loss than NCHW logits, which softmax reads with a stride (4x19x256x256,
-            # forward and backward, benchmarks/README.md)
+            # classes), which the losses read as one row of classes per pixel (engine/losses.py): upsampling and
+            # loss, forward and backward, 13.3 against 18.0 ms for 4x19x256x256 NCHW logits; 1.04x on ESeg-Lite-S's
+            # bf16 training step (reports/benchmarks/README.md, "The encoder's backward")
             return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         # NCHW otherwise (and the small stride-4 logits made NCHW first): the full-size logits come out NCHW
         # with the banded upsampling gradient (layers.upsample_bilinear)
