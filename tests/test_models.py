@@ -190,7 +190,7 @@ def test_squeeze_excite_gives_timms_outputs_and_gradients_bit_for_bit(dtype):
     """The encoder's squeeze-and-excitation (a broadcast view for the mean's gradient) against timm's own."""
     from timm.models._efficientnet_blocks import SqueezeExcite as TimmSE
 
-    from eseg_cli.models.fast_backward import SqueezeExcite
+    from eseg_cli.models.fast_backward import SqueezeExcite, spatial_mean
 
     torch.manual_seed(0)
     ours, ref = SqueezeExcite(24, rd_ratio=0.25, act_layer=torch.nn.SiLU), TimmSE(24, rd_ratio=0.25,
@@ -206,9 +206,7 @@ def test_squeeze_excite_gives_timms_outputs_and_gradients_bit_for_bit(dtype):
         grads.append((y.detach(), x.grad, m.conv_reduce.weight.grad))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
-    from eseg_cli.models.fast_backward import spatial_mean
-
-    assert "SpatialMean" in type(spatial_mean(x0.requires_grad_()).grad_fn).__name__  # the view-gradient path was the one tested
+    assert "SpatialMean" in type(spatial_mean(x0.requires_grad_()).grad_fn).__name__  # the path tested above
     assert any(isinstance(m, SqueezeExcite) for m in build_model("eseg-s", **TINY).encoder.modules())
 
 

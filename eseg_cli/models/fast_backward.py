@@ -6,7 +6,7 @@ EPYC with AVX512-BF16, torch 2.14.1's oneDNN; reports/benchmarks/README.md, "The
 - the gradient of squeeze-and-excitation's spatial mean, which torch writes out as a full NCHW tensor and autograd
   then adds to the block's channels_last gradient (:func:`spatial_mean`);
 - oneDNN's bfloat16 depthwise-convolution backward, slower than its float32 one for 5x5 kernels (the weights'
-  gradient, 2.7-3.5x) and for stride 2 (the input's gradient, 9-34x) (:class:`DepthwiseConv2d`;
+  gradient, 2.7-3.9x) and for stride 2 (the input's gradient, 9-34x) (:class:`DepthwiseConv2d`;
   benchmarks/depthwise_backward.py).
 
 Both keep the module's parameters and state-dict keys (pretrained weights load unchanged) and compute the same

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eseg_cli.errors import EsegError
@@ -51,13 +50,11 @@ class Segmentor(nn.Module):
         # kernel nor leaves the loss a full-size cast to make (and its gradient one back); the result is the
         # same interpolation of the same stride-4 logits, only not rounded to 16 bits.
         logits = self.forward_logits(x).float()
-        if self.training and torch.is_grad_enabled() and logits.is_contiguous(memory_format=torch.channels_last):
-            # channels_last training: full-size logits channels_last too (torch's kernel vectorises over the
-            # classes), which the losses read as one row of classes per pixel (engine/losses.py): upsampling and
-            # loss, forward and backward, 13.3 against 18.0 ms for 4x19x256x256 NCHW logits; 1.04x on ESeg-Lite-S's
-            # bf16 training step (reports/benchmarks/README.md, "The encoder's backward")
-            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        # NCHW otherwise (and the small stride-4 logits made NCHW first): the full-size logits come out NCHW
-        # with the banded upsampling gradient (layers.upsample_bilinear)
-        logits = logits.contiguous()
+        # channels_last training keeps the logits channels_last (upsample_bilinear then runs torch's kernel, which
+        # vectorises over the classes), and the losses read them as one row of classes per pixel
+        # (engine/losses.py): upsampling and loss, forward and backward, 13.3 against 18.0 ms for 4x19x256x256 NCHW
+        # logits; 1.04x on ESeg-Lite-S's bf16 training step (reports/benchmarks/README.md, "The encoder's
+        # backward"). Otherwise the stride-4 logits are made NCHW and come out NCHW, with the banded gradient.
+        if not (self.training and torch.is_grad_enabled() and logits.is_contiguous(memory_format=torch.channels_last)):
+            logits = logits.contiguous()
         return upsample_bilinear(logits, x.shape[-2:])
