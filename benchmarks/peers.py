@@ -135,10 +135,11 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
                 return compiled(x)
 
         return run_bf16, True
-    if mode == "int8":  # eseg's int8 path for every model: pt2e, calibrated on the frame at this size, compiled
+    if mode == "int8":  # eseg's int8 path for every model (pt2e, calibrated on the frame at this size, compiled), fed
+        # channels_last as the Predictor feeds it
         from eseg_cli.inference.int8 import quantize_int8
 
-        return quantize_int8(prepare_model(model, channels_last=False), calibration_batches(res)), False
+        return quantize_int8(prepare_model(model, channels_last=False), calibration_batches(res)), True
     folded = prepare_model(model, channels_last=True)
     if mode == "folded":
         return folded, True
@@ -203,6 +204,9 @@ def main() -> None:
                     help="modes beside the exact ones whose mIoU change on the quick-start model was measured within "
                          "0.5 of fp32 (reports/benchmarks/int8_routes.md: bf16 52.21 -> 52.19, int8 52.21 -> 52.24); "
                          "compared as a set")
+    ap.add_argument("--accuracy", metavar="JSON",
+                    help="the peers' own bf16/int8 accuracy (benchmarks/peers_accuracy.py's JSON): a peer's admissible "
+                         "modes are then those measured within 0.5 of its fp32 mIoU, not --admissible")
     ap.add_argument("--rewrite", metavar="JSON", help="only rewrite the report from an earlier run's JSON")
     args = ap.parse_args()
     args.admissible = [m for m in args.admissible.split(",") if m]
@@ -285,6 +289,18 @@ def main() -> None:
     write_report(cells, args, resolutions, modes)
 
 
+def peer_accuracy(path: str | None) -> dict[str, dict[str, bool]]:
+    """``{model: {mode: admissible}}`` from ``benchmarks/peers_accuracy.py``'s JSON (each peer trained and scored
+    in bf16 and int8), or nothing without a file."""
+    if not path:
+        return {}
+    out: dict[str, dict[str, bool]] = {}
+    for r in json.loads(Path(path).read_text())["rows"]:
+        if "admissible" in r:
+            out.setdefault(r["model"], {})[r["mode"]] = bool(r["admissible"])
+    return out
+
+
 def _median(v):
     return statistics.median(v) if v else None
 
@@ -330,12 +346,20 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
         r["ratio_to_eseg"] = round(ref["median_ms"] / r["median_ms"], 3) if ref else None  # ESeg time / this
     best = []
     sets = {"exact": set(EXACT_MODES), "admissible": set(EXACT_MODES) | set(args.admissible), "all": set(modes)}
+    measured = peer_accuracy(getattr(args, "accuracy", None))
+
+    def allowed(model: str, which: str) -> set:
+        """The modes of ``which`` set for ``model``: a peer's own measured accuracy decides its admissible ones."""
+        if which == "admissible" and model in measured:
+            return set(EXACT_MODES) | {m for m, ok in measured[model].items() if ok}
+        return sets[which]
+
     for pair, eseg in eseg_names.items():
         peers = sorted({r["model"] for r in rows if r["pair"] == pair and r["model"] != eseg})
         for res, kind, peer, which in itertools.product(sorted({r["resolution"] for r in rows}), ("model", "e2e"),
                                                         peers, sets):
             mine, theirs = ([r for r in rows if r["model"] == model and r["resolution"] == res and r["kind"] == kind
-                             and r["mode"] in sets[which]] for model in (eseg, peer))
+                             and r["mode"] in allowed(model, which)] for model in (eseg, peer))
             if not mine or not theirs:
                 continue
             entry = {"pair": pair, "resolution": res, "kind": kind, "set": which, "eseg_model": eseg,
@@ -357,7 +381,9 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
             "rounds": args.rounds, "warmup": args.warmup, "batch": 1,
             "dtype": "float32 (the bf16 mode: bfloat16 autocast)",
             "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
-            "admissible": sorted(set(EXACT_MODES) | set(args.admissible)), "bootstrap": (
+            "admissible": sorted(set(EXACT_MODES) | set(args.admissible)),
+            "admissible_by_model": {m: sorted(allowed(m, "admissible")) for m in measured},
+            "accuracy": getattr(args, "accuracy", None), "bootstrap": (
                 f"95% percentile bootstrap over rounds, {BOOTSTRAP_SAMPLES} resamples, rounds resampled in pairs; "
                 "a target 'ratio <= T' is met when the interval's upper end is <= T"),
             "command": "python " + " ".join(sys.argv), "malloc": args.malloc,
@@ -417,6 +443,11 @@ def markdown(rows, best, meta, post=()) -> str:
               "admissible": f"Best admissible mode vs best admissible mode ({', '.join(meta['admissible'])}: the "
                             "modes whose measured mIoU change is within 0.5 of fp32)",
               "all": "Best mode vs best mode (every mode)"}
+    if meta.get("admissible_by_model"):  # the peers' own measured accuracy (peers_accuracy.py) replaced the set
+        titles["admissible"] = ("Best admissible mode vs best admissible mode (each model's modes whose measured "
+                                "mIoU change is within 0.5 of its fp32: ESeg " + ", ".join(meta["admissible"]) +
+                                "; " + "; ".join(f"{m} {', '.join(v)}" for m, v in meta["admissible_by_model"].items())
+                                + f", from {Path(meta['accuracy']).name})")
     for which, title in titles.items():
         chosen = sorted((b for b in best if b.get("set") == which),
                         key=lambda b: (b["pair"], b["resolution"], b["kind"]))

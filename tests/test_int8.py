@@ -74,7 +74,10 @@ def test_int8_graph_agrees_with_fp32_on_a_trained_model(trained, one_thread):
     assert counts["quantized_convs"] == counts["convs"] > 0 and counts["quantize"] > 0
     with torch.no_grad():
         ref = logits_of(val.x).argmax(1)
-        got = gm(val.x).argmax(1)
+        out = gm(val.x)
+        got = out.argmax(1)
+    # the logits come channels_last (no copy before the post-processing, which reads class vectors per pixel)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     truth = nn.functional.interpolate(val.y[:, None].float(), size=ref.shape[-2:], mode="nearest")[:, 0].long()
     # a trained model (75% right after 80 steps; a constant class is right on about 40%), with varied predictions
     assert (ref == truth).float().mean() > 0.7
@@ -89,8 +92,10 @@ def test_int8_compiled_agrees_with_fp32_and_is_int8(trained):
     logits_of, train, val = trained
     q = quantize_int8(logits_of, [train.x[:8]])
     with torch.no_grad():
-        got = q(val.x).argmax(1)
+        out = q(val.x.contiguous(memory_format=torch.channels_last))
+        got = out.argmax(1)
         ref = logits_of(val.x).argmax(1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
     report = q.report["8x3x64x64"]
     assert report["int8_conv_calls"] == report["quantized_convs"] > 0 and report["float_conv_calls"] == 0
     assert (got == ref).float().mean() >= 0.97

@@ -1,0 +1,50 @@
+"""benchmarks/peers.py's comparison sets: a peer's own measured accuracy (benchmarks/peers_accuracy.py) decides
+which of its modes are admissible."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers  # noqa: E402
+
+# e2e median ms per (model, mode): the peer is fastest in int8, next in bf16
+TIMES = {("ESeg-Lite-S", "compiled"): 130.0, ("ESeg-Lite-S", "bf16"): 85.0, ("ESeg-Lite-S", "int8"): 70.0,
+         ("LRASPP", "compiled"): 240.0, ("LRASPP", "bf16"): 140.0, ("LRASPP", "int8"): 110.0}
+
+
+def _cells():
+    return [{"pair": "Lite-S", "model": model, "mode": mode, "resolution": "64x128", "kind": "e2e",
+             "times_ms": [ms, ms + 1, ms + 2], "agreement": None} for (model, mode), ms in TIMES.items()]
+
+
+def _best(tmp_path, accuracy=None) -> dict:
+    args = argparse.Namespace(admissible=["bf16", "int8"], accuracy=accuracy, threads=2, rounds=3, warmup=1,
+                              seed=0, malloc="tuned", out=str(tmp_path), name="peers")
+    peers.write_report(_cells(), args, [(64, 128)], ["compiled", "bf16", "int8"], date="2026-12-05")
+    report = json.loads((tmp_path / "peers.json").read_text())
+    return next(b for b in report["best"] if b["set"] == "admissible" and b["kind"] == "e2e")
+
+
+def test_without_measured_accuracy_every_model_shares_the_admissible_set(tmp_path):
+    best = _best(tmp_path)
+    assert (best["eseg_mode"], best["peer_mode"]) == ("int8", "int8")
+    assert best["ratio"] == round(71.0 / 111.0, 3)
+
+
+def test_a_peer_whose_int8_loses_accuracy_is_compared_in_its_best_admissible_mode(tmp_path):
+    acc = tmp_path / "peers_accuracy.json"
+    acc.write_text(json.dumps({"rows": [
+        {"model": "LRASPP", "mode": "fp32", "val_mIoU": 50.0},
+        {"model": "LRASPP", "mode": "bf16", "val_mIoU": 50.1, "admissible": True},
+        {"model": "LRASPP", "mode": "int8", "val_mIoU": 48.0, "admissible": False}]}))
+    best = _best(tmp_path, str(acc))
+    assert (best["eseg_mode"], best["peer_mode"]) == ("int8", "bf16")
+    assert best["ratio"] == round(71.0 / 141.0, 3)
+    report = json.loads((tmp_path / "peers.json").read_text())
+    assert report["meta"]["admissible_by_model"]["LRASPP"] == ["bf16", "channels_last", "compiled", "eager",
+                                                                "folded", "onnxruntime"]
+    assert "LRASPP bf16" in (tmp_path / "peers.md").read_text()
