@@ -18,6 +18,7 @@ from eseg_cli.engine.checkpoint import save_checkpoint
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import Predictor, prepare_model
 from eseg_cli.inference.int8 import (
+    DEQUANTIZE_OPS,
     NotQuantized,
     check_code,
     code_counts,
@@ -99,6 +100,31 @@ def test_int8_compiled_agrees_with_fp32_and_is_int8(trained):
     report = q.report["8x3x64x64"]
     assert report["int8_conv_calls"] == report["quantized_convs"] > 0 and report["float_conv_calls"] == 0
     assert (got == ref).float().mean() >= 0.97
+
+
+def test_mul_and_mean_after_an_int8_conv_read_int8():
+    """A scaled conv output (ESeg's fusion weights) and a squeeze-and-excitation read their input through a
+    dequantize node (the conv writes int8), which torchao's X86 recipe alone leaves in float32."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+            self.act = nn.ReLU()  # a module: the quantizer's conv + activation pattern
+
+        def forward(self, x):
+            y = self.act(self.a(x)) * 0.5  # a level weight
+            z = self.act(self.b(y))
+            return self.c(z * torch.sigmoid(z.mean((2, 3), keepdim=True)))  # squeeze-and-excitation
+
+    q = quantize_int8(Block().eval(), [torch.randn(2, 3, 16, 16)])
+    gm, counts = q.converted((16, 16))
+    ops = {str(n.target): n for n in gm.graph.nodes if n.op == "call_function"}
+    reads = [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target) in ("aten.mul.Tensor",
+                                                                                         "aten.mean.dim")]
+    assert len(reads) == 3 and "aten.mean.dim" in ops
+    for n in reads:
+        assert str(n.args[0].target) in DEQUANTIZE_OPS, n
 
 
 def test_empty_calibration_is_refused():
