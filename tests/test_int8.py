@@ -102,9 +102,10 @@ def test_int8_compiled_agrees_with_fp32_and_is_int8(trained):
     assert (got == ref).float().mean() >= 0.97
 
 
-def test_mul_and_mean_after_an_int8_conv_read_int8():
-    """A scaled conv output (ESeg's fusion weights) and a squeeze-and-excitation read their input through a
-    dequantize node (the conv writes int8), which torchao's X86 recipe alone leaves in float32."""
+def test_a_scaled_int8_conv_output_is_read_in_int8():
+    """A conv output multiplied by a number (ESeg's fusion weights) reaches the multiplication through a dequantize
+    node (the conv writes int8; torchao's X86 recipe alone leaves it float32); squeeze-and-excitation's input
+    stays float (quantising it cost ESeg-S 0.7 mIoU)."""
 
     class Block(nn.Module):
         def __init__(self):
@@ -118,13 +119,14 @@ def test_mul_and_mean_after_an_int8_conv_read_int8():
             return self.c(z * torch.sigmoid(z.mean((2, 3), keepdim=True)))  # squeeze-and-excitation
 
     q = quantize_int8(Block().eval(), [torch.randn(2, 3, 16, 16)])
-    gm, counts = q.converted((16, 16))
-    ops = {str(n.target): n for n in gm.graph.nodes if n.op == "call_function"}
-    reads = [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target) in ("aten.mul.Tensor",
-                                                                                         "aten.mean.dim")]
-    assert len(reads) == 3 and "aten.mean.dim" in ops
-    for n in reads:
-        assert str(n.args[0].target) in DEQUANTIZE_OPS, n
+    gm, _ = q.converted((16, 16))
+    reads = {}  # op -> the op its input comes from
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and str(n.target) in ("aten.mul.Tensor", "aten.mean.dim"):
+            scalar = str(n.target) == "aten.mul.Tensor" and not isinstance(n.args[1], torch.fx.Node)
+            reads[str(n.target) + (" by a number" if scalar else "")] = str(n.args[0].target)
+    assert reads["aten.mul.Tensor by a number"] in DEQUANTIZE_OPS
+    assert reads["aten.mul.Tensor"] == reads["aten.mean.dim"] == "aten.relu.default"
 
 
 def test_empty_calibration_is_refused():
