@@ -17,8 +17,9 @@ and its argmax agreement with the model's own fp32 mask is reported), and ``int8
 ``eseg_cli.inference.int8.quantize_int8``, for every model alike: PyTorch 2 export quantisation calibrated on the
 demo frame and three variants of it at the timed size, compiled with freezing; not exact, agreement reported).
 The admissible set (``--admissible``) adds to the exact modes those whose mIoU change on the quick-start model was
-measured within 0.5 of fp32; the peers' own int8 and bf16 accuracy is not measured (random weights), only their
-agreement with their fp32 masks. Each mode is timed two ways:
+measured within 0.5 of fp32; random weights say nothing of a peer's own int8 and bf16 accuracy (only their agreement
+with their fp32 masks is reported here), so ``--accuracy reports/benchmarks/peers_accuracy.json`` gives each peer
+the admissible modes measured on it, trained (``benchmarks/peers_accuracy.py``). Each mode is timed two ways:
 
 - ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
   bilinear upsampling, which is part of post-processing for every model);

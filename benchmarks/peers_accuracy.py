@@ -2,7 +2,7 @@
 fp32, bf16 and int8 on the synthetic val set, as ``int8_routes.py`` scores ESeg.
 
     pip install -e '.[bench,deploy]'            # segmentation-models-pytorch, torchao
-    python benchmarks/peers_accuracy.py          # trains both peers (about 25 minutes on 2 cores), then scores them
+    python benchmarks/peers_accuracy.py          # trains both peers (about 30 minutes on 2 cores), then scores them
 
 ``benchmarks/peers.py`` compares ESeg and its peers in the modes whose mIoU stays within 0.5 of fp32 (the
 "admissible" modes). ESeg's bf16 and int8 changes are measured on trained ESeg models (``int8_routes.py``); the
@@ -27,9 +27,11 @@ admissible modes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,7 +73,7 @@ class FullRes(nn.Module):
         return out["out"] if self.kind == "lraspp" else out
 
 
-def build_peer(key: str) -> tuple[FullRes, callable]:
+def build_peer(key: str) -> tuple[FullRes, Callable[[], LowRes]]:
     """The peer as ``peers.py`` builds it, for training (full-size logits), and a function giving the trained
     model as ``peers.py`` times it (:class:`peers.LowRes`: logits at the model's own stride)."""
     if key == "lraspp":
@@ -101,8 +103,6 @@ def train_peer(key: str, run_dir: Path, steps: int | None, seed: int) -> tuple[n
     run's best checkpoint) as peers.py times it, and the run's summary."""
     full, low = build_peer(key)
     summary_file = run_dir / "summary.json"
-    import json
-
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     if not summary.get("finished") or (steps and summary.get("steps") != steps):
         # the quick start's recipe (its scale's keys do not reach a given model)
