@@ -266,3 +266,22 @@ def test_compiled_prepared_model_equals_training_model(one_thread, request):
     with torch.inference_mode():
         second.forward_logits(x)
     assert counters["stats"]["unique_graphs"] == graphs + 1  # a second model compiles too, past dynamo's limit
+
+
+def test_normalize_uint8_gives_the_same_batch_from_any_layout():
+    """An HxWx3 array, an NCHW uint8 tensor (a data loader's) and a channels_last one give the same values; asked
+    for channels_last, every one comes channels_last."""
+    from eseg_cli.inference.predictor import normalization_constants, normalize_uint8
+
+    scale, shift = normalization_constants((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    hwc = np.random.default_rng(0).integers(0, 256, (2, 12, 20, 3), dtype=np.uint8)
+    nchw = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+    ref = normalize_uint8(hwc, scale, shift, channels_last=False)
+    assert ref.is_contiguous()
+    torch.testing.assert_close(ref, (torch.from_numpy(hwc).permute(0, 3, 1, 2) / 255.0 - torch.tensor(
+        [0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    for source in (hwc, nchw, nchw.contiguous(memory_format=torch.channels_last)):
+        x = normalize_uint8(source, scale, shift, channels_last=True)
+        assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+        assert torch.equal(x, ref)
+    assert torch.equal(normalize_uint8(nchw, scale, shift, channels_last=False), ref)
