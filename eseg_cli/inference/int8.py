@@ -85,7 +85,8 @@ def scaled_int8_inputs(gm: torch.fx.GraphModule, qspec, x86) -> int:
     bytes; those kernels are memory-bound. Measured on ESeg-Lite-S at 1024x2048 on 2 cores (model only, median of 8
     interleaved rounds): 74.4 -> 63.7 ms; its labels equal the previous int8 graph's on 99.97% of pixels. Inputs
     multiplied by a tensor and means stay float: quantising squeeze-and-excitation's input as well made ESeg-S
-    faster still (434 -> 368 ms) but cost it 0.71 val mIoU against fp32 (53.07 against 53.78; 0.32 without it).
+    faster still (409 -> 368 ms in one A/B) but cost it 0.71 val mIoU against fp32 (53.07 against 53.78; 0.38
+    with the level weights alone).
     Returns how many multiplications it annotated.
     """
     n = 0
@@ -161,8 +162,8 @@ class ChannelsLastLogits(nn.Module):
 
     The last int8 convolution then writes its float output in oneDNN's own layout instead of being converted to
     NCHW, and the post-processing (:func:`~eseg_cli.inference.upsample_argmax`, which reads class vectors per
-    pixel) needs no copy either: 3 ms of ESeg-Lite-S's 70 ms at 1024x2048 (``benchmarks/int8_routes.py``). The
-    values are the same.
+    pixel) needs no copy either (ESeg-Lite-S at 1024x2048: 6.9 against 9.9 ms of post-processing in a profile; no
+    measurable change end to end in ``benchmarks/int8_routes.py``). The values are the same.
     """
 
     def __init__(self, model: nn.Module):
