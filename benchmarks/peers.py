@@ -347,7 +347,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
         r["ratio_to_eseg"] = round(ref["median_ms"] / r["median_ms"], 3) if ref else None  # ESeg time / this
     best = []
     sets = {"exact": set(EXACT_MODES), "admissible": set(EXACT_MODES) | set(args.admissible), "all": set(modes)}
-    measured = peer_accuracy(getattr(args, "accuracy", None))
+    measured = peer_accuracy(args.accuracy)
 
     def allowed(model: str, which: str) -> set:
         """The modes of ``which`` set for ``model``: a peer's own measured accuracy decides its admissible ones."""
@@ -384,7 +384,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
             "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
             "admissible": sorted(set(EXACT_MODES) | set(args.admissible)),
             "admissible_by_model": {m: sorted(allowed(m, "admissible")) for m in measured},
-            "accuracy": getattr(args, "accuracy", None), "bootstrap": (
+            "accuracy": args.accuracy, "bootstrap": (
                 f"95% percentile bootstrap over rounds, {BOOTSTRAP_SAMPLES} resamples, rounds resampled in pairs; "
                 "a target 'ratio <= T' is met when the interval's upper end is <= T"),
             "command": "python " + " ".join(sys.argv), "malloc": args.malloc,

@@ -43,64 +43,45 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from peers import MEAN, STD, LowRes  # noqa: E402
+from peers import LowRes  # noqa: E402
+from train_speed import build as build_full  # noqa: E402
 
 from eseg_cli.engine import load_config  # noqa: E402
 from eseg_cli.engine.evaluator import eval_dataset  # noqa: E402
 from eseg_cli.engine.metrics import ConfusionMatrix  # noqa: E402
 from eseg_cli.engine.trainer import train  # noqa: E402
 from eseg_cli.inference import allocator, prepare_model, upsample_argmax  # noqa: E402
-from eseg_cli.inference.int8 import quantize_int8  # noqa: E402
+from eseg_cli.inference.int8 import quantize_int8, run_calibration_images  # noqa: E402
 from eseg_cli.inference.precision import autocast  # noqa: E402
-from eseg_cli.inference.predictor import normalization_constants, normalize_uint8  # noqa: E402
+from eseg_cli.inference.predictor import normalization, normalization_constants, normalize_uint8  # noqa: E402
+from eseg_cli.inference.runtime import load_weights  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 NUM_CLASSES = 19
+#: key -> the name peers.py reports (its prefix picks train_speed.build's model)
 PEERS = {"lraspp": "LRASPP-MobileNetV3-L (torchvision)", "deeplabv3plus": "DeepLabV3+ (EfficientNet-B1, OS16, smp)"}
 #: the admissible change of val mIoU from fp32 (peers.py)
 TOLERANCE = 0.5
 
 
-class FullRes(nn.Module):
-    """A peer as ``x -> logits at the input's size`` (what the trainer's loss reads)."""
-
-    def __init__(self, kind: str, model: nn.Module):
-        super().__init__()
-        self.kind, self.model = kind, model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out["out"] if self.kind == "lraspp" else out
-
-
-def build_peer(key: str) -> tuple[FullRes, Callable[[], LowRes]]:
-    """The peer as ``peers.py`` builds it, for training (full-size logits), and a function giving the trained
-    model as ``peers.py`` times it (:class:`peers.LowRes`: logits at the model's own stride)."""
+def build_peer(key: str) -> tuple[nn.Module, Callable[[], LowRes]]:
+    """The peer as ``train_speed.py`` trains it (full-size logits), and a function giving the trained model as
+    ``peers.py`` times it (:class:`peers.LowRes`: logits at the model's own stride)."""
+    full = build_full(PEERS[key])
     if key == "lraspp":
-        import torchvision
-
-        m = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                                                      num_classes=NUM_CLASSES)
-
-        def low():
-            return LowRes("lraspp", m)
-
-        return FullRes("lraspp", m), low
-    import segmentation_models_pytorch as smp
-
-    m = smp.DeepLabV3Plus(encoder_name="tu-efficientnet_b1", encoder_weights=None, encoder_output_stride=16,
-                          classes=NUM_CLASSES)
+        return full, lambda: LowRes("lraspp", full.model)
 
     def low():
-        m.segmentation_head[1] = nn.Identity()  # its x4 upsampling moves into post-processing, as in peers.py
-        return LowRes("smp", m)
+        full.model.segmentation_head[1] = nn.Identity()  # its x4 upsampling moves into post-processing (peers.py)
+        return LowRes("smp", full.model)
 
-    return FullRes("smp", m), low
+    return full, low
 
 
-def train_peer(key: str, run_dir: Path, steps: int | None, seed: int) -> tuple[nn.Module, dict]:
+def train_peer(key: str, run_dir: Path, steps: int | None, seed: int) -> tuple[nn.Module, dict, dict]:
     """Train ``key`` with the synthetic recipe into ``run_dir`` (reusing a finished run); the trained model (the
-    run's best checkpoint) as peers.py times it, and the run's summary."""
+    run's best checkpoint, its EMA weights where it has them, as the Predictor loads them) as peers.py times it,
+    the checkpoint and the run's summary."""
     full, low = build_peer(key)
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
@@ -109,12 +90,13 @@ def train_peer(key: str, run_dir: Path, steps: int | None, seed: int) -> tuple[n
         cfg = load_config("synthetic", None, {"seed": seed, **({"steps": steps, "eval_interval": steps,
                                                                  "checkpoint_interval": steps} if steps else {})})
         summary = train(cfg, run_dir, model=full, overwrite=True, handle_signals=False)
-    state = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
-    full.load_state_dict(state["model"])
+    path = run_dir / "checkpoints" / "best.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    load_weights(full, state["ema"] if state.get("ema") is not None else state["model"], str(path))
     model = low().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, summary
+    return model, state, summary
 
 
 def score(fn, items, scale, shift, channels_last: bool) -> tuple[float, list[torch.Tensor]]:
@@ -147,17 +129,17 @@ def main() -> None:
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    scale, shift = normalization_constants(MEAN, STD)
     val = eval_dataset("synthetic", None, "val")
     items = [val[i] for i in range(len(val))]
-    train_set = eval_dataset("synthetic", None, "train")
-    index = sorted({round(i * (len(train_set) - 1) / max(args.calibrate - 1, 1)) for i in range(args.calibrate)})
-    calibration = [normalize_uint8(train_set[i][0][None], scale, shift, channels_last=False) for i in index]
     rows = []
     for key in args.peers.split(","):
         if key not in PEERS:
             raise SystemExit(f"unknown peer {key!r}; choose from {', '.join(PEERS)}")
-        model, summary = train_peer(key, Path(args.runs) / key, args.steps, args.seed)
+        model, state, summary = train_peer(key, Path(args.runs) / key, args.steps, args.seed)
+        # the normalisation the run trained with, and calibration images as `eseg predict --int8` takes them
+        scale, shift = normalization_constants(*normalization(state))
+        calibration = [normalize_uint8(x, scale, shift, channels_last=False)
+                       for x in run_calibration_images(state, args.calibrate)]
         log(f"{PEERS[key]}: trained ({summary.get('steps')} steps, {summary.get('seconds')} s, best val mIoU "
             f"{summary.get('best_mIoU')})")
         with torch.inference_mode():
