@@ -70,6 +70,9 @@ def _reference(logits, size, align_corners=False):
     ((1, 19, 16, 32), (128, 256), True),    # smp-style align_corners
     ((1, 5, 9, 11), (72, 88), False),       # stride 8
     ((1, 3, 5, 5), (5, 5), False),          # same size: a plain argmax
+    ((1, 5, 16, 16), (7, 9), False),        # smaller: some source rows and columns unused
+    ((3, 4, 10, 13), (25, 31), True),       # a non-integer factor, batch of 3
+    ((1, 3, 1, 5), (4, 9), False),          # one source row: every cell clamped
 ])
 @pytest.mark.parametrize("kind", ["noise", "regions"])
 def test_upsample_argmax_equals_upsample_then_argmax(shape, size, align, kind):
@@ -90,6 +93,15 @@ def test_upsample_argmax_equals_upsample_then_argmax(shape, size, align, kind):
         gap = full.gather(1, ref[:, None]) - full.gather(1, got.long()[:, None])
         assert gap[:, 0][diff].max() < 1e-5
     assert diff.float().mean() < 1e-4
+
+
+def test_upsample_argmax_in_batches_of_cells_is_the_same(monkeypatch):
+    from eseg_cli.inference import postprocess
+
+    logits = torch.randn(2, 7, 17, 23, generator=torch.Generator().manual_seed(2))
+    whole = upsample_argmax(logits, (67, 93))
+    monkeypatch.setattr(postprocess, "_BLOCK_ELEMENTS", 500)  # a few cells per batch: many batches
+    assert torch.equal(upsample_argmax(logits, (67, 93)), whole)
 
 
 def test_upsample_argmax_many_classes_uses_int32():

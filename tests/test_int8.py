@@ -129,6 +129,21 @@ def test_a_scaled_int8_conv_output_is_read_in_int8():
     assert reads["aten.mul.Tensor"] == reads["aten.mean.dim"] == "aten.relu.default"
 
 
+def test_an_int8_export_keeps_what_torch_compile_made():
+    """Strict torch.export resets dynamo before tracing: every compiled graph in the process (another image size's
+    int8 graph, a compiled float model) would compile again, silently, at its next call. eseg's export skips it."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()  # a backend that counts the graphs it is given and runs them as they are
+    double = torch.compile(lambda t: t.relu() * 2, backend=counter)
+    x = torch.randn(8)
+    double(x)
+    q = quantize_int8(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), [torch.randn(1, 3, 16, 16)])
+    q.add_size((24, 16))  # a second export, as a folder's second image size makes
+    double(x)
+    assert counter.frame_count == 1
+
+
 def test_empty_calibration_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     with pytest.raises(EsegError, match="calibration set is empty") as e:

@@ -19,11 +19,12 @@ and the code inductor generated must call oneDNN's int8 convolutions. What was f
 
 Sizes are static: an exported program is specialised to its image size (the batch stays dynamic). Each new
 image size is exported, calibrated on the calibration images (resized to it), converted and compiled: tens of
-seconds, once per size.
+seconds, once per size (the export keeps the other sizes' compiled graphs: :func:`keep_compiled_code`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 
@@ -175,14 +176,41 @@ class ChannelsLastLogits(nn.Module):
         return self.model(x).contiguous(memory_format=torch.channels_last)
 
 
+@contextlib.contextmanager
+def keep_compiled_code():
+    """Run a strict ``torch.export`` without its ``torch._dynamo.reset()``.
+
+    Strict export resets dynamo before it traces (torch 2.14: ``torch/_dynamo/functional_export.py``), which
+    throws away every graph ``torch.compile`` has made in the process: each int8 graph of another image size (and
+    any compiled float model beside it) then compiled again at its next call, tens of seconds each, silently
+    (measured: a compiled ESeg-Lite-S at 256x512 took 12.1 s on its first call after an int8 export, 10 ms
+    before). The export's own trace does not read those caches (the exported graph is the same with or without
+    the reset: checked), so the reset is skipped while exporting; ``tests/test_int8.py`` checks that a compiled
+    function is not compiled again after an export.
+    """
+    import torch._dynamo as dynamo
+
+    reset = dynamo.reset
+    dynamo.reset = _no_reset
+    try:
+        yield
+    finally:
+        dynamo.reset = reset
+
+
+def _no_reset() -> None:
+    """Stands for ``torch._dynamo.reset`` during :func:`keep_compiled_code`."""
+
+
 def _export(model: nn.Module, size: tuple[int, int], channels: int) -> torch.fx.GraphModule:
     """``model`` exported at ``size``, with a dynamic batch (an example batch of 2: a batch of 1 is specialised),
     returning channels_last logits (:class:`ChannelsLastLogits`)."""
     example = torch.zeros(2, channels, *size)
     try:
-        return torch.export.export(ChannelsLastLogits(model), (example,),
-                                   dynamic_shapes={"x": {0: torch.export.Dim("batch", max=1024)}},
-                                   strict=True).module()
+        with keep_compiled_code():
+            return torch.export.export(ChannelsLastLogits(model), (example,),
+                                       dynamic_shapes={"x": {0: torch.export.Dim("batch", max=1024)}},
+                                       strict=True).module()
     except Exception as e:  # noqa: BLE001 - torch.export reports many kinds of failure
         raise EsegError(f"torch.export could not export this model for int8: {str(e).strip().splitlines()[0][:300]}"
                         ) from None

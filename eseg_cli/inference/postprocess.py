@@ -47,47 +47,76 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], *, align_corner
     """``argmax(upsample_bilinear(logits, size), dim=1)`` without upsampling all class maps.
 
     ``logits``: ``(B, C, h, w)`` float; returns ``(B, H, W)`` labels of ``out_dtype`` (int32 when C > 255).
+
+    Work is done per source *cell* (the 2x2 source pixels that an output pixel interpolates), never per output
+    pixel: the low-resolution argmax is expanded to full size by two gathers, and only the cells whose corners
+    disagree are interpolated, each as one block of output pixels (its rows x its columns) in batched tensor ops.
     """
     b, c, h, w = logits.shape
     H, W = int(size[0]), int(size[1])
-    if out_dtype == torch.uint8 and c > 255:  # 255 is the sentinel below
+    if out_dtype == torch.uint8 and c > 255:
         out_dtype = torch.int32
     if (h, w) == (H, W):
         return logits.argmax(1).to(out_dtype)
     dev = logits.device
-    # class vectors contiguous per pixel (channels_last): the argmax over C and the boundary gathers below
+    # class vectors contiguous per pixel (channels_last): the argmax over C and the corner gathers below
     # read them in one run each; on CPU an argmax over NCHW's strided C costs about 10x more than the copy
     logits = logits.contiguous(memory_format=torch.channels_last)
     am = logits.argmax(1)  # (B, h, w), at low resolution: C times less data than at full size
-    # a source cell (i, j) is "uniform" when its 4 corners (i|i+1, j|j+1, clamped) share one label
+    y0, _, ly = _source_index(h, H, align_corners, dev)
+    x0, _, lx = _source_index(w, W, align_corners, dev)
+    # every output pixel takes its cell's low-resolution label (columns first: fewer rows); mixed cells are
+    # overwritten below
+    labels = am.to(out_dtype).index_select(2, x0).index_select(1, y0)
+    # a source cell (i, j) is "mixed" when its 4 corners (i|i+1, j|j+1, clamped) do not share one label
     down = torch.cat([am[:, 1:], am[:, -1:]], 1)
     right = torch.cat([am[:, :, 1:], am[:, :, -1:]], 2)
     diag = torch.cat([down[:, :, 1:], down[:, :, -1:]], 2)
-    uniform = (am == down) & (am == right) & (am == diag)
-    y0, y1, ly = _source_index(h, H, align_corners, dev)
-    x0, x1, lx = _source_index(w, W, align_corners, dev)
-    # the cell's label, or a sentinel for mixed cells; gathered to full size (columns first: fewer rows)
-    sentinel = torch.iinfo(out_dtype).max if c <= torch.iinfo(out_dtype).max else -1
-    code = torch.where(uniform, am, sentinel).to(out_dtype)
-    labels = code.index_select(2, x0).index_select(1, y0)
-    mixed = labels == sentinel
-    flat = mixed.view(-1).nonzero().squeeze(1)  # output pixels on a class boundary
-    if flat.numel():
-        # one contiguous class vector per source pixel: (B*h*w, C)
-        lg = logits.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        if b == 1:
-            yi, base = torch.div(flat, W, rounding_mode="floor"), 0
-        else:
-            bi = torch.div(flat, H * W, rounding_mode="floor")
-            yi, base = torch.div(flat - bi * (H * W), W, rounding_mode="floor"), bi * (h * w)
-        xi = flat - torch.div(flat, W, rounding_mode="floor") * W
-        ra, rb = base + y0[yi] * w, base + y1[yi] * w
-        xa, xb = x0[xi], x1[xi]
-        wy, wx = ly[yi].unsqueeze(1), lx[xi].unsqueeze(1)
-        top = torch.lerp(lg.index_select(0, ra + xa), lg.index_select(0, ra + xb), wx)
-        bot = torch.lerp(lg.index_select(0, rb + xa), lg.index_select(0, rb + xb), wx)
-        labels.view(-1)[flat] = torch.lerp(top, bot, wy).argmax(1).to(out_dtype)
+    mixed = (am != down) | (am != right) | (am != diag)
+    if not bool(mixed.any()):
+        return labels
+    # output rows (columns) grouped by source row (column): blocks of at most ceil(H / h) rows, a longer run
+    # (the clamped border) split in two, a shorter one padded by repeating its last row (same value rewritten)
+    gy_src, gy_pos = _groups(y0, -(-H // h))
+    gx_src, gx_pos = _groups(x0, -(-W // w))
+    blocks = mixed.index_select(1, gy_src).index_select(2, gx_src).nonzero()  # (M, 3): batch, row group, col group
+    lg = logits.permute(0, 2, 3, 1).reshape(b * h * w, c)  # one contiguous class vector per source pixel
+    rows_per, cols_per = gy_pos.shape[1], gx_pos.shape[1]
+    step = max(1, _BLOCK_ELEMENTS // (rows_per * cols_per * c))
+    flat = labels.view(-1)
+    for start in range(0, blocks.shape[0], step):
+        bi, gy, gx = blocks[start:start + step].unbind(1)
+        i, j = gy_src[gy], gx_src[gx]
+        ra, rb = bi * (h * w) + i * w, bi * (h * w) + (i + 1).clamp_(max=h - 1) * w
+        xa, xb = j, (j + 1).clamp_(max=w - 1)
+        rows, cols = gy_pos[gy], gx_pos[gx]  # (m, rows_per), (m, cols_per)
+        wx = lx[cols].unsqueeze(2)  # (m, cols_per, 1)
+        top = torch.lerp(lg.index_select(0, ra + xa).unsqueeze(1), lg.index_select(0, ra + xb).unsqueeze(1), wx)
+        bot = torch.lerp(lg.index_select(0, rb + xa).unsqueeze(1), lg.index_select(0, rb + xb).unsqueeze(1), wx)
+        wy = ly[rows][:, :, None, None]  # (m, rows_per, 1, 1)
+        block = torch.lerp(top.unsqueeze(1), bot.unsqueeze(1), wy).argmax(3)  # (m, rows_per, cols_per)
+        index = ((bi[:, None] * H + rows)[:, :, None] * W + cols[:, None, :])
+        flat[index.view(-1)] = block.view(-1).to(out_dtype)
     return labels
+
+
+# class values interpolated per batch of mixed cells (32 MB of float32): bounds the temporary memory
+_BLOCK_ELEMENTS = 1 << 23
+
+
+def _groups(src: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output positions grouped by their (non-decreasing) source index ``src``, at most ``size`` per group:
+    the source index of each group ``(G,)`` and its positions ``(G, size)`` (padded with the group's last)."""
+    n = src.numel()
+    pos = torch.arange(n, device=src.device)
+    run_start = torch.ones(n, dtype=torch.bool, device=src.device)
+    run_start[1:] = src[1:] != src[:-1]
+    starts = pos[run_start]
+    offset = pos - starts[torch.cumsum(run_start, 0) - 1]  # position within its run
+    first = pos[offset % size == 0]
+    last = torch.cat([first[1:] - 1, first.new_tensor([n - 1])])
+    positions = torch.minimum(first[:, None] + torch.arange(size, device=src.device), last[:, None])
+    return src[first], positions
 
 
 def upsample_softmax(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
