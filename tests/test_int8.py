@@ -144,6 +144,27 @@ def test_an_int8_export_keeps_what_torch_compile_made():
     assert counter.frame_count == 1
 
 
+@pytest.mark.slow
+def test_an_int8_model_compiles_each_size_once_and_nothing_else_again():
+    """The code check at each shape's first call (inductor's run_and_get_code, which resets dynamo) recompiles only
+    its own graph: a second size does not make the first size, or another compiled function, compile again."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    counter = CompileCounter()
+    double = torch.compile(lambda t: t.relu() * 2, backend=counter)
+    double(torch.randn(8))
+    q = quantize_int8(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), [torch.randn(1, 3, 16, 16)])
+    a, b = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 24, 16)
+    first = q(a)
+    q(b)  # exported, calibrated, compiled and checked at a second size
+    graphs = counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(q(a), first)
+    double(torch.randn(8))
+    assert counters["stats"]["unique_graphs"] == graphs and counter.frame_count == 1
+    assert set(q.report) == {"1x3x16x16", "1x3x24x16"}
+
+
 def test_empty_calibration_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     with pytest.raises(EsegError, match="calibration set is empty") as e:
