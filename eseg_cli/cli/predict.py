@@ -73,7 +73,7 @@ def predict_cmd(
     int8: bool = typer.Option(False, "--int8", help="Quantise to int8 on the CPU (PyTorch 2 export quantisation, "
                               "oneDNN int8 convolutions; not exact), calibrated on --calibrate training images of "
                               "the run's dataset; each new image size calibrates and compiles once. Where "
-                              "--compile --amp bf16 runs natively it gains little over it (0.93x-1.15x measured on "
+                              "--compile --amp bf16 runs natively it gains little over it (0.93x-1.2x measured on "
                               "an AVX512-BF16 CPU; reports/benchmarks/README.md)."),
     calibrate: Optional[int] = typer.Option(None, "--calibrate", metavar="N",
                                             help="With --int8: training images to calibrate on (default 16)."),
