@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _source_index(in_size: int, out_size: int, align_corners: bool, device) -> tuple[torch.Tensor, ...]:
-    """PyTorch's bilinear source indices (i0, i1) and weight of i1 for each output position (1-D)."""
+def _source_index(in_size: int, out_size: int, align_corners: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's bilinear source index i0 (the other is ``min(i0 + 1, in_size - 1)``) and the weight of the other,
+    for each output position (1-D)."""
     dst = torch.arange(out_size, device=device, dtype=torch.float32)
     if align_corners:
         scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
@@ -30,9 +31,8 @@ def _source_index(in_size: int, out_size: int, align_corners: bool, device) -> t
         scale = in_size / out_size
         src = ((dst + 0.5) * scale - 0.5).clamp_(min=0)
     i0 = src.long().clamp_(max=in_size - 1)
-    i1 = (i0 + 1).clamp_(max=in_size - 1)
     lam = (src - i0).clamp_(0, 1)
-    return i0, i1, lam
+    return i0, lam
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
@@ -63,8 +63,8 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], *, align_corner
     # read them in one run each; on CPU an argmax over NCHW's strided C costs about 10x more than the copy
     logits = logits.contiguous(memory_format=torch.channels_last)
     am = logits.argmax(1)  # (B, h, w), at low resolution: C times less data than at full size
-    y0, _, ly = _source_index(h, H, align_corners, dev)
-    x0, _, lx = _source_index(w, W, align_corners, dev)
+    y0, ly = _source_index(h, H, align_corners, dev)
+    x0, lx = _source_index(w, W, align_corners, dev)
     # every output pixel takes its cell's low-resolution label (columns first: fewer rows); mixed cells are
     # overwritten below
     labels = am.to(out_dtype).index_select(2, x0).index_select(1, y0)
