@@ -3,7 +3,10 @@
     pip install -e '.[bench,deploy]'            # segmentation-models-pytorch, onnx, onnxruntime
     python benchmarks/peers.py --threads 2 --rounds 7 --resolutions 512x1024,1024x2048
 
-Pairs (19 classes, batch 1, fp32, random weights: speed does not depend on them):
+Pairs (19 classes, batch 1, fp32; random weights on the demo frame, or ``--weights trained``: each model's run
+on a synthetic val image, see ``TRAINED_RUNS``. The networks' speed does not depend on the weights; the exact
+post-processing's does: a trained model's map has many more class boundaries, 25% of ESeg-Lite-S's cells against
+0.2% with random weights):
   ESeg-S       vs smp DeepLabV3+ (tu-efficientnet_b1, output stride 16)
   ESeg-Lite-S  vs torchvision LRASPP-MobileNetV3-Large
 
@@ -90,8 +93,9 @@ class LowRes(nn.Module):
         return self.model(x)  # smp with its segmentation head's Upsample replaced by Identity
 
 
-def build_pairs() -> list[tuple[str, str, LowRes]]:
-    """(pair, name, model) rows; the ESeg model first in each pair."""
+def build_pairs(weights: str = "random", runs: Path = ROOT / "runs") -> list[tuple[str, str, LowRes]]:
+    """(pair, name, model) rows; the ESeg model first in each pair; random weights, or ``"trained"``: each model's
+    run under ``runs`` (:func:`trained`)."""
     rows = []
     try:
         import segmentation_models_pytorch as smp
@@ -111,11 +115,40 @@ def build_pairs() -> list[tuple[str, str, LowRes]]:
     lr = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
                                                                    num_classes=19)
     rows.append(("Lite-S", "LRASPP-MobileNetV3-L (torchvision)", LowRes("lraspp", lr)))
+    if weights == "trained":
+        rows = [(pair, name, trained(name, m, runs)) for pair, name, m in rows]
     for _, _, m in rows:
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
     return rows
+
+
+#: ``--weights trained``: each model's run under ``--runs`` (the quick start, the synthetic-recipe ESeg-S, and the
+#: peers trained by ``benchmarks/peers_accuracy.py``: all 19 classes, the same synthetic data)
+TRAINED_RUNS = {"ESeg-Lite-S": "quickstart", "ESeg-S": "eseg-s-synthetic",
+                "LRASPP-MobileNetV3-L (torchvision)": "peers/lraspp",
+                "DeepLabV3+ (EfficientNet-B1, OS16, smp)": "peers/deeplabv3plus"}
+
+
+def trained(name: str, model: LowRes, runs: Path) -> LowRes:
+    """``model`` with the trained weights of its run (the best checkpoint's EMA weights where it has them, as the
+    Predictor loads them); refuses a missing run with the command that makes it."""
+    from eseg_cli.inference.runtime import load_checkpoint, load_weights
+
+    path = runs / TRAINED_RUNS[name] / "checkpoints" / "best.pt"
+    if not path.is_file():
+        make = ("python benchmarks/peers_accuracy.py" if "/" in TRAINED_RUNS[name] else
+                "eseg train (the quick start, or --scale s with recipes/synthetic.yaml)")
+        raise SystemExit(f"--weights trained: {path} is missing; train it first ({make}), or point --runs at it")
+    state = load_checkpoint(path)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    if model.kind == "eseg":
+        load_weights(model.model, weights, str(path))
+    else:  # eseg's trainer held the peer as ``.model`` of its wrapper (benchmarks/train_speed.py)
+        own = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        load_weights(model.model, own, str(path))
+    return model
 
 
 def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
@@ -171,12 +204,23 @@ def to_input(image: np.ndarray, channels_last: bool) -> torch.Tensor:
     return normalize_uint8(image, SCALE, SHIFT, channels_last=channels_last)
 
 
+#: what the models see: the demo frame (random weights) or a synthetic val image (``--weights trained``: the
+#: runs' own data, so that their label maps have the class boundaries a trained model draws)
+IMAGE = {"source": "demo"}
+
+
 def load_image(res: tuple[int, int]) -> np.ndarray:
-    """The shared Cityscapes demo frame resized to ``res`` (random pixels when the data is absent)."""
+    """The shared Cityscapes demo frame resized to ``res`` (random pixels when the data is absent), or with
+    ``IMAGE["source"] == "synthetic"`` the second synthetic val image resized to it."""
+    from PIL import Image
+
+    if IMAGE["source"] == "synthetic":
+        from eseg_cli.engine.evaluator import eval_dataset
+
+        img = eval_dataset("synthetic", None, "val")[1][0].permute(1, 2, 0).numpy()
+        return np.array(Image.fromarray(img).resize((res[1], res[0]), Image.BILINEAR))
     demo = ROOT.parent / "shared" / "data" / "demo" / "cityscapes_frame_1024x512.png"
     if demo.is_file():
-        from PIL import Image
-
         return np.array(Image.open(demo).convert("RGB").resize((res[1], res[0]), Image.BILINEAR))
     return np.random.default_rng(0).integers(0, 256, (*res, 3), dtype=np.uint8)
 
@@ -208,6 +252,11 @@ def main() -> None:
     ap.add_argument("--accuracy", metavar="JSON",
                     help="the peers' own bf16/int8 accuracy (benchmarks/peers_accuracy.py's JSON): a peer's admissible "
                          "modes are then those measured within 0.5 of its fp32 mIoU, not --admissible")
+    ap.add_argument("--weights", choices=("random", "trained"), default="random",
+                    help="random weights on the demo frame, or each model's trained run (--runs; see TRAINED_RUNS) on "
+                         "a synthetic val image: a trained model's label map has many more class boundaries, which "
+                         "the exact post-processing pays for")
+    ap.add_argument("--runs", default=str(ROOT / "runs"), help="with --weights trained: the folder of the runs")
     ap.add_argument("--rewrite", metavar="JSON", help="only rewrite the report from an earlier run's JSON")
     args = ap.parse_args()
     args.admissible = [m for m in args.admissible.split(",") if m]
@@ -215,8 +264,11 @@ def main() -> None:
         old = json.loads(Path(args.rewrite).read_text())
         m = old["meta"]
         args.threads, args.rounds, args.warmup = m["threads"], m["rounds"], m["warmup"]
+        args.weights, args.accuracy = m.get("weights", "random"), m.get("accuracy")
+        args.admissible = [x for x in m.get("admissible", args.admissible) if x not in EXACT_MODES]
         sys.argv = m["command"].split()[1:]
-        write_report(old["rows"], args, [parse_size(r) for r in m["resolutions"]], m["modes"], date=m["date"])
+        post = [{**r, "kind": "postprocess"} for r in old.get("postprocess", [])]
+        write_report(old["rows"] + post, args, [parse_size(r) for r in m["resolutions"]], m["modes"], date=m["date"])
         return
     torch.set_num_threads(args.threads)
     # before any model (a Predictor tunes malloc for the whole process); records what holds (not glibc: default)
@@ -234,7 +286,8 @@ def main() -> None:
             print("onnxruntime is not installed (pip install -e '.[deploy]'): that mode is skipped", file=sys.stderr)
             modes.remove("onnxruntime")
     wanted = set(args.pairs.split(","))
-    pairs = [row for row in build_pairs() if row[0] in wanted]
+    IMAGE["source"] = "synthetic" if args.weights == "trained" else "demo"
+    pairs = [row for row in build_pairs(args.weights, Path(args.runs)) if row[0] in wanted]
     # every (model, mode, resolution, kind) cell, prepared once
     cells = []
     with torch.inference_mode():
@@ -377,6 +430,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
                     entry.update(eseg_min_mode=a["mode"], eseg_min_ms=a["min_ms"], peer_min_mode=b["mode"],
                                  peer_min_ms=b["min_ms"])
             best.append(entry)
+    weights = getattr(args, "weights", "random")
     meta = {"date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "device": f"cpu ({platform.processor() or platform.machine()})", "threads": args.threads,
             "rounds": args.rounds, "warmup": args.warmup, "batch": 1,
@@ -387,12 +441,13 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
             "accuracy": args.accuracy, "bootstrap": (
                 f"95% percentile bootstrap over rounds, {BOOTSTRAP_SAMPLES} resamples, rounds resampled in pairs; "
                 "a target 'ratio <= T' is met when the interval's upper end is <= T"),
-            "command": "python " + " ".join(sys.argv), "malloc": args.malloc,
+            "command": "python " + " ".join(sys.argv), "malloc": args.malloc, "weights": weights,
+            "image": "a synthetic val image" if weights == "trained" else "the demo frame",
             "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
             "notes": "ratio = ESeg median / peer median (lower is better for ESeg); model = normalised tensor to "
                      "logits at the network's output stride; e2e = uint8 image to uint8 mask with the same exact "
                      "post-processing for every model; exact modes are all but bf16, whose 'agreement' is the share "
-                     "of pixels whose class equals the model's own fp32 mask (random weights)"}
+                     f"of pixels whose class equals the model's own fp32 mask ({weights} weights)"}
     # post-processing's share of ESeg-Lite-S's end-to-end time, in its best mode and in eseg's default (folded)
     for p in post:
         e2e = [r for r in rows if r["model"] == "ESeg-Lite-S" and r["resolution"] == p["resolution"]
@@ -420,7 +475,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
 def markdown(rows, best, meta, post=()) -> str:
     lines = [f"# ESeg vs peers — {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
              f"median of {meta['rounds']} interleaved rounds, batch 1, fp32 (bf16: compiled + bfloat16 autocast, "
-             "not exact)", "",
+             f"not exact); {meta.get('weights', 'random')} weights on {meta.get('image', 'the demo frame')}", "",
              f"`{meta['command']}` ({meta['date']})", ""]
     for res in meta["resolutions"]:
         for kind in ("e2e", "model"):
@@ -482,7 +537,8 @@ def markdown(rows, best, meta, post=()) -> str:
         lines.append("")
     agree = [r for r in rows if "agreement" in r and r["kind"] == "e2e"]
     if agree:
-        lines += ["## Not exact: argmax agreement with the model's own fp32 mask (demo frame, random weights)", "",
+        lines += ["## Not exact: argmax agreement with the model's own fp32 mask "
+                  f"({meta.get('image', 'the demo frame')}, {meta.get('weights', 'random')} weights)", "",
                   "| model | mode | resolution | pixels equal |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['mode']} | {r['resolution']} | {100 * r['agreement']:.2f}% |" for r in agree]
         lines.append("")
