@@ -8,6 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from torch import nn
+
+from eseg_cli.engine.checkpoint import save_checkpoint
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers  # noqa: E402
 
@@ -48,3 +54,39 @@ def test_a_peer_whose_int8_loses_accuracy_is_compared_in_its_best_admissible_mod
     assert report["meta"]["admissible_by_model"]["LRASPP"] == ["bf16", "channels_last", "compiled", "eager",
                                                                 "folded", "onnxruntime"]
     assert "LRASPP bf16" in (tmp_path / "peers.md").read_text()
+
+
+def test_rewrite_gives_back_the_same_comparison(tmp_path, monkeypatch):
+    """``--rewrite`` rebuilds the report from a run's JSON with that run's accuracy file and admissible set."""
+    acc = tmp_path / "peers_accuracy.json"
+    acc.write_text(json.dumps({"rows": [{"model": "LRASPP", "mode": "int8", "val_mIoU": 48.0, "admissible": False}]}))
+    _best(tmp_path, str(acc))
+    first = json.loads((tmp_path / "peers.json").read_text())
+    again = tmp_path / "again"
+    monkeypatch.setattr(sys, "argv", ["peers.py", "--rewrite", str(tmp_path / "peers.json"), "--out", str(again)])
+    peers.main()
+    second = json.loads((again / "peers.json").read_text())
+    assert second["best"] == first["best"]
+    assert second["meta"]["admissible_by_model"] == first["meta"]["admissible_by_model"]
+
+
+def test_trained_weights_are_refused_without_their_run(tmp_path):
+    with pytest.raises(SystemExit, match="peers_accuracy.py"):
+        peers.trained("LRASPP-MobileNetV3-L (torchvision)", None, tmp_path)
+
+
+def test_trained_weights_of_a_peer_come_from_its_trainer_wrapper(tmp_path):
+    """eseg's trainer held a peer as ``.model`` of a wrapper: its checkpoint's keys start with ``model.``."""
+    def net():
+        return peers.LowRes("smp", nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+
+    source = net()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = tmp_path / peers.TRAINED_RUNS["DeepLabV3+ (EfficientNet-B1, OS16, smp)"] / "checkpoints" / "best.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint({"model": {f"model.{k}": v for k, v in source.model.state_dict().items()}}, path)
+    loaded = peers.trained("DeepLabV3+ (EfficientNet-B1, OS16, smp)", net(), tmp_path)
+    for a, b in zip(loaded.model.state_dict().values(), source.model.state_dict().values()):
+        assert torch.equal(a, b)
