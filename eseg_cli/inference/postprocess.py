@@ -67,12 +67,16 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], *, align_corner
     x0, lx = _source_index(w, W, align_corners, dev)
     # every output pixel takes its cell's low-resolution label (columns first: fewer rows); mixed cells are
     # overwritten below
-    labels = am.to(out_dtype).index_select(2, x0).index_select(1, y0)
-    # a source cell (i, j) is "mixed" when its 4 corners (i|i+1, j|j+1, clamped) do not share one label
-    down = torch.cat([am[:, 1:], am[:, -1:]], 1)
-    right = torch.cat([am[:, :, 1:], am[:, :, -1:]], 2)
-    diag = torch.cat([down[:, :, 1:], down[:, :, -1:]], 2)
-    mixed = (am != down) | (am != right) | (am != diag)
+    code = am.to(out_dtype)
+    labels = code.index_select(2, x0).index_select(1, y0)
+    # a source cell (i, j) is "mixed" when its 4 corners (i|i+1, j|j+1, clamped) do not share one label, that is
+    # when one of its 4 edges joins two labels (at the last row or column the clamped edges are the others)
+    across = code[:, :, :-1] != code[:, :, 1:]  # (B, h, w - 1): the top edge of cell (i, j)
+    down = code[:, :-1] != code[:, 1:]  # (B, h - 1, w): its left edge
+    mixed = torch.zeros_like(code, dtype=torch.bool)
+    mixed[:, :, :-1] |= across
+    mixed[:, :-1] |= down
+    mixed[:, :-1, :-1] |= across[:, 1:] | down[:, :, 1:]  # bottom and right edges
     if not bool(mixed.any()):
         return labels
     # output rows (columns) grouped by source row (column): blocks of at most ceil(H / h) rows, a longer run
