@@ -268,9 +268,12 @@ def test_compile_without_its_toolchain_says_what_is_missing(failure, needle, run
 def test_compile_with_no_cxx_compiler_for_real(run_dir, images, tmp_path, monkeypatch, one_thread):
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
-    res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "out", "--compile", "--device", "cpu")
+    # the config's own patch: monkeypatch's undo deletes a sub-config entry (cpp.cxx then "does not exist" for every
+    # later compilation in the process)
+    with inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}):
+        res = invoke("predict", "-c", run_dir, images / "a.png", "--out", tmp_path / "out", "--compile", "--device",
+                     "cpu")
     assert res.exit_code == 2 and "C++ compiler" in res.output and "Traceback" not in res.output, res.output
 
 
