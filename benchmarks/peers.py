@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import io
 import itertools
 import json
@@ -133,21 +134,29 @@ TRAINED_RUNS = {"ESeg-Lite-S": "quickstart", "ESeg-S": "eseg-s-synthetic",
 
 def trained(name: str, model: LowRes, runs: Path) -> LowRes:
     """``model`` with the trained weights of its run (the best checkpoint's EMA weights where it has them, as the
-    Predictor loads them); refuses a missing run with the command that makes it."""
-    from eseg_cli.inference.runtime import load_checkpoint, load_weights
+    Predictor loads them; an ESeg model rebuilt from the run's own configuration); refuses, in one line, a missing
+    run (with the command that makes it), an unreadable one, or an ESeg run of another scale."""
+    from eseg_cli.errors import EsegError
+    from eseg_cli.inference.runtime import load_checkpoint, load_model, load_weights
 
     path = runs / TRAINED_RUNS[name] / "checkpoints" / "best.pt"
     if not path.is_file():
         make = ("python benchmarks/peers_accuracy.py" if "/" in TRAINED_RUNS[name] else
                 "eseg train (the quick start, or --scale s with recipes/synthetic.yaml)")
         raise SystemExit(f"--weights trained: {path} is missing; train it first ({make}), or point --runs at it")
-    state = load_checkpoint(path)
-    weights = state["ema"] if state.get("ema") is not None else state["model"]
-    if model.kind == "eseg":
-        load_weights(model.model, weights, str(path))
-    else:  # eseg's trainer held the peer as ``.model`` of its wrapper (benchmarks/train_speed.py)
-        own = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
-        load_weights(model.model, own, str(path))
+    try:
+        if model.kind == "eseg":
+            net, state = load_model(path)
+            if state["model_config"]["name"] != name.lower():
+                raise EsegError(f"checkpoint {path} holds {state['model_config']['name']}, not {name.lower()}")
+            return LowRes("eseg", net)
+        state = load_checkpoint(path)
+        weights = state["ema"] if state.get("ema") is not None else state["model"]
+        # eseg's trainer held the peer as ``.model`` of its wrapper (benchmarks/train_speed.py)
+        load_weights(model.model, {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")},
+                     str(path))
+    except EsegError as e:
+        raise SystemExit(f"--weights trained: {e}") from None
     return model
 
 
@@ -215,14 +224,19 @@ def load_image(res: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     if IMAGE["source"] == "synthetic":
-        from eseg_cli.engine.evaluator import eval_dataset
-
-        img = eval_dataset("synthetic", None, "val")[1][0].permute(1, 2, 0).numpy()
-        return np.array(Image.fromarray(img).resize((res[1], res[0]), Image.BILINEAR))
+        return np.array(Image.fromarray(_synthetic_val_image()).resize((res[1], res[0]), Image.BILINEAR))
     demo = ROOT.parent / "shared" / "data" / "demo" / "cityscapes_frame_1024x512.png"
     if demo.is_file():
         return np.array(Image.open(demo).convert("RGB").resize((res[1], res[0]), Image.BILINEAR))
     return np.random.default_rng(0).integers(0, 256, (*res, 3), dtype=np.uint8)
+
+
+@functools.cache
+def _synthetic_val_image() -> np.ndarray:
+    """The second synthetic val image, HxWx3 uint8 (made once: every cell's preparation asks for it)."""
+    from eseg_cli.engine.evaluator import eval_dataset
+
+    return eval_dataset("synthetic", None, "val")[1][0].permute(1, 2, 0).numpy()
 
 
 def calibration_batches(res: tuple[int, int]) -> list[torch.Tensor]:

@@ -54,7 +54,7 @@ from eseg_cli.inference import allocator, prepare_model, upsample_argmax  # noqa
 from eseg_cli.inference.int8 import quantize_int8, run_calibration_images  # noqa: E402
 from eseg_cli.inference.precision import autocast  # noqa: E402
 from eseg_cli.inference.predictor import normalization, normalization_constants, normalize_uint8  # noqa: E402
-from eseg_cli.inference.runtime import load_weights  # noqa: E402
+from eseg_cli.inference.runtime import load_checkpoint, load_weights  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 NUM_CLASSES = 19
@@ -91,7 +91,7 @@ def train_peer(key: str, run_dir: Path, steps: int | None, seed: int) -> tuple[n
                                                                  "checkpoint_interval": steps} if steps else {})})
         summary = train(cfg, run_dir, model=full, overwrite=True, handle_signals=False)
     path = run_dir / "checkpoints" / "best.pt"
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     load_weights(full, state["ema"] if state.get("ema") is not None else state["model"], str(path))
     model = low().eval()
     for p in model.parameters():

@@ -90,3 +90,14 @@ def test_trained_weights_of_a_peer_come_from_its_trainer_wrapper(tmp_path):
     loaded = peers.trained("DeepLabV3+ (EfficientNet-B1, OS16, smp)", net(), tmp_path)
     for a, b in zip(loaded.model.state_dict().values(), source.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_trained_weights_refuse_an_eseg_run_of_another_scale(tmp_path):
+    from eseg_cli import build_model
+
+    small = build_model("lite-s", num_classes=3, width=0.25, depth=0.25, channels=16, repeats=1)
+    path = tmp_path / peers.TRAINED_RUNS["ESeg-S"] / "checkpoints" / "best.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint({"model": small.state_dict(), "model_config": small.config}, path)
+    with pytest.raises(SystemExit, match="holds eseg-lite-s, not eseg-s"):
+        peers.trained("ESeg-S", peers.LowRes("eseg", None), tmp_path)
