@@ -12,6 +12,10 @@ Routes (all through eseg's own preparation: batch norm folded, fusion weights fr
 - ``int8 pt2e + bf16`` (``--mixed``): the same int8 model compiled and run under bfloat16 autocast, so the ops
   left in float (resampling, fusion weights, the additions between quantised convolutions) run in bf16: torchao's
   "int8-mixed-bf16" recipe. Measured only: ``Predictor`` does not offer it (``quantize`` refuses ``amp``);
+- ``--heads`` adds two routes that separate int8's two approximations: ``int8 pt2e, exact head`` (the same
+  quantisation with the head's levels each resampled to P2, ``quantize_int8(coarse_to_fine_head=False)``) and
+  ``compiled bf16, coarse-to-fine head`` (bf16 with int8's coarse-to-fine head sum). Measured only: the
+  ``Predictor`` offers neither;
 - ``ort fp32``: the ``eseg export``ed ONNX file through onnxruntime's CPU provider;
 - ``ort int8 <variant>``: that file quantised by ``onnxruntime.quantization.quantize_static`` (QDQ or QOperator,
   U8S8 or S8S8, per channel, MinMax or Percentile calibration, optionally Resize and the head kept in float).
@@ -30,6 +34,7 @@ Writes ``reports/benchmarks/int8_routes.json`` and ``int8_routes.md`` (``--name`
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import random
@@ -55,8 +60,10 @@ from eseg_cli.engine.evaluator import eval_dataset  # noqa: E402
 from eseg_cli.engine.metrics import ConfusionMatrix  # noqa: E402
 from eseg_cli.inference import Predictor, allocator  # noqa: E402
 from eseg_cli.inference.export import OnnxPredictor, export_model  # noqa: E402
-from eseg_cli.inference.int8 import run_calibration_images  # noqa: E402
+from eseg_cli.inference.int8 import coarse_to_fine_heads, quantize_int8, run_calibration_images  # noqa: E402
 from eseg_cli.inference.precision import cpu_bf16_support  # noqa: E402
+from eseg_cli.inference.predictor import Int8Segmentor  # noqa: E402
+from eseg_cli.models.heads import FusionHead  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
 #: onnxruntime static quantisation variants: name -> quantize_static settings (the naive one of the issue first)
@@ -139,6 +146,8 @@ def main() -> None:
     ap.add_argument("--name", default="int8_routes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mixed", action="store_true", help="also time int8 pt2e under bf16 autocast (int8-mixed-bf16)")
+    ap.add_argument("--heads", action="store_true",
+                    help="also time int8 with the exact head sum and bf16 with int8's coarse-to-fine head sum")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="glibc malloc for every cell: as eseg sets it on CPU (tuned) or glibc's defaults")
     args = ap.parse_args()
@@ -174,6 +183,18 @@ def main() -> None:
         mixed = Predictor(args.run, device="cpu", quantize="int8", calibrate=calib)
         mixed.amp = "bf16"
         routes["int8 pt2e + bf16"] = {"predictor": mixed}
+    if args.heads:  # int8 without, bf16 with the coarse-to-fine head: set on the prepared models before compiling
+        exact = Predictor(args.run, device="cpu", quantize="int8", calibrate=calib)
+        model = copy.deepcopy(exact.model.int8._model)
+        for m in model.modules():
+            if isinstance(m, FusionHead):
+                m.coarse_to_fine = False
+        exact.model = Int8Segmentor(quantize_int8(model, exact.model.int8._images, coarse_to_fine_head=False),
+                                    exact.model.prepared)
+        routes["int8 pt2e, exact head"] = {"predictor": exact}
+        bf16 = Predictor(args.run, device="cpu", compile=True, amp="bf16")
+        coarse_to_fine_heads(bf16.model)
+        routes["compiled bf16, coarse-to-fine head"] = {"predictor": bf16}
     tmp = Path(tempfile.mkdtemp(prefix="eseg-int8-"))
     onnx_fp32 = tmp / "fp32.onnx"
     export_model(args.run, "onnx", onnx_fp32, sizes=((256, 512),))

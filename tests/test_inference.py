@@ -95,6 +95,31 @@ def test_upsample_argmax_equals_upsample_then_argmax(shape, size, align, kind):
     assert diff.float().mean() < 1e-4
 
 
+def test_compiled_argmax_gives_the_same_labels(one_thread):
+    """The compiled argmax kernel (what compiled and int8 models' labels use) against ATen's, label for label:
+    regions with boundaries, exact ties (the first maximum wins), NaNs (torch counts them as the maximum),
+    rows of infinities, a batch of 2 at odd sizes, and more than 255 classes (int32 labels)."""
+    from eseg_cli.inference.postprocess import argmax_rows
+
+    g = torch.Generator().manual_seed(3)
+    coarse = torch.randn(2, 19, 6, 9, generator=g) * 4
+    logits = F.interpolate(coarse, size=(21, 34), mode="bilinear") + 0.05 * torch.randn(2, 19, 21, 34, generator=g)
+    logits[0, :, 3, 4] = 1.0  # a tie over every class: class 0
+    logits[0, 5:9, 7, 7] = 50.0  # a tie between 5..8: class 5
+    logits[1, 11, 2, 2] = float("nan")  # NaN beats every number
+    logits[1, 3, 2, 3] = logits[1, 12, 2, 3] = float("nan")  # the first NaN
+    logits[1, :, 5, 5] = float("-inf")
+    for size in ((84, 136), (21, 34), (50, 61)):
+        eager = upsample_argmax(logits, size)
+        assert torch.equal(upsample_argmax(logits, size, compiled=True), eager)
+    assert upsample_argmax(logits, (21, 34), compiled=True)[1, 2, 2] == 11
+    rows = torch.randn(1000, 300, generator=g)
+    rows[7, 100] = rows[7, 200] = 1e9
+    got = argmax_rows(rows, torch.int32, compiled=True)
+    assert got.dtype == torch.int32 and torch.equal(got.long(), rows.argmax(1)) and got[7] == 100
+    assert argmax_rows(rows[:0], compiled=True).shape == (0,)
+
+
 def test_upsample_argmax_in_batches_of_cells_is_the_same(monkeypatch):
     from eseg_cli.inference import postprocess
 

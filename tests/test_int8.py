@@ -86,6 +86,20 @@ def test_int8_graph_agrees_with_fp32_on_a_trained_model(trained, one_thread):
     assert (got == ref).float().mean() >= 0.97
 
 
+def test_int8_sums_the_head_coarse_to_fine_on_its_own_copy(trained, one_thread):
+    """int8's recipe sets ESeg's head to sum its levels coarse to fine (not exact; in the agreement above), says so
+    in its method, and leaves the caller's model as it was; ``coarse_to_fine_head=False`` keeps the exact sum."""
+    logits_of, train, val = trained
+    q = quantize_int8(logits_of, [train.x[:8]])
+    assert q.calibration["method"].endswith("; 1 head(s) summed coarse to fine")
+    assert q._model.model.head.coarse_to_fine and not logits_of.model.head.coarse_to_fine
+    exact = quantize_int8(logits_of, [train.x[:8]], coarse_to_fine_head=False)
+    assert "coarse" not in exact.calibration["method"] and not exact._model.model.head.coarse_to_fine
+    with torch.no_grad():
+        a, b = q.converted((64, 64))[0](val.x), exact.converted((64, 64))[0](val.x)
+    assert not torch.equal(a, b) and (a.argmax(1) == b.argmax(1)).float().mean() >= 0.97
+
+
 @pytest.mark.slow
 def test_int8_compiled_agrees_with_fp32_and_is_int8(trained):
     """The deployed path: compiled with freezing, it calls oneDNN's int8 convolution for every quantised conv, no

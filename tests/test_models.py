@@ -86,6 +86,43 @@ def test_fusion_modes(mode):
         assert model.head.level_weight is None
 
 
+@pytest.mark.parametrize("fusion", ["softmax", "sum"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_coarse_to_fine_head_sums_the_levels_from_the_top_down(fusion, frozen):
+    """``FusionHead.coarse_to_fine`` (int8's head): s = w_L P_L, then s = up(s) + w_i P_i level by level, against
+    that recurrence written out; close to the exact sum but not equal to it; training ignores it."""
+    import torch.nn.functional as F
+
+    from eseg_cli.models.heads import FusionHead
+
+    torch.manual_seed(0)
+    head = FusionHead(4, 4, 3, fusion=fusion).eval()
+    if head.level_weight is not None:
+        with torch.no_grad():
+            head.level_weight.copy_(torch.tensor([0.3, -0.2, 0.5, 0.1]))
+    w = [1.0] * 4 if head.level_weight is None else head.level_weights().tolist()
+    if frozen:
+        head.freeze_weights()
+    feats = [torch.randn(2, 4, 40 // 2 ** i, 52 // 2 ** i) for i in range(4)]  # 40x52, 20x26, 10x13, 5x7
+    feats[3] = torch.randn(2, 4, 5, 7)
+    with torch.no_grad():
+        exact = head(feats)
+        head.coarse_to_fine = True
+        got = head(feats)
+        s = feats[3] * w[3]
+        for i in (2, 1, 0):
+            s = F.interpolate(s, size=feats[i].shape[-2:], mode="bilinear", align_corners=False) + feats[i] * w[i]
+        torch.testing.assert_close(got, head.classifier(head.conv(s)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, exact, atol=1e-4)  # not exact ...
+        assert (got - exact).abs().mean() < 0.1 * exact.abs().mean()  # ... but close
+    if not frozen:  # training computes the exact sum whatever the switch says
+        head.train()
+        head.coarse_to_fine = True
+        out = head(feats)
+        head.coarse_to_fine = False
+        torch.testing.assert_close(out, head(feats))
+
+
 def test_bad_fusion_and_levels_are_clear_errors():
     with pytest.raises(EsegError, match="fusion"):
         tiny(fusion="mean")

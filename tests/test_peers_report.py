@@ -56,6 +56,22 @@ def test_a_peer_whose_int8_loses_accuracy_is_compared_in_its_best_admissible_mod
     assert "LRASPP bf16" in (tmp_path / "peers.md").read_text()
 
 
+def test_post_processing_share_is_taken_against_the_modes_that_post_process_so(tmp_path):
+    """ATen's argmaxes against the best of the modes that use them (folded here), compiled ones against the best
+    compiled mode (int8)."""
+    cells = _cells() + [{"pair": "Lite-S", "model": "ESeg-Lite-S", "mode": "folded", "resolution": "64x128",
+                         "kind": "e2e", "times_ms": [200.0, 201.0, 202.0], "agreement": None}]
+    cells += [{"pair": "Lite-S", "model": "post-processing (upsample + argmax)", "mode": mode, "resolution": "64x128",
+               "kind": "postprocess", "times_ms": [ms] * 3} for mode, ms in (("eager", 20.0), ("compiled", 7.1))]
+    args = argparse.Namespace(admissible=["bf16", "int8"], accuracy=None, threads=2, rounds=3, warmup=1, seed=0,
+                              malloc="tuned", out=str(tmp_path), name="peers")
+    peers.write_report(cells, args, [(64, 128)], ["folded", "compiled", "bf16", "int8"], date="2026-12-05")
+    post = {p["mode"]: p["share_of_best_e2e"] for p in json.loads((tmp_path / "peers.json").read_text())["postprocess"]}
+    assert post == {"eager": {"mode": "folded", "e2e_ms": 201.0, "share": 0.0995},
+                    "compiled": {"mode": "int8", "e2e_ms": 71.0, "share": 0.1}}
+    assert "| 64x128 | compiled | 7.10 | 10.0% of 71.0 ms (int8) |" in (tmp_path / "peers.md").read_text()
+
+
 def test_rewrite_gives_back_the_same_comparison(tmp_path, monkeypatch):
     """``--rewrite`` rebuilds the report from a run's JSON with that run's accuracy file and admissible set."""
     acc = tmp_path / "peers_accuracy.json"

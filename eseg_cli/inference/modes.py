@@ -110,6 +110,13 @@ def scores(model: nn.Module, x: torch.Tensor, num_classes: int, *, mode: str = "
     return total
 
 
+def compiled_model(model) -> bool:
+    """Whether ``model`` was prepared compiled (``compile``) or int8: its post-processing may compile as well
+    (:func:`~.postprocess.argmax_rows`), needing nothing the model did not."""
+    prepared = getattr(model, "prepared", None) or {}
+    return bool(prepared.get("compiled") or prepared.get("int8"))
+
+
 def _resized(t: torch.Tensor, size) -> torch.Tensor:
     """Scores at ``size`` (an image resized for the model, e.g. ``val_resize``: predictions go back to the
     label's size, never the reverse)."""
@@ -137,10 +144,12 @@ def labels(model: nn.Module, x: torch.Tensor, num_classes: int, size=None, *, mo
     The fast path: in ``whole`` mode, a model with ``forward_logits`` (this project's) gives its logits at the
     head's stride and :func:`~.postprocess.upsample_argmax` turns them into labels exactly, without upsampling
     every class map (not on XLA, where the boundary pixels' data-dependent shapes would recompile every batch).
+    A compiled or int8 model's labels take their argmaxes through a compiled kernel too (the same labels).
     """
     size = tuple(size or x.shape[-2:])
     if mode == "whole" and hasattr(model, "forward_logits") and x.device.type != "xla" and size == x.shape[-2:]:
-        return upsample_argmax(forward(model.forward_logits, x, amp), size, out_dtype=out_dtype)
+        return upsample_argmax(forward(model.forward_logits, x, amp), size, out_dtype=out_dtype,
+                               compiled=compiled_model(model))
     idx = _resized(scores(model, x, num_classes, mode=mode, amp=amp, **kw), size).argmax(1)
     if out_dtype == torch.uint8 and num_classes > 255:
         out_dtype = torch.int32

@@ -239,7 +239,8 @@ class Predictor(BasePredictor):
             ``eseg predict --compile`` uses for folders of mixed sizes; see ``compile_inference``).
         amp: ``None`` (fp32, exact), ``"bf16"`` or ``"fp16"`` autocast.
         quantize: ``"int8"``: the model quantised to int8 on CPU (:func:`.int8.quantize_int8`: PyTorch 2 export
-            quantisation, compiled; each new image size calibrates and compiles once). Not exact.
+            quantisation, compiled; each new image size calibrates and compiles once; an ESeg head sums its
+            levels coarse to fine, :func:`.int8.coarse_to_fine_heads`). Not exact.
         calibrate: with ``quantize``: the number of training images (of the run's own dataset, through its own
             preprocessing) to calibrate on, or the calibration images themselves (paths, PIL images, uint8
             HxWx3 arrays or uint8 ``(B, 3, H, W)`` tensors, of one size).

@@ -18,6 +18,13 @@ class FusionHead(nn.Module):
     a 3x3 separable classifier with bias (the configuration that lands on the paper's counts).
 
     In eval mode the softmax weights are constants; :meth:`freeze_weights` turns them into plain numbers.
+
+    ``coarse_to_fine`` (inference only, off by default; int8 sets it, :func:`~eseg_cli.inference.int8.quantize_int8`):
+    the same weighted sum computed from the top down, ``s = w_L P_L``, then ``s = up(s) + w_i P_i`` at each level
+    below, so that every map is resampled once by a factor of about 2 instead of every level straight to P2's
+    size (7 resamplings at P2's size for P2..P9). Bilinear upsampling twice by 2 is not upsampling by 4 (the two
+    differ between a coarse sample and the next), so this is *not* exact: it is part of int8's approximation and
+    measured with it (``reports/benchmarks/README.md``). Training ignores it.
     """
 
     def __init__(self, channels: int, num_levels: int, num_classes: int, act: str = "silu",
@@ -30,6 +37,7 @@ class FusionHead(nn.Module):
         self.conv = SeparableConv(channels, channels, 3, norm=norm, act=act)
         self.classifier = SeparableConv(channels, num_classes, 3, norm=False)
         self.frozen: tuple[float, ...] | None = None  # set by freeze_weights() for inference
+        self.coarse_to_fine = False
 
     def freeze_weights(self) -> bool:
         """Fix the softmax level weights as constants (inference only); see :mod:`eseg_cli.inference.fold`."""
@@ -46,6 +54,8 @@ class FusionHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
         traced = traced_for_inference(self)
+        if self.coarse_to_fine and not self.training:
+            return self.classifier(self.conv(self._coarse_to_fine(feats, traced)))
         if self.frozen is not None:  # inference: one fused multiply-add pass per level
             out = feats[0] * self.frozen[0]
             for f, wi in zip(feats[1:], self.frozen[1:]):
@@ -57,6 +67,21 @@ class FusionHead(nn.Module):
             up = upsample_or_broadcast(feats[i], size, traced)
             out = out + (up if w is None else up * w[i])
         return self.classifier(self.conv(out))
+
+
+    def _coarse_to_fine(self, feats: list[torch.Tensor], traced: bool) -> torch.Tensor:
+        """``sum_i w_i up(P_i)`` from the top level down (see the class)."""
+        w = self.frozen if self.frozen is not None else self.level_weights()
+        out = feats[-1] if w is None else feats[-1] * w[-1]
+        for i in range(len(feats) - 2, -1, -1):
+            up = upsample_or_broadcast(out, feats[i].shape[-2:], traced)
+            if w is None:
+                out = up + feats[i]
+            elif self.frozen is not None:  # plain numbers: one fused multiply-add
+                out = torch.add(up, feats[i], alpha=w[i])
+            else:
+                out = up + feats[i] * w[i]
+        return out
 
 
 def upsample_or_broadcast(f: torch.Tensor, size, traced: bool = False) -> torch.Tensor:
