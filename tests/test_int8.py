@@ -198,15 +198,18 @@ def test_a_model_with_nothing_to_quantise_is_refused():
 
 
 @pytest.mark.slow
-def test_float_compiled_code_is_refused():
-    """What inductor makes of a float32 model (compiled with freezing, as the int8 route compiles) is refused."""
+@pytest.mark.parametrize("cpp_wrapper", [False, True])
+def test_float_compiled_code_is_refused(cpp_wrapper):
+    """What inductor makes of a float32 model (compiled with freezing, as the int8 route compiles, its kernels
+    called from Python or from C++) is refused."""
     from torch._inductor.utils import run_and_get_code
 
     from eseg_cli.inference.prepare import compiled
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     with torch.no_grad():
-        _, code = run_and_get_code(compiled(model, freezing=True), torch.randn(1, 3, 16, 16))
+        _, code = run_and_get_code(compiled(model, freezing=True, cpp_wrapper=cpp_wrapper),
+                                   torch.randn(1, 3, 16, 16))
     counts = code_counts("\n".join(code))
     assert counts["int8_conv_calls"] == 0 and counts["float_conv_calls"] >= 1
     with pytest.raises(NotQuantized, match="lowered it to float32"):
