@@ -59,6 +59,22 @@ def test_prepared_model_other_fusion_modes(head_fusion, fusion, one_thread):
         torch.testing.assert_close(prepare_model(model, channels_last=False)(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_coarse_to_fine_head_compiled_with_freezing_is_what_it_computes_eagerly(one_thread):
+    """int8's coarse-to-fine head through inductor's freezing (as every compiled path runs it) gives its eager
+    numbers: written with each level's convolution output times its weight, freezing folded the weights into
+    convolutions whose outputs feed the next pyramid node too, and the labels changed on 12% of the pixels."""
+    from eseg_cli.inference.int8 import coarse_to_fine_heads
+    from eseg_cli.inference.prepare import compiled
+
+    torch.manual_seed(0)
+    model = prepare_model(randomize(build_model("lite-s", num_classes=5, **TINY)))
+    assert coarse_to_fine_heads(model) == 1
+    x = torch.randn(1, 3, 96, 128).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(model.forward_logits, freezing=True)(x), model.forward_logits(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
 def _reference(logits, size, align_corners=False):
     full = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     return full, full.argmax(1)

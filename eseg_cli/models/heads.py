@@ -70,18 +70,22 @@ class FusionHead(nn.Module):
 
 
     def _coarse_to_fine(self, feats: list[torch.Tensor], traced: bool) -> torch.Tensor:
-        """``sum_i w_i up(P_i)`` from the top level down (see the class)."""
+        """``sum_i w_i up(P_i)`` from the top level down (see the class), as ``w_0 t_0`` with ``t_L = P_L`` and
+        ``t_i = P_i + (w_(i+1) / w_i) up(t_(i+1))``: no level's convolution output is multiplied by a number.
+        Written ``s_i = up(s_(i+1)) + w_i P_i``, inductor's freezing folded those numbers into the convolutions'
+        weights although their outputs feed the next pyramid node too (torch 2.14: the compiled quick-start model
+        agreed with its eager self on 88% of pixels)."""
         w = self.frozen if self.frozen is not None else self.level_weights()
-        out = feats[-1] if w is None else feats[-1] * w[-1]
+        out = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             up = upsample_or_broadcast(out, feats[i].shape[-2:], traced)
             if w is None:
-                out = up + feats[i]
+                out = feats[i] + up
             elif self.frozen is not None:  # plain numbers: one fused multiply-add
-                out = torch.add(up, feats[i], alpha=w[i])
+                out = torch.add(feats[i], up, alpha=w[i + 1] / w[i])
             else:
-                out = up + feats[i] * w[i]
-        return out
+                out = feats[i] + up * (w[i + 1] / w[i])
+        return out if w is None else out * w[0]
 
 
 def upsample_or_broadcast(f: torch.Tensor, size, traced: bool = False) -> torch.Tensor:
