@@ -22,7 +22,8 @@ demo frame and three variants of it at the timed size, compiled with freezing; n
 The admissible set (``--admissible``) adds to the exact modes those whose mIoU change on the quick-start model was
 measured within 0.5 of fp32; random weights say nothing of a peer's own int8 and bf16 accuracy (only their agreement
 with their fp32 masks is reported here), so ``--accuracy reports/benchmarks/peers_accuracy.json`` gives each peer
-the admissible modes measured on it, trained (``benchmarks/peers_accuracy.py``). Each mode is timed two ways:
+the admissible modes measured on it, trained (``benchmarks/peers_accuracy.py``), and an ``int8_routes.py`` JSON
+beside it (comma-separated) gives an ESeg model those measured on its trained run. Each mode is timed two ways:
 
 - ``model``: a normalised float batch -> the network's logits at its own output stride (before the final
   bilinear upsampling, which is part of post-processing for every model);
@@ -263,10 +264,11 @@ def main() -> None:
                     help="glibc malloc for every cell: as eseg sets it on CPU (tuned) or glibc's defaults")
     ap.add_argument("--admissible", default="bf16,int8",
                     help="modes beside the exact ones whose mIoU change on the quick-start model was measured within "
-                         "0.5 of fp32 (reports/benchmarks/int8_routes.md: bf16 52.21 -> 52.19, int8 52.21 -> 52.24); "
-                         "compared as a set")
-    ap.add_argument("--accuracy", metavar="JSON",
-                    help="the peers' own bf16/int8 accuracy (benchmarks/peers_accuracy.py's JSON): a peer's admissible "
+                         "0.5 of fp32 (reports/benchmarks/int8_routes_c2f.md: bf16 56.78 -> 56.79, int8 56.78 -> "
+                         "56.83), for the models --accuracy does not measure; compared as a set")
+    ap.add_argument("--accuracy", metavar="JSON[,JSON...]",
+                    help="models' own bf16/int8 accuracy: benchmarks/peers_accuracy.py's JSON (the peers) and "
+                         "benchmarks/int8_routes.py's (a trained ESeg run), comma-separated: a model's admissible "
                          "modes are then those measured within 0.5 of its fp32 mIoU, not --admissible")
     ap.add_argument("--weights", choices=("random", "trained"), default="random",
                     help="random weights on the demo frame, or each model's trained run (--runs; see TRAINED_RUNS) on "
@@ -361,15 +363,33 @@ def main() -> None:
     write_report(cells, args, resolutions, modes)
 
 
-def peer_accuracy(path: str | None) -> dict[str, dict[str, bool]]:
-    """``{model: {mode: admissible}}`` from ``benchmarks/peers_accuracy.py``'s JSON (each peer trained and scored
-    in bf16 and int8), or nothing without a file."""
-    if not path:
-        return {}
+#: the admissible change of val mIoU from fp32, either way (``peers_accuracy.py`` decides its peers' with it too)
+TOLERANCE = 0.5
+#: ``int8_routes.py``'s routes that are this benchmark's modes, and its model names as here
+ROUTE_MODES = {"compiled bf16": "bf16", "int8 pt2e": "int8"}
+ESEG_NAMES = {"eseg-lite-s": "ESeg-Lite-S", "eseg-s": "ESeg-S"}
+
+
+def peer_accuracy(paths: str | None) -> dict[str, dict[str, bool]]:
+    """``{model: {mode: admissible}}`` from JSON files (comma-separated): ``benchmarks/peers_accuracy.py``'s (each
+    peer trained and scored in bf16 and int8) and ``benchmarks/int8_routes.py``'s (a trained ESeg run: its bf16 and
+    int8 routes, admissible when within :data:`TOLERANCE` of its eager fp32 val mIoU); nothing without a file."""
     out: dict[str, dict[str, bool]] = {}
-    for r in json.loads(Path(path).read_text())["rows"]:
-        if "admissible" in r:
-            out.setdefault(r["model"], {})[r["mode"]] = bool(r["admissible"])
+    for path in (paths or "").split(","):
+        if not path:
+            continue
+        data = json.loads(Path(path).read_text())
+        if "targets" in data:  # int8_routes.py
+            routes = {r["route"]: r for r in data["rows"]}
+            ref = routes["eager fp32 (reference)"]["val_mIoU"]
+            model = ESEG_NAMES.get(data["meta"]["model"], data["meta"]["model"])
+            for route, mode in ROUTE_MODES.items():
+                if route in routes:
+                    out.setdefault(model, {})[mode] = abs(routes[route]["val_mIoU"] - ref) <= TOLERANCE
+            continue
+        for r in data["rows"]:
+            if "admissible" in r:
+                out.setdefault(r["model"], {})[r["mode"]] = bool(r["admissible"])
     return out
 
 

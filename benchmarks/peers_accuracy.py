@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from peers import LowRes  # noqa: E402
+from peers import TOLERANCE, LowRes  # noqa: E402
 from train_speed import build as build_full  # noqa: E402
 
 from eseg_cli.engine import load_config  # noqa: E402
@@ -60,8 +60,6 @@ from eseg_cli.utils import atomic_write_json, atomic_write_text  # noqa: E402
 NUM_CLASSES = 19
 #: key -> the name peers.py reports (its prefix picks train_speed.build's model)
 PEERS = {"lraspp": "LRASPP-MobileNetV3-L (torchvision)", "deeplabv3plus": "DeepLabV3+ (EfficientNet-B1, OS16, smp)"}
-#: the admissible change of val mIoU from fp32 (peers.py)
-TOLERANCE = 0.5
 
 
 def build_peer(key: str) -> tuple[nn.Module, Callable[[], LowRes]]:

@@ -72,6 +72,22 @@ def test_post_processing_share_is_taken_against_the_modes_that_post_process_so(t
     assert "| 64x128 | compiled | 7.10 | 10.0% of 71.0 ms (int8) |" in (tmp_path / "peers.md").read_text()
 
 
+def test_an_eseg_run_s_own_accuracy_decides_its_admissible_modes(tmp_path):
+    """int8_routes.py's JSON beside peers_accuracy.py's: an ESeg mode whose val mIoU moved more than 0.5 either way
+    from fp32 (here int8, +1.2) is not admissible, so its best admissible mode is bf16."""
+    peer = tmp_path / "peers_accuracy.json"
+    peer.write_text(json.dumps({"rows": [{"model": "LRASPP", "mode": "int8", "val_mIoU": 49.9, "admissible": True}]}))
+    routes = tmp_path / "int8_routes.json"
+    routes.write_text(json.dumps({"meta": {"model": "eseg-lite-s"}, "targets": {}, "rows": [
+        {"route": "eager fp32 (reference)", "val_mIoU": 50.0}, {"route": "compiled bf16", "val_mIoU": 49.6},
+        {"route": "int8 pt2e", "val_mIoU": 51.2}, {"route": "ort fp32", "val_mIoU": 50.0}]}))
+    assert peers.peer_accuracy(f"{peer},{routes}") == {"LRASPP": {"int8": True},
+                                                        "ESeg-Lite-S": {"bf16": True, "int8": False}}
+    best = _best(tmp_path, f"{peer},{routes}")
+    assert (best["eseg_mode"], best["peer_mode"]) == ("bf16", "int8")
+    assert best["ratio"] == round(86.0 / 111.0, 3)
+
+
 def test_rewrite_gives_back_the_same_comparison(tmp_path, monkeypatch):
     """``--rewrite`` rebuilds the report from a run's JSON with that run's accuracy file and admissible set."""
     acc = tmp_path / "peers_accuracy.json"
