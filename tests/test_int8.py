@@ -95,8 +95,8 @@ def test_int8_sums_the_head_coarse_to_fine_on_its_own_copy(trained, one_thread):
     assert q._model.model.head.coarse_to_fine and not logits_of.model.head.coarse_to_fine
     exact = quantize_int8(logits_of, [train.x[:8]], coarse_to_fine_head=False)
     assert "coarse" not in exact.calibration["method"] and not exact._model.model.head.coarse_to_fine
-    with torch.no_grad():
-        a, b = q.converted((64, 64))[0](val.x), exact.converted((64, 64))[0](val.x)
+    with torch.no_grad():  # the converted graphs at the calibration size (built by quantize_int8)
+        a, b = q._graphs[(64, 64)][2](val.x), exact._graphs[(64, 64)][2](val.x)
     assert not torch.equal(a, b) and (a.argmax(1) == b.argmax(1)).float().mean() >= 0.97
 
 
