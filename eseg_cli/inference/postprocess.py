@@ -49,10 +49,12 @@ def argmax_rows(t: torch.Tensor, out_dtype: torch.dtype = torch.int64, *, compil
     (the first maximum; a NaN counts as the maximum, as torch's argmax counts it).
 
     ``compiled``: through an inductor kernel (:func:`_first_max`, compiled once for every ``N``) instead of ATen's
-    argmax, whose loop over a short innermost dimension is scalar. At 1024x2048 on 2 cores the 256x512x19 logits
-    of ESeg-Lite-S take 1.2 against 3.3 ms, the 30 000 boundary cells of a trained model's map 4.5 against 12 ms
-    (``reports/benchmarks/README.md``). Only for callers that compile anyway (a compiled or int8 model: the
-    first call compiles this kernel too, about a second, and needs the same C++ compiler).
+    argmax, whose loop over a short innermost dimension is scalar and branchy. On 2 cores: 131 072 x 19 random
+    scores 1.2 against 3.3 ms, 480 000 x 19 (the boundary cells' pixels of a trained map) 4.5 against 12 ms; on
+    ESeg-Lite-S's own smooth 256x512 logits 1.0 against 1.4 ms; the whole post-processing of the quick-start
+    model's map at 1024x2048 12.7 against 15.1 ms (``reports/benchmarks/README.md``). Only for callers that
+    compile anyway (a compiled or int8 model: the first call compiles this kernel too, a few seconds, with the
+    same C++ compiler).
     """
     if not compiled or t.shape[0] == 0:
         return t.argmax(1).to(out_dtype)

@@ -68,7 +68,6 @@ class FusionHead(nn.Module):
             out = out + (up if w is None else up * w[i])
         return self.classifier(self.conv(out))
 
-
     def _coarse_to_fine(self, feats: list[torch.Tensor], traced: bool) -> torch.Tensor:
         """``sum_i w_i up(P_i)`` from the top level down (see the class), as ``w_0 t_0`` with ``t_L = P_L`` and
         ``t_i = P_i + (w_(i+1) / w_i) up(t_(i+1))``: no level's convolution output is multiplied by a number.
