@@ -14,8 +14,8 @@ Routes (all through eseg's own preparation: batch norm folded, fusion weights fr
   "int8-mixed-bf16" recipe. Measured only: ``Predictor`` does not offer it (``quantize`` refuses ``amp``);
 - ``--heads`` adds two routes that separate int8's two approximations: ``int8 pt2e, exact head`` (the same
   quantisation with the head's levels each resampled to P2, ``quantize_int8(coarse_to_fine_head=False)``) and
-  ``compiled bf16, coarse-to-fine head`` (bf16 with int8's coarse-to-fine head sum). Measured only: the
-  ``Predictor`` offers neither;
+  ``compiled bf16, coarse-to-fine head`` (bf16 with int8's coarse-to-fine head sum): the ``Predictor``'s
+  ``head="exact"`` and ``head="coarse-to-fine"`` (``eseg predict --head``);
 - ``ort fp32``: the ``eseg export``ed ONNX file through onnxruntime's CPU provider;
 - ``ort int8 <variant>``: that file quantised by ``onnxruntime.quantization.quantize_static`` (QDQ or QOperator,
   U8S8 or S8S8, per channel, MinMax or Percentile calibration, optionally Resize and the head kept in float).
@@ -34,7 +34,6 @@ Writes ``reports/benchmarks/int8_routes.json`` and ``int8_routes.md`` (``--name`
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import random
@@ -60,10 +59,8 @@ from eseg_cli.engine.evaluator import eval_dataset  # noqa: E402
 from eseg_cli.engine.metrics import ConfusionMatrix  # noqa: E402
 from eseg_cli.inference import Predictor, allocator  # noqa: E402
 from eseg_cli.inference.export import OnnxPredictor, export_model  # noqa: E402
-from eseg_cli.inference.int8 import coarse_to_fine_heads, quantize_int8, run_calibration_images  # noqa: E402
+from eseg_cli.inference.int8 import run_calibration_images  # noqa: E402
 from eseg_cli.inference.precision import cpu_bf16_support  # noqa: E402
-from eseg_cli.inference.predictor import Int8Segmentor  # noqa: E402
-from eseg_cli.models.heads import FusionHead  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
 #: onnxruntime static quantisation variants: name -> quantize_static settings (the naive one of the issue first)
@@ -183,18 +180,11 @@ def main() -> None:
         mixed = Predictor(args.run, device="cpu", quantize="int8", calibrate=calib)
         mixed.amp = "bf16"
         routes["int8 pt2e + bf16"] = {"predictor": mixed}
-    if args.heads:  # int8 without, bf16 with the coarse-to-fine head: set on the prepared models before compiling
-        exact = Predictor(args.run, device="cpu", quantize="int8", calibrate=calib)
-        model = copy.deepcopy(exact.model.int8._model)
-        for m in model.modules():
-            if isinstance(m, FusionHead):
-                m.coarse_to_fine = False
-        exact.model = Int8Segmentor(quantize_int8(model, exact.model.int8._images, coarse_to_fine_head=False),
-                                    exact.model.prepared)
-        routes["int8 pt2e, exact head"] = {"predictor": exact}
-        bf16 = Predictor(args.run, device="cpu", compile=True, amp="bf16")
-        coarse_to_fine_heads(bf16.model)
-        routes["compiled bf16, coarse-to-fine head"] = {"predictor": bf16}
+    if args.heads:  # int8 without, bf16 with the coarse-to-fine head (Predictor's head=)
+        routes["int8 pt2e, exact head"] = {"predictor": Predictor(args.run, device="cpu", quantize="int8",
+                                                                  calibrate=calib, head="exact")}
+        routes["compiled bf16, coarse-to-fine head"] = {"predictor": Predictor(
+            args.run, device="cpu", compile=True, amp="bf16", head="coarse-to-fine")}
     tmp = Path(tempfile.mkdtemp(prefix="eseg-int8-"))
     onnx_fp32 = tmp / "fp32.onnx"
     export_model(args.run, "onnx", onnx_fp32, sizes=((256, 512),))

@@ -163,8 +163,9 @@ def trained(name: str, model: LowRes, runs: Path) -> LowRes:
     return model
 
 
-def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
-    """A callable ``f(x) -> low-res logits`` and whether it wants channels_last input."""
+def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int, bf16_head: str = "exact"):
+    """A callable ``f(x) -> low-res logits`` and whether it wants channels_last input. ``bf16_head``: how an ESeg
+    model's head sums its levels in the bf16 mode (``eseg predict --compile --amp bf16 --head ...``)."""
     if mode == "eager":
         return model, False
     if mode == "channels_last":
@@ -174,6 +175,11 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int):
     if mode == "compiled":  # + torch.compile with inductor's freezing (oneDNN convs with fused activations)
         return prepare_model(model, channels_last=True, compile=True), True
     if mode == "bf16":  # the compiled model under bfloat16 autocast (the casts are frozen into the graph)
+        if bf16_head == "coarse-to-fine" and model.kind == "eseg":
+            from eseg_cli.inference.int8 import coarse_to_fine_heads
+
+            model = copy.deepcopy(model)
+            coarse_to_fine_heads(model)
         compiled = prepare_model(model, channels_last=True, compile=True)
 
         def run_bf16(x):
@@ -270,6 +276,10 @@ def main() -> None:
                     help="models' own bf16/int8 accuracy: benchmarks/peers_accuracy.py's JSON (the peers) and "
                          "benchmarks/int8_routes.py's (a trained ESeg run), comma-separated: a model's admissible "
                          "modes are then those measured within 0.5 of its fp32 mIoU, not --admissible")
+    ap.add_argument("--bf16-head", choices=("exact", "coarse-to-fine"), default="exact",
+                    help="how ESeg's head sums its levels in the bf16 mode (eseg predict --head): with "
+                         "coarse-to-fine, --accuracy takes ESeg's bf16 accuracy from int8_routes.py's 'compiled bf16, "
+                         "coarse-to-fine head' route (run with --heads)")
     ap.add_argument("--weights", choices=("random", "trained"), default="random",
                     help="random weights on the demo frame, or each model's trained run (--runs; see TRAINED_RUNS) on "
                          "a synthetic val image: a trained model's label map has many more class boundaries, which "
@@ -283,6 +293,7 @@ def main() -> None:
         m = old["meta"]
         args.threads, args.rounds, args.warmup = m["threads"], m["rounds"], m["warmup"]
         args.weights, args.accuracy = m.get("weights", "random"), m.get("accuracy")
+        args.bf16_head = m.get("bf16_head", "exact")
         args.admissible = [x for x in m.get("admissible", args.admissible) if x not in EXACT_MODES]
         sys.argv = m["command"].split()[1:]
         post = [{**r, "kind": "postprocess"} for r in old.get("postprocess", [])]
@@ -314,7 +325,7 @@ def main() -> None:
                 image = load_image(res)
                 for mode in modes:
                     t0 = time.perf_counter()
-                    fn, cl = make_variant(model, mode, res, args.threads)
+                    fn, cl = make_variant(model, mode, res, args.threads, args.bf16_head)
                     x = to_input(image, cl)
 
                     def model_only(fn=fn, x=x):
@@ -365,15 +376,17 @@ def main() -> None:
 
 #: the admissible change of val mIoU from fp32, either way (``peers_accuracy.py`` decides its peers' with it too)
 TOLERANCE = 0.5
-#: ``int8_routes.py``'s routes that are this benchmark's modes, and its model names as here
-ROUTE_MODES = {"compiled bf16": "bf16", "int8 pt2e": "int8"}
+#: ``int8_routes.py``'s routes that are this benchmark's modes (per ``--bf16-head``), and its model names as here
+ROUTE_MODES = {"exact": {"compiled bf16": "bf16", "int8 pt2e": "int8"},
+               "coarse-to-fine": {"compiled bf16, coarse-to-fine head": "bf16", "int8 pt2e": "int8"}}
 ESEG_NAMES = {"eseg-lite-s": "ESeg-Lite-S", "eseg-s": "ESeg-S"}
 
 
-def peer_accuracy(paths: str | None) -> dict[str, dict[str, bool]]:
+def peer_accuracy(paths: str | None, bf16_head: str = "exact") -> dict[str, dict[str, bool]]:
     """``{model: {mode: admissible}}`` from JSON files (comma-separated): ``benchmarks/peers_accuracy.py``'s (each
     peer trained and scored in bf16 and int8) and ``benchmarks/int8_routes.py``'s (a trained ESeg run: its bf16 and
-    int8 routes, admissible when within :data:`TOLERANCE` of its eager fp32 val mIoU); nothing without a file."""
+    int8 routes, admissible when within :data:`TOLERANCE` of its eager fp32 val mIoU; its bf16 route with the head
+    ``bf16_head``, which must have been measured); nothing without a file."""
     out: dict[str, dict[str, bool]] = {}
     for path in (paths or "").split(","):
         if not path:
@@ -383,7 +396,10 @@ def peer_accuracy(paths: str | None) -> dict[str, dict[str, bool]]:
             routes = {r["route"]: r for r in data["rows"]}
             ref = routes["eager fp32 (reference)"]["val_mIoU"]
             model = ESEG_NAMES.get(data["meta"]["model"], data["meta"]["model"])
-            for route, mode in ROUTE_MODES.items():
+            for route, mode in ROUTE_MODES[bf16_head].items():
+                if route not in routes and mode == "bf16" and bf16_head != "exact":
+                    raise SystemExit(f"{path} has no {route!r} route: run int8_routes.py with --heads, or drop "
+                                     "--bf16-head")
                 if route in routes:
                     out.setdefault(model, {})[mode] = abs(routes[route]["val_mIoU"] - ref) <= TOLERANCE
             continue
@@ -438,7 +454,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
         r["ratio_to_eseg"] = round(ref["median_ms"] / r["median_ms"], 3) if ref else None  # ESeg time / this
     best = []
     sets = {"exact": set(EXACT_MODES), "admissible": set(EXACT_MODES) | set(args.admissible), "all": set(modes)}
-    measured = peer_accuracy(args.accuracy)
+    measured = peer_accuracy(args.accuracy, getattr(args, "bf16_head", "exact"))
 
     def allowed(model: str, which: str) -> set:
         """The modes of ``which`` set for ``model``: a peer's own measured accuracy decides its admissible ones."""
@@ -476,7 +492,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
             "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
             "admissible": sorted(set(EXACT_MODES) | set(args.admissible)),
             "admissible_by_model": {m: sorted(allowed(m, "admissible")) for m in measured},
-            "accuracy": args.accuracy, "bootstrap": (
+            "accuracy": args.accuracy, "bf16_head": getattr(args, "bf16_head", "exact"), "bootstrap": (
                 f"95% percentile bootstrap over rounds, {BOOTSTRAP_SAMPLES} resamples, rounds resampled in pairs; "
                 "a target 'ratio <= T' is met when the interval's upper end is <= T"),
             "command": "python " + " ".join(sys.argv), "malloc": args.malloc, "weights": weights,
@@ -513,8 +529,9 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
 
 def markdown(rows, best, meta, post=()) -> str:
     lines = [f"# ESeg vs peers — {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
-             f"median of {meta['rounds']} interleaved rounds, batch 1, fp32 (bf16: compiled + bfloat16 autocast, "
-             f"not exact); {meta.get('weights', 'random')} weights on {meta.get('image', 'the demo frame')}", "",
+             f"median of {meta['rounds']} interleaved rounds, batch 1, fp32 (bf16: compiled + bfloat16 autocast"
+             + (", ESeg's head summed coarse to fine" if meta.get("bf16_head") == "coarse-to-fine" else "")
+             + f", not exact); {meta.get('weights', 'random')} weights on {meta.get('image', 'the demo frame')}", "",
              f"`{meta['command']}` ({meta['date']})", ""]
     for res in meta["resolutions"]:
         for kind in ("e2e", "model"):

@@ -25,7 +25,9 @@ from eseg_cli.inference.int8 import (
     quantize_int8,
     run_calibration_images,
 )
-from eseg_cli.inference.predictor import LogitsOf
+from eseg_cli.inference.precision import precision_note
+from eseg_cli.inference.predictor import LogitsOf, resolve_head
+from eseg_cli.models.heads import FusionHead
 
 pytest.importorskip("torchao")
 
@@ -286,3 +288,48 @@ def test_predict_int8_writes_labels(tmp_path):
     checks = summary["int8"]["checks"]["1x3x32x64"]
     assert checks["int8_conv_calls"] == checks["quantized_convs"] > 0
     assert np.array(Image.open(tmp_path / "out" / "a.png")).shape == (32, 64)
+    # the start-up line says the model runs in int8 (not "predicting in float32") and what int8 is worth here
+    assert "predicting in int8" in summary["precision_note"] and "float32" not in summary["precision_note"]
+
+
+@pytest.mark.parametrize("amx, vnni, needle", [
+    (True, True, "no faster than --compile --amp bf16"),
+    (False, True, "predicting in int8 (oneDNN's VNNI int8 convolutions)"),
+    (False, False, "in int8 without VNNI"),
+])
+def test_int8_start_up_line_says_what_int8_is_worth_on_this_cpu(amx, vnni, needle, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: vnni)
+    note = precision_note(None, "cpu", "predict", "int8")
+    assert needle in note and note.startswith("Warning: CPU:") == (amx or not vnni), note
+    assert precision_note(None, "cuda", "predict", "int8") is None
+
+
+def test_predictor_head_choice(tmp_path):
+    """``head=``: coarse-to-fine by default in int8 only; either head on request, in any mode; refused where it
+    cannot apply. The Predictor's own model carries it (eager here: the coarse-to-fine sum is not the exact one)."""
+    run = _synthetic_run(tmp_path, 2)
+    x = torch.rand(1, 3, 32, 64)
+    exact, c2f = Predictor(run, device="cpu"), Predictor(run, device="cpu", head="coarse-to-fine")
+    assert (exact.head, c2f.head) == ("exact", "coarse-to-fine") and "head=coarse-to-fine" in repr(c2f)
+    heads = [m for p in (exact, c2f) for m in p.model.modules() if isinstance(m, FusionHead)]
+    assert [m.coarse_to_fine for m in heads] == [False, True]
+    assert not torch.allclose(exact.model.forward_logits(x), c2f.model.forward_logits(x))
+    q = Predictor(run, device="cpu", quantize="int8", calibrate=1)
+    assert q.head == "coarse-to-fine" and "summed coarse to fine" in q.model.int8.calibration["method"]
+    q = Predictor(run, device="cpu", quantize="int8", calibrate=1, head="exact")
+    assert q.head == "exact" and "coarse" not in q.model.int8.calibration["method"]
+    with pytest.raises(EsegError, match="'head' must be one of exact, coarse-to-fine"):
+        Predictor(run, device="cpu", head="fine")
+    peer = nn.Sequential(nn.Conv2d(3, 19, 1))
+    assert resolve_head(None, "int8", peer) == "exact" and resolve_head(None, None, exact.model) == "exact"
+    with pytest.raises(EsegError, match="has no ESeg head"):
+        Predictor(peer, device="cpu", head="coarse-to-fine")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(img)
+    res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), "--head",
+                              "coarse-to-fine", "--json", "--no-overlay"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["head"] == "coarse-to-fine", res.output
+    res = runner.invoke(app, ["predict", "--onnx", str(tmp_path / "m.onnx"), str(img), "--out", str(tmp_path / "o"),
+                              "--head", "exact"])
+    assert res.exit_code == 2 and "--head" in res.output and "Traceback" not in res.output

@@ -86,6 +86,14 @@ def test_an_eseg_run_s_own_accuracy_decides_its_admissible_modes(tmp_path):
     best = _best(tmp_path, f"{peer},{routes}")
     assert (best["eseg_mode"], best["peer_mode"]) == ("bf16", "int8")
     assert best["ratio"] == round(86.0 / 111.0, 3)
+    # --bf16-head coarse-to-fine: ESeg's bf16 accuracy is the coarse-to-fine route's, which must be there
+    with pytest.raises(SystemExit, match="run int8_routes.py with --heads"):
+        peers.peer_accuracy(str(routes), "coarse-to-fine")
+    data = json.loads(routes.read_text())
+    data["rows"].append({"route": "compiled bf16, coarse-to-fine head", "val_mIoU": 50.7})
+    routes.write_text(json.dumps(data))
+    assert peers.peer_accuracy(str(routes), "coarse-to-fine") == {"ESeg-Lite-S": {"bf16": False, "int8": False}}
+    assert peers.peer_accuracy(str(routes)) == {"ESeg-Lite-S": {"bf16": True, "int8": False}}
 
 
 def test_rewrite_gives_back_the_same_comparison(tmp_path, monkeypatch):

@@ -223,6 +223,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 MODES = _choices("Mode", ("whole", "slide", "msflip"))
 AMPS = _choices("Amp", ("bf16", "fp16"))
+HEADS = _choices("Head", ("exact", "coarse-to-fine"))  # inference.predictor.HEADS
 TRAIN_AMPS = _choices("TrainAmp", ("bf16", "fp16", "auto", "none"))  # auto: inference.precision.resolve_amp
 CELLS = _choices("Cell", ("b1-bifpn", "b1-deeplab-os16", "b1-deeplab-os32", "r50-bifpn", "r50-deeplab-os16",
                           "r50-deeplab-os32", "p3-p7", "p2-p7", "p3-p9", "p2-p9", "fastattn", "softmax", "sum",

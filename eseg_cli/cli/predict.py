@@ -14,6 +14,7 @@ from eseg_cli.cli._common import (
     AMPS,
     CROP_OPTION,
     FLIP_OPTION,
+    HEADS,
     MODE_OPTION,
     MODES,
     SCALES_OPTION,
@@ -74,8 +75,17 @@ def predict_cmd(
                               "oneDNN int8 convolutions; ESeg's head summed coarse to fine; not exact), calibrated "
                               "on --calibrate training images of the run's dataset; each new image size calibrates "
                               "and compiles once (tens of seconds). The quick-start ESeg-Lite-S at 1024x2048 on 2 "
-                              "AVX512-BF16 cores: 2.1x --compile, 1.33x --compile --amp bf16, val mIoU +0.05, 98.4% "
-                              "of pixels as float32 (reports/benchmarks/README.md)."),
+                              "cores with AVX512-VNNI and AVX512-BF16, no AMX: 2.1x --compile, 1.33x --compile --amp "
+                              "bf16, val mIoU +0.05, 98.4% of pixels as float32; on a CPU with AMX no faster than "
+                              "--compile --amp bf16 (0.98x), which is the better choice there; a start-up line says "
+                              "which this CPU is (reports/benchmarks/README.md)."),
+    head: Optional[HEADS] = typer.Option(None, "--head", case_sensitive=False,
+                                         help="How an ESeg head sums its levels: exact (each level upsampled to "
+                                              "P2's size, as trained) or coarse-to-fine (each upsampled once onto "
+                                              "the next finer level: faster, not exact). Default: coarse-to-fine "
+                                              "with --int8, exact otherwise. With --compile --amp bf16 on a 2-core "
+                                              "Xeon with AMX at 1024x2048, coarse-to-fine ran ESeg-Lite-S and ESeg-S "
+                                              "1.10x faster, 98.6% of pixels as float32 (exact: 99.8% and 99.4%)."),
     calibrate: Optional[int] = typer.Option(None, "--calibrate", metavar="N",
                                             help="With --int8: training images to calibrate on (default 16)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
@@ -107,8 +117,9 @@ def predict_cmd(
         raise EsegError("give exactly one of --checkpoint RUN|FILE or --onnx FILE")
     if out.exists() and not out.is_dir():
         raise EsegError(f"--out {out} is a file; give a folder")
-    if onnx is not None and (amp or compile_ or no_ema or int8):
-        raise EsegError("--amp, --compile, --int8 and --no-ema apply to a checkpoint; an --onnx model runs as exported")
+    if onnx is not None and (amp or compile_ or no_ema or int8 or head):
+        raise EsegError("--amp, --compile, --int8, --head and --no-ema apply to a checkpoint; an --onnx model runs as "
+                        "exported")
     if calibrate is not None and not int8:
         raise EsegError("--calibrate sets the calibration of --int8; add --int8, or drop --calibrate")
     modes = inference_mode(mode, crop, stride, scales, flip)
@@ -131,12 +142,14 @@ def predict_cmd(
             quantize = {"quantize": "int8", "calibrate": DEFAULT_CALIBRATION if calibrate is None else calibrate} \
                 if int8 else {}
             predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=dynamic,
-                                  amp=value(amp), use_ema=not no_ema, **modes, **quantize)
-            note = precision_note(predictor.amp, predictor.device, "predict")  # the bf16 support of a CPU
+                                  amp=value(amp), use_ema=not no_ema, head=value(head), **modes, **quantize)
+            note = precision_note(predictor.amp, predictor.device, "predict", predictor.quantize)  # the CPU's support
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,
                                overwrite=yes)
         summary["inference"] = dict(predictor.mode_kw)  # the mode, with slide's crop as resolved
+        if onnx is None:
+            summary["head"] = predictor.head
         if int8:  # how it was calibrated, and what the int8 checks found at each input shape
             summary["int8"] = {"calibration": predictor.model.int8.calibration, "checks": predictor.model.int8.report}
     if onnx is None and compile_:

@@ -47,14 +47,18 @@ def cpu_bf16_support() -> dict:
 TASKS = {"train": "training", "predict": "predicting", "profile": "timing"}
 
 
-def precision_note(amp: str | None, device: torch.device | str, task: str = "train") -> str | None:
+def precision_note(amp: str | None, device: torch.device | str, task: str = "train",
+                   quantize: str | None = None) -> str | None:
     """One start-up line on CPU: the bf16 support found (AVX512-BF16, AMX), and what it means for ``amp`` in
-    ``task`` (``train``, ``predict`` or ``profile``; the line names what it is doing). None off the CPU."""
+    ``task`` (``train``, ``predict`` or ``profile``; the line names what it is doing), or with ``quantize="int8"``
+    what int8 is worth on this CPU (:func:`int8_note`). None off the CPU."""
     if torch.device(device).type != "cpu":
         return None
     doing = TASKS[task]
     s = cpu_bf16_support()
     found = " + ".join(n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if s[k])
+    if quantize == "int8":
+        return int8_note(s, found, doing)
     flag = "amp bf16 (or auto)" if task == "train" else "--amp bf16"
     if s["native"]:
         tail = (f"{doing} in bf16 autocast" if amp == "bf16"
@@ -67,6 +71,24 @@ def precision_note(amp: str | None, device: torch.device | str, task: str = "tra
                 "slower than float32; leave out --amp unless you need bf16's numerics.")
     return (f"CPU: {s['capability']} without AVX512-BF16 or AMX: {doing} in float32 (bf16 would be emulated and "
             "slower" + ("; amp auto stays float32 here)." if task == "train" else ")."))
+
+
+def int8_note(support: dict, found: str, doing: str) -> str:
+    """What int8 is worth on this CPU, measured (``reports/benchmarks/README.md``, ``int8_routes*.md``): oneDNN runs
+    int8 convolutions natively with VNNI (AVX512-VNNI or AVX-VNNI). Without AMX (a 2-core AMD EPYC with
+    AVX512-BF16 and VNNI) the quick-start ESeg-Lite-S in int8 ran 1.33x compiled bf16 at 1024x2048; with AMX (a
+    2-core Intel Xeon), where oneDNN's bf16 convolutions run on AMX tiles too, int8 gained nothing over compiled
+    bf16 (ESeg-Lite-S 0.98x, ESeg-S 0.92x) and is the less exact, so there the line says to prefer bf16."""
+    vnni = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    head = f"CPU: {support['capability']}" + (f" with {found}" if found else "") + (" + VNNI" if vnni else "")
+    if support["amx_bf16"]:
+        return (f"Warning: {head}: {doing} in int8, which on CPUs with AMX measured no faster than --compile --amp "
+                "bf16 (AMX runs bf16 convolutions as fast as int8 ones) and is less exact; prefer --compile --amp "
+                "bf16 here.")
+    if not vnni:
+        return (f"Warning: {head}: {doing} in int8 without VNNI, where oneDNN's int8 convolutions are not native "
+                "(not measured by eseg; likely slower than --compile); not exact.")
+    return f"{head}: {doing} in int8 (oneDNN's VNNI int8 convolutions); not exact."
 
 
 def resolve_amp(amp: str | None, device: torch.device | str) -> str | None:

@@ -29,11 +29,12 @@ from eseg_cli.data.imageio import as_rgb
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import modes
 from eseg_cli.inference.allocator import keep_freed_memory
-from eseg_cli.inference.int8 import Int8Model, quantize_int8, run_calibration_images
+from eseg_cli.inference.int8 import Int8Model, coarse_to_fine_heads, quantize_int8, run_calibration_images
 from eseg_cli.inference.postprocess import upsample_logits
 from eseg_cli.inference.precision import amp_dtype
 from eseg_cli.inference.prepare import prepare_model
 from eseg_cli.inference.runtime import load_model, resolve_device
+from eseg_cli.models.heads import FusionHead
 from eseg_cli.models.pretrained import model_normalization
 
 
@@ -194,6 +195,25 @@ def check_quantize(quantize: str | None, device: torch.device, compile: bool, am
                         field=("quantize", "compile", "amp"))
 
 
+#: how an ESeg head sums its levels at inference (``Predictor(head=...)``, ``eseg predict --head``)
+HEADS = ("exact", "coarse-to-fine")
+
+
+def resolve_head(head: str | None, quantize: str | None, model: nn.Module) -> str:
+    """``head`` checked, or its default: ``coarse-to-fine`` for an ESeg model in int8 (part of int8's recipe),
+    ``exact`` otherwise.
+    Refuses an unknown value, and ``coarse-to-fine`` for a model without an ESeg head."""
+    eseg_head = any(isinstance(m, FusionHead) for m in model.modules())
+    if head is None:
+        return "coarse-to-fine" if quantize and eseg_head else "exact"
+    if head not in HEADS:
+        raise EsegError(f"'head' must be one of {', '.join(HEADS)}, got {head!r}", field="head")
+    if head == "coarse-to-fine" and not eseg_head:
+        raise EsegError(f"'head' coarse-to-fine sums an ESeg head's levels; {type(model).__name__} has no ESeg "
+                        "head: drop it", field="head")
+    return head
+
+
 class LogitsOf(nn.Module):
     """A segmentation model as ``x -> forward_logits(x)`` (its logits at the head's stride), to be exported."""
 
@@ -241,6 +261,9 @@ class Predictor(BasePredictor):
         quantize: ``"int8"``: the model quantised to int8 on CPU (:func:`.int8.quantize_int8`: PyTorch 2 export
             quantisation, compiled; each new image size calibrates and compiles once; an ESeg head sums its
             levels coarse to fine, :func:`.int8.coarse_to_fine_heads`). Not exact.
+        head: how an ESeg head sums its levels: ``"exact"`` (each level upsampled to P2's size, as trained) or
+            ``"coarse-to-fine"`` (each level upsampled once onto the next finer one: faster, not exact;
+            :func:`.int8.coarse_to_fine_heads`). Default: coarse-to-fine with ``quantize``, exact otherwise.
         calibrate: with ``quantize``: the number of training images (of the run's own dataset, through its own
             preprocessing) to calibrate on, or the calibration images themselves (paths, PIL images, uint8
             HxWx3 arrays or uint8 ``(B, 3, H, W)`` tensors, of one size).
@@ -254,7 +277,8 @@ class Predictor(BasePredictor):
                  channels_last: bool | None = None, compile: bool = False, compile_dynamic: bool = False,
                  amp: str | None = None,
                  use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 quantize: str | None = None, calibrate: int | Sequence = DEFAULT_CALIBRATION):
+                 quantize: str | None = None, calibrate: int | Sequence = DEFAULT_CALIBRATION,
+                 head: str | None = None):
         # settings are refused before a checkpoint is read; slide's crop may still come from the checkpoint
         modes.check_inference(mode, crop, stride, tuple(scales), crop_later=True)
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -272,6 +296,7 @@ class Predictor(BasePredictor):
         amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
         check_quantize(quantize, self.device, compile, amp)
         self.quantize = quantize
+        self.head = resolve_head(head, quantize, model)
         m, s = normalization(ckpt)
         self._set_normalization(mean or m, std or s)
         if quantize:
@@ -279,8 +304,12 @@ class Predictor(BasePredictor):
             images = (run_calibration_images(ckpt, calibrate) if isinstance(calibrate, int)
                       else [im if isinstance(im, torch.Tensor) else as_rgb(im) for im in calibrate])
             tensors = [self.to_tensor(im).contiguous() for im in images]
-            self.model = Int8Segmentor(quantize_int8(LogitsOf(prepared), tensors), prepared.prepared)
+            self.model = Int8Segmentor(quantize_int8(LogitsOf(prepared), tensors,
+                                                     coarse_to_fine_head=self.head == "coarse-to-fine"),
+                                       prepared.prepared)
         else:
+            if self.head == "coarse-to-fine":  # the model is this Predictor's own (loaded above)
+                coarse_to_fine_heads(model)
             self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last,
                                        compile=compile, compile_dynamic=compile_dynamic)
         self.channels_last = self.model.prepared["channels_last"]
@@ -292,7 +321,7 @@ class Predictor(BasePredictor):
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source}, device={self.device}, mode={self.mode}, classes={self.num_classes}, "
-                f"prepared={self.model.prepared}, amp={self.amp}, quantize={self.quantize})")
+                f"prepared={self.model.prepared}, amp={self.amp}, quantize={self.quantize}, head={self.head})")
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
