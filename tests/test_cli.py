@@ -104,9 +104,10 @@ def test_root_help_has_examples():
 
 def test_choices_complete_and_accept_any_case():
     from eseg_cli.analysis.ablate import cells_for
-    from eseg_cli.cli._common import AMPS, CELLS, MODES, complete_model, value
+    from eseg_cli.cli._common import AMPS, CELLS, HEADS, MODES, complete_model, value
     from eseg_cli.inference.modes import MODES as INFERENCE_MODES
     from eseg_cli.inference.precision import AMP_DTYPES
+    from eseg_cli.inference.predictor import HEADS as INFERENCE_HEADS
     from eseg_cli.models import list_models
 
     ablate = typer.main.get_command(app).commands["ablate"]
@@ -119,6 +120,7 @@ def test_choices_complete_and_accept_any_case():
     assert {c.name for k in ("decoder", "levels", "fusion") for c in cells_for(k)} == {c.value for c in CELLS}
     # the inference modes and amp settings are the library's (inference/modes.py, inference/precision.py)
     assert tuple(m.value for m in MODES) == INFERENCE_MODES and {a.value for a in AMPS} == set(AMP_DTYPES)
+    assert tuple(h.value for h in HEADS) == INFERENCE_HEADS
     # --scale completes from the registry: every registered name, and the ESeg family's short ones
     assert set(complete_model("")) == {*list_models(), "lite-s", "lite-m", "lite-l", "s", "m", "l"}
     assert complete_model("DEEP") == ["deeplabv3plus"]
