@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import sys
@@ -55,12 +54,13 @@ from torch._dynamo.utils import counters  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from peers import cpu_description  # noqa: E402  (benchmarks/peers.py)
+
 from eseg_cli.engine.evaluator import eval_dataset  # noqa: E402
 from eseg_cli.engine.metrics import ConfusionMatrix  # noqa: E402
 from eseg_cli.inference import Predictor, allocator  # noqa: E402
 from eseg_cli.inference.export import OnnxPredictor, export_model  # noqa: E402
 from eseg_cli.inference.int8 import run_calibration_images  # noqa: E402
-from eseg_cli.inference.precision import cpu_bf16_support  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
 #: onnxruntime static quantisation variants: name -> quantize_static settings (the naive one of the issue first)
@@ -73,23 +73,6 @@ ORT_VARIANTS = {
     "QDQ U8S8 per-channel Percentile; Resize+head float": dict(fmt="QDQ", act="QUInt8", per_channel=True,
                                                                method="Percentile", keep=True),
 }
-
-
-def cpu_description() -> dict:
-    """The CPU's name and the instruction sets int8 and bf16 use."""
-    name, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", "x86_64"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-    return {"name": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
-            "torch_capability": cpu_bf16_support()["capability"]}
 
 
 def ort_quantize(fp32_path: Path, out: Path, calibration: list[np.ndarray], variant: dict) -> dict:

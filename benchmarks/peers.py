@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eseg_cli.inference import allocator, prepare_model, upsample_argmax  # noqa: E402
-from eseg_cli.inference.precision import autocast  # noqa: E402
+from eseg_cli.inference.precision import autocast, cpu_bf16_support  # noqa: E402
 from eseg_cli.inference.predictor import normalization_constants, normalize_uint8  # noqa: E402
 from eseg_cli.models import build_model  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
@@ -161,6 +161,23 @@ def trained(name: str, model: LowRes, runs: Path) -> LowRes:
     except EsegError as e:
         raise SystemExit(f"--weights trained: {e}") from None
     return model
+
+
+def cpu_description() -> dict:
+    """The CPU's name and the instruction sets int8 and bf16 use."""
+    name, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", "x86_64"):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+    return {"name": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
+            "torch_capability": cpu_bf16_support()["capability"]}
 
 
 def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int, bf16_head: str = "exact"):
@@ -264,7 +281,8 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--pairs", default="S,Lite-S", help="S (ESeg-S vs DeepLabV3+), Lite-S (vs LRASPP)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
-    ap.add_argument("--name", default="peers", help="file stem of the JSON and Markdown written to --out")
+    ap.add_argument("--name", help="file stem of the JSON and Markdown written to --out (default: peers, or with "
+                                   "--rewrite the rewritten JSON's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="glibc malloc for every cell: as eseg sets it on CPU (tuned) or glibc's defaults")
@@ -288,12 +306,14 @@ def main() -> None:
     ap.add_argument("--rewrite", metavar="JSON", help="only rewrite the report from an earlier run's JSON")
     args = ap.parse_args()
     args.admissible = [m for m in args.admissible.split(",") if m]
+    args.name = args.name or (Path(args.rewrite).stem if args.rewrite else "peers")
     if args.rewrite:
         old = json.loads(Path(args.rewrite).read_text())
         m = old["meta"]
         args.threads, args.rounds, args.warmup = m["threads"], m["rounds"], m["warmup"]
         args.weights, args.accuracy = m.get("weights", "random"), m.get("accuracy")
         args.bf16_head = m.get("bf16_head", "exact")
+        args.cpu = m.get("cpu")  # the machine that ran it (None: not recorded then)
         args.admissible = [x for x in m.get("admissible", args.admissible) if x not in EXACT_MODES]
         sys.argv = m["command"].split()[1:]
         post = [{**r, "kind": "postprocess"} for r in old.get("postprocess", [])]
@@ -487,6 +507,7 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
     weights = getattr(args, "weights", "random")
     meta = {"date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "device": f"cpu ({platform.processor() or platform.machine()})", "threads": args.threads,
+            "cpu": args.cpu if hasattr(args, "cpu") else cpu_description(),
             "rounds": args.rounds, "warmup": args.warmup, "batch": 1,
             "dtype": "float32 (the bf16 mode: bfloat16 autocast)",
             "resolutions": [f"{h}x{w}" for h, w in resolutions], "modes": modes,
@@ -533,6 +554,9 @@ def markdown(rows, best, meta, post=()) -> str:
              + (", ESeg's head summed coarse to fine" if meta.get("bf16_head") == "coarse-to-fine" else "")
              + f", not exact); {meta.get('weights', 'random')} weights on {meta.get('image', 'the demo frame')}", "",
              f"`{meta['command']}` ({meta['date']})", ""]
+    if meta.get("cpu"):
+        lines[2:2] = [f"CPU: {meta['cpu']['name']} ({meta['cpu']['cores']} cores; {', '.join(meta['cpu']['flags'])})",
+                      ""]
     for res in meta["resolutions"]:
         for kind in ("e2e", "model"):
             title = "end-to-end (uint8 image -> uint8 mask)" if kind == "e2e" else "model only (tensor -> logits)"

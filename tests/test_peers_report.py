@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -103,11 +104,17 @@ def test_rewrite_gives_back_the_same_comparison(tmp_path, monkeypatch):
     _best(tmp_path, str(acc))
     first = json.loads((tmp_path / "peers.json").read_text())
     again = tmp_path / "again"
-    monkeypatch.setattr(sys, "argv", ["peers.py", "--rewrite", str(tmp_path / "peers.json"), "--out", str(again)])
+    run = tmp_path / "peers_run.json"
+    run.write_text((tmp_path / "peers.json").read_text())
+    monkeypatch.setattr(sys, "argv", ["peers.py", "--rewrite", str(run), "--out", str(again)])
     peers.main()
-    second = json.loads((again / "peers.json").read_text())
+    # written under the rewritten file's own name (never over peers.json), with the CPU that ran it named
+    assert not (again / "peers.json").exists()
+    second = json.loads((again / "peers_run.json").read_text())
     assert second["best"] == first["best"]
     assert second["meta"]["admissible_by_model"] == first["meta"]["admissible_by_model"]
+    assert second["meta"]["cpu"] == first["meta"]["cpu"] and first["meta"]["cpu"]["cores"] == os.cpu_count()
+    assert f"CPU: {first['meta']['cpu']['name']} ({os.cpu_count()} cores" in (again / "peers_run.md").read_text()
 
 
 def test_trained_weights_are_refused_without_their_run(tmp_path):
