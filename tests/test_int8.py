@@ -315,6 +315,11 @@ def test_predictor_head_choice(tmp_path):
     heads = [m for p in (exact, c2f) for m in p.model.modules() if isinstance(m, FusionHead)]
     assert [m.coarse_to_fine for m in heads] == [False, True]
     assert not torch.allclose(exact.model.forward_logits(x), c2f.model.forward_logits(x))
+    compiled = Predictor(run, device="cpu", compile=True, head="coarse-to-fine")
+    torch.testing.assert_close(compiled.logits(x), c2f.logits(x), rtol=1e-4, atol=1e-4)
+    built = build_model("lite-s", num_classes=19, **TINY)
+    assert Predictor(built, device="cpu", head="coarse-to-fine").head == "coarse-to-fine"
+    assert not built.head.coarse_to_fine  # the caller's model is left as it was
     q = Predictor(run, device="cpu", quantize="int8", calibrate=1)
     assert q.head == "coarse-to-fine" and "summed coarse to fine" in q.model.int8.calibration["method"]
     q = Predictor(run, device="cpu", quantize="int8", calibrate=1, head="exact")

@@ -308,10 +308,10 @@ class Predictor(BasePredictor):
                                                      coarse_to_fine_head=self.head == "coarse-to-fine"),
                                        prepared.prepared)
         else:
-            if self.head == "coarse-to-fine":  # the model is this Predictor's own (loaded above)
-                coarse_to_fine_heads(model)
             self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last,
                                        compile=compile, compile_dynamic=compile_dynamic)
+            if self.head == "coarse-to-fine":  # on the prepared copy (a built model passed in stays as it was),
+                coarse_to_fine_heads(self.model)  # before a compiled one's first call traces it
         self.channels_last = self.model.prepared["channels_last"]
         self.class_names, self.palette, self.dataset = checkpoint_classes(ckpt, self.num_classes or 0)
 
