@@ -12,7 +12,7 @@ head sum (so that only quantisation differs; pixels whose argmax class is the sa
 - ``weights only``: that graph with every activation quantizer bypassed (int8 weights, float activations);
 - ``first k activation quantizers``: only the first k (in graph order) applied, for k in ``--steps``: where the
   error builds up;
-- the largest share of values any activation quantizer clips (outside its int8 range).
+- the values the activation quantizers clip (outside their int8 range), in all and at the one that clips most.
 
 Calibration as the Predictor's: ``--calibrate`` training images of the run's dataset, resized to the size. Prints
 a table; writes nothing.
@@ -21,6 +21,7 @@ a table; writes nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -35,8 +36,14 @@ from eseg_cli.inference import Predictor  # noqa: E402
 from eseg_cli.inference.int8 import run_calibration_images  # noqa: E402
 from eseg_cli.utils import parse_size  # noqa: E402
 
-QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
-DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+
+@functools.cache
+def ops():
+    """pt2e's per-tensor quantize and dequantize ops (registered once torchao's pt2e is imported)."""
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+
+    q = torch.ops.quantized_decomposed
+    return q.quantize_per_tensor.default, q.dequantize_per_tensor.default
 
 
 class Partial(torch.fx.Interpreter):
@@ -48,13 +55,14 @@ class Partial(torch.fx.Interpreter):
         self.on, self.clipped = on, {}
 
     def run_node(self, n):
-        if n.op == "call_function" and n.target == QUANTIZE:
+        quantize, dequantize = ops()
+        if n.op == "call_function" and n.target == quantize:
             x, scale, zero, low, high = (self.env[a] if isinstance(a, torch.fx.Node) else a for a in n.args[:5])
             if n.name not in self.on:
                 return ("float", x)
             v = x / scale + zero
-            self.clipped[n.name] = float(((v < low - 0.5) | (v > high + 0.5)).float().mean())
-        if n.op == "call_function" and n.target == DEQUANTIZE and isinstance(self.env[n.args[0]], tuple):
+            self.clipped[n.name] = (int(((v < low - 0.5) | (v > high + 0.5)).sum()), x.numel())
+        if n.op == "call_function" and n.target == dequantize and isinstance(self.env[n.args[0]], tuple):
             return self.env[n.args[0]][1]
         return super().run_node(n)
 
@@ -77,10 +85,10 @@ def main() -> None:
     reference = int8._model  # the float model with int8's head sum
     int8.add_size(size)
     gm = int8._graphs[size][2]
-    names = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target == QUANTIZE]
+    names = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target == ops()[0]]
     val = eval_dataset("synthetic", None, "val")
     rows: dict[str, list[float]] = {}
-    clipped = 0.0
+    clipped: dict[str, tuple[int, int]] = {}  # quantizer -> (values clipped, values), all applied at once
     for i in range(args.images):
         image = F.interpolate(val[i][0][None].float(), size=size, mode="bilinear", align_corners=False)
         x = fp32.to_tensor(image.round().clamp(0, 255).to(torch.uint8))
@@ -96,14 +104,19 @@ def main() -> None:
                 run = Partial(gm, set(names[:k]))
                 label = "weights only" if k == 0 else f"first {k} of {len(names)} activation quantizers"
                 rows.setdefault(label, []).append(agree(run.run(x)))
-                clipped = max(clipped, *run.clipped.values(), 0.0)
+            for name, (n, total) in run.clipped.items():  # the last run: every quantizer applied
+                c = clipped.get(name, (0, 0))
+                clipped[name] = (c[0] + n, c[1] + total)
     print(f"{args.run} at {args.resolution}, {args.images} val images: pixels whose class equals the float model's "
           "(with int8's head sum)")
     print("| graph | " + " | ".join(f"image {i}" for i in range(args.images)) + " |")
     print("|---|" + "---|" * args.images)
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(f"{100 * v:.2f}%" for v in values) + " |")
-    print(f"largest share of values one activation quantizer clips: {100 * clipped:.4f}%")
+    n, total = (sum(v[i] for v in clipped.values()) for i in (0, 1))
+    worst = max(clipped, key=lambda k: clipped[k][0] / clipped[k][1])
+    print(f"values clipped by the activation quantizers: {n} of {total} ({100 * n / total:.5f}%); the most, "
+          f"{worst}: {clipped[worst][0]} of {clipped[worst][1]} ({100 * clipped[worst][0] / clipped[worst][1]:.3f}%)")
 
 
 if __name__ == "__main__":

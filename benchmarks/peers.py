@@ -540,7 +540,8 @@ def write_report(cells, args, resolutions, modes, date: str | None = None) -> No
             if cand:
                 b = max(cand, key=lambda r: r["fps"])
                 fig4.append({"model": model, "resolution": res, "mode": b["mode"], "fps": b["fps"],
-                             "device": f"{meta['device']}, {meta['threads']} threads"})
+                             "device": f"{(meta.get('cpu') or {}).get('name') or meta['device']}, "
+                                       f"{meta['threads']} threads"})
     out = Path(args.out)
     atomic_write_json(out / f"{args.name}.json", {"meta": meta, "rows": rows, "best": best, "fps_best_e2e": fig4,
                                                    "postprocess": post})
