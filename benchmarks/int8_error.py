@@ -82,9 +82,8 @@ def main() -> None:
     q = Predictor(args.run, device="cpu", quantize="int8",
                   calibrate=run_calibration_images(fp32.checkpoint, args.calibrate))
     int8 = q.model.int8
-    reference = int8._model  # the float model with int8's head sum
-    int8.add_size(size)
-    gm = int8._graphs[size][2]
+    reference = Predictor(args.run, device="cpu", head=q.head).model.forward_logits  # float, int8's head sum
+    gm = int8.graph(size)
     names = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target == ops()[0]]
     val = eval_dataset("synthetic", None, "val")
     rows: dict[str, list[float]] = {}

@@ -316,7 +316,9 @@ def test_predictor_head_choice(tmp_path):
     assert [m.coarse_to_fine for m in heads] == [False, True]
     assert not torch.allclose(exact.model.forward_logits(x), c2f.model.forward_logits(x))
     compiled = Predictor(run, device="cpu", compile=True, head="coarse-to-fine")
-    torch.testing.assert_close(compiled.logits(x), c2f.logits(x), rtol=1e-4, atol=1e-4)
+    # the compiled graph traced the coarse-to-fine sum (the two sums differ by ~2e-4 on this tiny model)
+    torch.testing.assert_close(compiled.logits(x), c2f.logits(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(compiled.logits(x), exact.logits(x), rtol=1e-5, atol=1e-5)
     built = build_model("lite-s", num_classes=19, **TINY)
     assert Predictor(built, device="cpu", head="coarse-to-fine").head == "coarse-to-fine"
     assert not built.head.coarse_to_fine  # the caller's model is left as it was

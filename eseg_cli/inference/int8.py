@@ -280,6 +280,13 @@ class Int8Model:
         gm, counts = self.converted(size)
         self._graphs[size] = (compiled(gm, freezing=True, cpp_wrapper=CPP_WRAPPER), counts, gm)
 
+    def graph(self, size: tuple[int, int]) -> torch.fx.GraphModule:
+        """The converted (quantize/dequantize) graph this model runs at ``size``, not compiled: to inspect it, or
+        to run it eagerly (quantisation simulated in float; ``benchmarks/int8_error.py``)."""
+        if size not in self._graphs:
+            self.add_size(size)
+        return self._graphs[size][2]
+
     def calibration_at(self, size: tuple[int, int]) -> list[torch.Tensor]:
         """The calibration images at ``size`` (resized bilinearly when theirs differs)."""
         if tuple(self._images[0].shape[-2:]) == tuple(size):

@@ -80,15 +80,15 @@ def int8_note(support: dict, found: str, doing: str) -> str:
     2-core Intel Xeon), where oneDNN's bf16 convolutions run on AMX tiles too, int8 gained nothing over compiled
     bf16 (ESeg-Lite-S 0.98x, ESeg-S 0.92x) and is the less exact, so there the line says to prefer bf16."""
     vnni = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
-    head = f"CPU: {support['capability']}" + (f" with {found}" if found else "") + (" + VNNI" if vnni else "")
+    cpu = f"CPU: {support['capability']}" + (f" with {found}" if found else "") + (" + VNNI" if vnni else "")
     if support["amx_bf16"]:
-        return (f"Warning: {head}: {doing} in int8, which on CPUs with AMX measured no faster than --compile --amp "
+        return (f"Warning: {cpu}: {doing} in int8, which on CPUs with AMX measured no faster than --compile --amp "
                 "bf16 (AMX runs bf16 convolutions as fast as int8 ones) and is less exact; prefer --compile --amp "
                 "bf16 here.")
     if not vnni:
-        return (f"Warning: {head}: {doing} in int8 without VNNI, where oneDNN's int8 convolutions are not native "
+        return (f"Warning: {cpu}: {doing} in int8 without VNNI, where oneDNN's int8 convolutions are not native "
                 "(not measured by eseg; likely slower than --compile); not exact.")
-    return f"{head}: {doing} in int8 (oneDNN's VNNI int8 convolutions); not exact."
+    return f"{cpu}: {doing} in int8 (oneDNN's VNNI int8 convolutions); not exact."
 
 
 def resolve_amp(amp: str | None, device: torch.device | str) -> str | None:
