@@ -157,15 +157,18 @@ def main() -> None:
     routes["compiled fp32"] = {"predictor": Predictor(args.run, device="cpu", compile=True)}
     routes["compiled bf16"] = {"predictor": Predictor(args.run, device="cpu", compile=True, amp="bf16")}
     t0 = time.perf_counter()
-    routes["int8 pt2e"] = {"predictor": Predictor(args.run, device="cpu", quantize="int8", calibrate=calib)}
+    # int8_min_agreement=0: this benchmark measures int8's agreement itself (eseg would refuse a size below 90%)
+    routes["int8 pt2e"] = {"predictor": Predictor(args.run, device="cpu", quantize="int8", calibrate=calib,
+                                                  int8_min_agreement=0)}
     log(f"int8 pt2e calibrated on {len(calib)} images in {time.perf_counter() - t0:.0f}s")
     if args.mixed:  # the Predictor refuses quantize with amp; the benchmark sets its autocast after building it
-        mixed = Predictor(args.run, device="cpu", quantize="int8", calibrate=calib)
+        mixed = Predictor(args.run, device="cpu", quantize="int8", calibrate=calib, int8_min_agreement=0)
         mixed.amp = "bf16"
         routes["int8 pt2e + bf16"] = {"predictor": mixed}
     if args.heads:  # int8 without, bf16 with the coarse-to-fine head (Predictor's head=)
         routes["int8 pt2e, exact head"] = {"predictor": Predictor(args.run, device="cpu", quantize="int8",
-                                                                  calibrate=calib, head="exact")}
+                                                                  calibrate=calib, head="exact",
+                                                                  int8_min_agreement=0)}
         routes["compiled bf16, coarse-to-fine head"] = {"predictor": Predictor(
             args.run, device="cpu", compile=True, amp="bf16", head="coarse-to-fine")}
     tmp = Path(tempfile.mkdtemp(prefix="eseg-int8-"))

@@ -208,7 +208,8 @@ def make_variant(model: LowRes, mode: str, res: tuple[int, int], threads: int, b
         # channels_last as the Predictor feeds it
         from eseg_cli.inference.int8 import quantize_int8
 
-        return quantize_int8(prepare_model(model, channels_last=False), calibration_batches(res)), True
+        return quantize_int8(prepare_model(model, channels_last=False), calibration_batches(res),
+                             min_agreement=0), True  # agreement measured and reported here
     folded = prepare_model(model, channels_last=True)
     if mode == "folded":
         return folded, True

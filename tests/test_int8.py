@@ -17,8 +17,11 @@ from eseg_cli.cli import app
 from eseg_cli.engine.checkpoint import save_checkpoint
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import Predictor, prepare_model
+from eseg_cli.inference import int8 as int8_module
 from eseg_cli.inference.int8 import (
     DEQUANTIZE_OPS,
+    MIN_AGREEMENT,
+    Int8Inaccurate,
     NotQuantized,
     check_code,
     code_counts,
@@ -181,6 +184,58 @@ def test_an_int8_model_compiles_each_size_once_and_nothing_else_again():
     assert set(q.report) == {"1x3x16x16", "1x3x24x16"}
 
 
+def _uncompiled(monkeypatch):
+    """Int8Model's first call at a shape, without the compilation (tens of seconds): the converted graph runs as it
+    is (quantisation simulated in float, the same numbers up to rounding) and the code check, which needs inductor's
+    code, is skipped. What is left is the agreement check under test."""
+    monkeypatch.setattr(int8_module, "compiled", lambda gm, **kw: gm)
+    monkeypatch.setattr(int8_module, "check_code", lambda counts: None)
+
+
+def _undecided():
+    """A model whose four classes' logits differ by about 1e-3 of their size: int8's rounding of each class's weights
+    (per channel, steps of 1/127 of the largest) decides its class, not the image."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        w = model[2].weight
+        w.copy_(w[:1] + 1e-3 * torch.randn_like(w))
+        model[2].bias.fill_(0.1)
+    return model
+
+
+def test_int8_that_changes_the_classes_is_refused_at_that_size(trained, one_thread, monkeypatch):
+    """At each shape's first call int8's classes are compared with the float model's: a trained model passes (and
+    the share is reported), a model whose classes int8's rounding decides is refused, in one line, then and at every
+    later call at that size, and ``min_agreement=0`` accepts it (the share still reported)."""
+    _uncompiled(monkeypatch)
+    logits_of, train, val = trained
+    q = quantize_int8(logits_of, [train.x[:8]])
+    q(val.x)
+    assert q.report["8x3x64x64"]["agreement_with_float"] >= 0.97 > MIN_AGREEMENT
+
+    calib, x = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in (1, 2)]
+    q = quantize_int8(_undecided(), [calib])
+    with pytest.raises(Int8Inaccurate, match=r"float32 model's class on only \d+\.\d% of the pixels of its first "
+                                             r"16x16 input \(at least 90% wanted\)") as e:
+        q(x)
+    assert "\n" not in str(e.value) and "int8_min_agreement" in e.value.fields
+    agreement = q.report["4x3x16x16"]["agreement_with_float"]
+    assert agreement < 0.8  # four near-equal classes: int8 rounding decides many (69% agreed when written)
+    with pytest.raises(Int8Inaccurate):  # later calls at that size, of any batch, are refused too
+        q(calib[:1])
+    accepted = quantize_int8(_undecided(), [calib], min_agreement=0)
+    accepted(x)
+    assert accepted.report["4x3x16x16"]["agreement_with_float"] == agreement
+
+
+def test_int8_min_agreement_must_be_a_share():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    for bad in (1.5, -0.1, "0.9", True):
+        with pytest.raises(EsegError, match="'int8_min_agreement' must be a share of pixels between 0 and 1"):
+            quantize_int8(model, [torch.randn(1, 3, 8, 8)], min_agreement=bad)
+
+
 def test_empty_calibration_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     with pytest.raises(EsegError, match="calibration set is empty") as e:
@@ -262,6 +317,9 @@ def test_predict_int8_refuses_an_empty_calibration_set(tmp_path):
     res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), "--calibrate",
                               "4"])
     assert res.exit_code == 2 and "--int8" in res.output
+    for flags in (["--int8-min-agreement", "0.5"], ["--int8", "--int8-min-agreement", "1.5"]):
+        res = runner.invoke(app, ["predict", "-c", str(run), str(img), "--out", str(tmp_path / "out"), *flags])
+        assert res.exit_code == 2 and "--int8-min-agreement" in res.output and "Traceback" not in res.output
 
 
 def test_predictor_int8_refuses_what_it_replaces(tmp_path):
@@ -286,7 +344,7 @@ def test_predict_int8_writes_labels(tmp_path):
     summary = json.loads(res.stdout)
     assert summary["images"] == 1 and summary["int8"]["calibration"]["images"] == 3
     checks = summary["int8"]["checks"]["1x3x32x64"]
-    assert checks["int8_conv_calls"] == checks["quantized_convs"] > 0
+    assert checks["int8_conv_calls"] == checks["quantized_convs"] > 0 and checks["agreement_with_float"] >= 0.9
     assert np.array(Image.open(tmp_path / "out" / "a.png")).shape == (32, 64)
     # the start-up line says the model runs in int8 (not "predicting in float32") and what int8 is worth here
     assert "predicting in int8" in summary["precision_note"] and "float32" not in summary["precision_note"]

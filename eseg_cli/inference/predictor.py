@@ -29,7 +29,14 @@ from eseg_cli.data.imageio import as_rgb
 from eseg_cli.errors import EsegError
 from eseg_cli.inference import modes
 from eseg_cli.inference.allocator import keep_freed_memory
-from eseg_cli.inference.int8 import Int8Model, coarse_to_fine_heads, quantize_int8, run_calibration_images
+from eseg_cli.inference.int8 import (
+    MIN_AGREEMENT,
+    Int8Model,
+    check_min_agreement,
+    coarse_to_fine_heads,
+    quantize_int8,
+    run_calibration_images,
+)
 from eseg_cli.inference.postprocess import upsample_logits
 from eseg_cli.inference.precision import amp_dtype
 from eseg_cli.inference.prepare import prepare_model
@@ -267,6 +274,10 @@ class Predictor(BasePredictor):
         calibrate: with ``quantize``: the number of training images (of the run's own dataset, through its own
             preprocessing) to calibrate on, or the calibration images themselves (paths, PIL images, uint8
             HxWx3 arrays or uint8 ``(B, 3, H, W)`` tensors, of one size).
+        int8_min_agreement: with ``quantize``: the least share of pixels to which int8 must give the float model's
+            class on the first image of each size (one float forward per size), or that size is refused
+            (:class:`.int8.Int8Inaccurate`; :data:`.int8.MIN_AGREEMENT`); what it found is in
+            ``model.int8.report``.
         use_ema: use the checkpoint's EMA weights when it has them.
         mean, std: override the normalisation (0..1 pixel units); default: the checkpoint's.
     """
@@ -278,7 +289,7 @@ class Predictor(BasePredictor):
                  amp: str | None = None,
                  use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  quantize: str | None = None, calibrate: int | Sequence = DEFAULT_CALIBRATION,
-                 head: str | None = None):
+                 head: str | None = None, int8_min_agreement: float = MIN_AGREEMENT):
         # settings are refused before a checkpoint is read; slide's crop may still come from the checkpoint
         modes.check_inference(mode, crop, stride, tuple(scales), crop_later=True)
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -295,6 +306,7 @@ class Predictor(BasePredictor):
         self.amp = amp
         amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
         check_quantize(quantize, self.device, compile, amp)
+        check_min_agreement(int8_min_agreement)
         self.quantize = quantize
         self.head = resolve_head(head, quantize, model)
         m, s = normalization(ckpt)
@@ -305,7 +317,8 @@ class Predictor(BasePredictor):
                       else [im if isinstance(im, torch.Tensor) else as_rgb(im) for im in calibrate])
             tensors = [self.to_tensor(im).contiguous() for im in images]
             self.model = Int8Segmentor(quantize_int8(LogitsOf(prepared), tensors,
-                                                     coarse_to_fine_head=self.head == "coarse-to-fine"),
+                                                     coarse_to_fine_head=self.head == "coarse-to-fine",
+                                                     min_agreement=int8_min_agreement),
                                        prepared.prepared)
         else:
             self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last,
