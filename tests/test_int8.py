@@ -331,6 +331,10 @@ def test_predictor_int8_refuses_what_it_replaces(tmp_path):
         Predictor(run, device="cpu", quantize="int8", calibrate=[])
     with pytest.raises(EsegError, match="'quantize' must be one of int8"):
         Predictor(run, device="cpu", quantize="int4")
+    with pytest.raises(EsegError, match="'int8_min_agreement' sets what quantize='int8' must agree on"):
+        Predictor(run, device="cpu", int8_min_agreement=0.5)
+    with pytest.raises(EsegError, match="'int8_min_agreement' must be a share"):
+        Predictor(run, device="cpu", quantize="int8", int8_min_agreement=2)
 
 
 @pytest.mark.slow

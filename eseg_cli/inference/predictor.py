@@ -306,7 +306,9 @@ class Predictor(BasePredictor):
         self.amp = amp
         amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
         check_quantize(quantize, self.device, compile, amp)
-        check_min_agreement(int8_min_agreement)
+        if check_min_agreement(int8_min_agreement) != MIN_AGREEMENT and not quantize:
+            raise EsegError("'int8_min_agreement' sets what quantize='int8' must agree on; add quantize='int8', or "
+                            "drop it", field="int8_min_agreement")
         self.quantize = quantize
         self.head = resolve_head(head, quantize, model)
         m, s = normalization(ckpt)
