@@ -23,7 +23,6 @@ Writes ``reports/benchmarks/peers_parts.{json,md}`` (``--name`` changes the stem
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import random
 import statistics
@@ -40,11 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from peers import TARGETS, build_pairs, cpu_description  # noqa: E402
+from peers import TARGETS, build_pairs, cpu_description, make_variant  # noqa: E402
 
-from eseg_cli.inference import allocator, prepare_model  # noqa: E402
-from eseg_cli.inference.int8 import coarse_to_fine_heads  # noqa: E402
-from eseg_cli.inference.precision import autocast  # noqa: E402
+from eseg_cli.inference import allocator  # noqa: E402
 from eseg_cli.utils import atomic_write_json, atomic_write_text, parse_size  # noqa: E402
 
 PARTS = ("encoder", "encoder+decoder", "network")
@@ -62,11 +59,13 @@ def stages(model: nn.Module) -> list[nn.Module]:
 
 
 class Prefix(nn.Module):
-    """The first ``k`` stages of a network, run in sequence."""
+    """The first ``k`` stages of a network, run in sequence; ``kind`` as the ``peers.LowRes`` it comes from (so
+    that ``peers.make_variant`` prepares it as it prepares that model: an ESeg head summed as ``--bf16-head`` says)."""
 
-    def __init__(self, parts: list[nn.Module]):
+    def __init__(self, parts: list[nn.Module], kind: str):
         super().__init__()
         self.parts = nn.ModuleList(parts)
+        self.kind = kind
 
     def forward(self, x):
         for p in self.parts:
@@ -74,26 +73,11 @@ class Prefix(nn.Module):
         return x
 
 
-def prefixes(model: nn.Module, mode: str, bf16_head: str) -> dict[str, nn.Module]:
-    """``{part: prefix}`` of ``model`` for ``mode`` (the bf16 mode's ESeg head as ``bf16_head`` says)."""
-    if mode == "bf16" and bf16_head == "coarse-to-fine" and model.kind == "eseg":
-        model = copy.deepcopy(model)
-        coarse_to_fine_heads(model)
+def prefixes(model: nn.Module) -> dict[str, Prefix]:
+    """``{part: prefix}`` of a ``peers.LowRes`` ``model``."""
     s = stages(model)
     cuts = {"encoder": 1, "encoder+decoder": 2, "network": len(s)} if len(s) == 3 else {"encoder": 1, "network": 2}
-    return {part: Prefix(s[:k]) for part, k in cuts.items()}
-
-
-def make_cell(prefix: nn.Module, mode: str, x: torch.Tensor):
-    compiled = prepare_model(prefix, channels_last=True, compile=True)
-    if mode == "compiled":
-        return lambda: compiled(x)
-
-    def run():
-        with autocast("cpu", "bf16"):
-            return compiled(x)
-
-    return run
+    return {part: Prefix(s[:k], model.kind) for part, k in cuts.items()}
 
 
 def main() -> None:
@@ -121,9 +105,13 @@ def main() -> None:
             if model.kind == "eseg":
                 channels = max(channels, model.model.decoder.out_channels)
             for mode in MODES:
-                for part, prefix in prefixes(model, mode, args.bf16_head).items():
+                for part, prefix in prefixes(model).items():
                     t0 = time.perf_counter()
-                    fn = make_cell(prefix, mode, x)
+                    variant, _ = make_variant(prefix, mode, res, args.threads, args.bf16_head)  # peers.py's modes
+
+                    def fn(variant=variant):
+                        return variant(x)
+
                     fn(), fn()  # compiles, then warms oneDNN's kernels
                     print(f"prepared {name} {mode} {part} in {time.perf_counter() - t0:.1f}s", file=sys.stderr,
                           flush=True)

@@ -145,9 +145,10 @@ def predict_cmd(
 
             dynamic = compile_ and mixed_sizes([p for p, _ in images], videos)  # else faster static graphs
             quantize = {"quantize": "int8", "calibrate": DEFAULT_CALIBRATION if calibrate is None else calibrate} \
-                | ({} if int8_min_agreement is None else {"int8_min_agreement": int8_min_agreement}) if int8 else {}
+                if int8 else {}
             predictor = Predictor(checkpoint, device=device, compile=compile_, compile_dynamic=dynamic,
-                                  amp=value(amp), use_ema=not no_ema, head=value(head), **modes, **quantize)
+                                  amp=value(amp), use_ema=not no_ema, head=value(head),
+                                  int8_min_agreement=int8_min_agreement, **modes, **quantize)
             note = precision_note(predictor.amp, predictor.device, "predict", predictor.quantize)  # the CPU's support
         summary = _predict_all(predictor, images, videos, out, json_out, ids=ids.value, overlay=overlay,
                                alpha=alpha, confidence=confidence, batch_size=batch_size, workers=workers,

@@ -289,7 +289,7 @@ class Int8Model:
         size = tuple(x.shape[-2:])
         key = (tuple(x.shape), x.stride(), x.dtype)
         if size in self._refused:
-            raise Int8Inaccurate(self._refused[size], field=("int8_min_agreement", "compile", "amp"))
+            self._refuse(size)
         with torch.no_grad():
             if size not in self._graphs:
                 self.add_size(size)
@@ -316,9 +316,12 @@ class Int8Model:
                     f"{size[0]}x{size[1]} input (at least {self.min_agreement:.0%} wanted): this model does not "
                     "quantise well at this size; run it without int8 ('compile' with 'amp' bf16 is the fast mode), "
                     "or accept the difference with a lower 'int8_min_agreement'")
-                raise Int8Inaccurate(self._refused[size], field=("int8_min_agreement", "compile", "amp"))
+                self._refuse(size)
             self._checked.add(key)
             return out
+
+    def _refuse(self, size: tuple[int, int]):
+        raise Int8Inaccurate(self._refused[size], field=("int8_min_agreement", "compile", "amp"))
 
     def add_size(self, size: tuple[int, int]) -> None:
         """Convert and calibrate the graph at ``size`` (compiled lazily, at its first call, with inductor's C++

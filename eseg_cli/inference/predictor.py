@@ -276,7 +276,7 @@ class Predictor(BasePredictor):
             HxWx3 arrays or uint8 ``(B, 3, H, W)`` tensors, of one size).
         int8_min_agreement: with ``quantize``: the least share of pixels to which int8 must give the float model's
             class on the first image of each size (one float forward per size), or that size is refused
-            (:class:`.int8.Int8Inaccurate`; :data:`.int8.MIN_AGREEMENT`); what it found is in
+            (:class:`.int8.Int8Inaccurate`; default :data:`.int8.MIN_AGREEMENT`); what it found is in
             ``model.int8.report``.
         use_ema: use the checkpoint's EMA weights when it has them.
         mean, std: override the normalisation (0..1 pixel units); default: the checkpoint's.
@@ -289,7 +289,7 @@ class Predictor(BasePredictor):
                  amp: str | None = None,
                  use_ema: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  quantize: str | None = None, calibrate: int | Sequence = DEFAULT_CALIBRATION,
-                 head: str | None = None, int8_min_agreement: float = MIN_AGREEMENT):
+                 head: str | None = None, int8_min_agreement: float | None = None):
         # settings are refused before a checkpoint is read; slide's crop may still come from the checkpoint
         modes.check_inference(mode, crop, stride, tuple(scales), crop_later=True)
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -306,9 +306,11 @@ class Predictor(BasePredictor):
         self.amp = amp
         amp_dtype(amp, self.device)  # refuses fp16 off CUDA, as training does
         check_quantize(quantize, self.device, compile, amp)
-        if check_min_agreement(int8_min_agreement) != MIN_AGREEMENT and not quantize:
-            raise EsegError("'int8_min_agreement' sets what quantize='int8' must agree on; add quantize='int8', or "
-                            "drop it", field="int8_min_agreement")
+        if int8_min_agreement is not None:  # refused now, before calibration images are read
+            check_min_agreement(int8_min_agreement)
+            if not quantize:
+                raise EsegError("'int8_min_agreement' sets what quantize='int8' must agree on; add quantize='int8', "
+                                "or drop it", field="int8_min_agreement")
         self.quantize = quantize
         self.head = resolve_head(head, quantize, model)
         m, s = normalization(ckpt)
@@ -320,7 +322,8 @@ class Predictor(BasePredictor):
             tensors = [self.to_tensor(im).contiguous() for im in images]
             self.model = Int8Segmentor(quantize_int8(LogitsOf(prepared), tensors,
                                                      coarse_to_fine_head=self.head == "coarse-to-fine",
-                                                     min_agreement=int8_min_agreement),
+                                                     min_agreement=MIN_AGREEMENT if int8_min_agreement is None
+                                                     else int8_min_agreement),
                                        prepared.prepared)
         else:
             self.model = prepare_model(model, device=self.device, fold=fold, channels_last=channels_last,
